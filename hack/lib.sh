@@ -1,0 +1,26 @@
+# Shared settings for the hack/ scripts. Source it; do not run it.
+# shellcheck shell=bash
+set -euo pipefail
+
+HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT_DIR="$(cd "$HACK_DIR/.." && pwd)"
+# shellcheck source=hack/versions.sh
+. "$HACK_DIR/versions.sh"
+
+# Binaries built from the module proxy live outside the checkout so clean clones reuse them.
+CACHE_DIR="${KWARM_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kwarm}"
+BIN_DIR="$CACHE_DIR/bin"
+# Everything a running cluster owns (state, logs, certs, kubeconfig) lives here.
+CLUSTER_DIR="${KWARM_CLUSTER_DIR:-/var/lib/kwarm-cluster}"
+KUBECONFIG_PATH="$CLUSTER_DIR/kubeconfig"
+LOG_DIR="$CLUSTER_DIR/logs"
+REGISTRY="127.0.0.1:5000"
+
+export GOTOOLCHAIN=local CGO_ENABLED=0
+export GOFLAGS="${GOFLAGS:-} -trimpath"
+
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# bin NAME VERSION -> path of a cached binary
+bin_path() { echo "$BIN_DIR/$1-$2"; }
