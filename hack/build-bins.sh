@@ -2,6 +2,7 @@
 # Build the cluster's binaries from the Go module proxy into a cache keyed by version.
 # Nothing is downloaded as a prebuilt binary: every program here is compiled with `go build`.
 # Usage: hack/build-bins.sh [kube|etcd|kwok|helm|all]
+# shellcheck source=hack/lib.sh
 . "$(dirname "$0")/lib.sh"
 
 KUBE_CMDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl)
@@ -16,7 +17,7 @@ build_kube() {
   local src="$CACHE_DIR/src/kubernetes-$v" staging="v0.${v#v1.}"
   mkdir -p "$src" "$BIN_DIR"
   local upstream_mod
-  upstream_mod="$(cd "$src" && GOFLAGS= go mod download -json "k8s.io/kubernetes@$v" | sed -n 's/^\s*"GoMod": "\(.*\)",$/\1/p')"
+  upstream_mod="$(cd "$src" && GOFLAGS='' go mod download -json "k8s.io/kubernetes@$v" | sed -n 's/^\s*"GoMod": "\(.*\)",$/\1/p')"
   [ -f "$upstream_mod" ] || die "could not download k8s.io/kubernetes@$v go.mod from the module proxy"
   {
     echo "module kwarm.local/kubebuild"
@@ -41,7 +42,8 @@ GO
     ld+=" -X $p.gitTreeState=clean -X $p.buildDate=$date -X $p.gitCommit=0000000000000000000000000000000000000000"
   done
   for c in "${missing[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$c"); done
-  (cd "$src" && go get "${pkgs[@]/%/@$v}" >/dev/null 2>&1 || go mod tidy)
+  # go get pins the exact versions; when it cannot resolve the graph, tidy does
+  (cd "$src" && { go get "${pkgs[@]/%/@$v}" >/dev/null 2>&1 || go mod tidy; })
   local out="$src/out"; mkdir -p "$out"
   (cd "$src" && go build -mod=mod -ldflags "-s -w$ld" -o "$out/" "${pkgs[@]}")
   for c in "${missing[@]}"; do mv "$out/$c" "$(bin_path "$c" "$v")"; done
@@ -54,7 +56,7 @@ build_etcd() {
   log "etcd $v: building"
   local src="$CACHE_DIR/src/etcd-$v"; mkdir -p "$src" "$BIN_DIR"
   local upstream_mod
-  upstream_mod="$(cd "$src" && GOFLAGS= go mod download -json "go.etcd.io/etcd/server/v3@$v" | sed -n 's/^\s*"GoMod": "\(.*\)",$/\1/p')"
+  upstream_mod="$(cd "$src" && GOFLAGS='' go mod download -json "go.etcd.io/etcd/server/v3@$v" | sed -n 's/^\s*"GoMod": "\(.*\)",$/\1/p')"
   {
     echo "module kwarm.local/etcdbuild"; echo; echo "go 1.24"; echo
     echo "require go.etcd.io/etcd/server/v3 $v"

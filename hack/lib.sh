@@ -1,5 +1,7 @@
 # Shared settings for the hack/ scripts. Source it; do not run it.
 # shellcheck shell=bash
+# Its variables are used by the scripts that source it:
+# shellcheck disable=SC2034
 set -euo pipefail
 
 HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
