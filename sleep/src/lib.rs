@@ -1,0 +1,278 @@
+//! Command line of kwarm's `sleep` holder, as pure functions.
+//!
+//! This library is `no_std` and allocation-free so that the static binary (`src/main.rs`) links it
+//! as is, while `cargo test` builds it with std and runs the unit tests below on the host.
+#![cfg_attr(not(test), no_std)]
+
+/// What the command line asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action<'a> {
+    /// Sleep this many nanoseconds; `None` is forever (`infinity`, or no argument at all).
+    Sleep(Option<u64>),
+    /// Write a copy of our own executable to this path (mode 0555) and exit.
+    CopyTo(&'a [u8]),
+}
+
+/// The longest accepted duration, as in Go: `i64::MAX` nanoseconds (about 292 years).
+pub const MAX_NANOS: u64 = i64::MAX as u64;
+
+/// Parses the arguments that follow the program name: nothing, `infinity`, one Go-style duration,
+/// or `--copy-to PATH`. `None` means the command line is bad (print the usage, exit 2).
+pub fn parse_args<'a, I>(args: I) -> Option<Action<'a>>
+where
+    I: IntoIterator<Item = &'a [u8]>,
+{
+    let mut args = args.into_iter();
+    let action = match args.next() {
+        None | Some(b"infinity") => Action::Sleep(None),
+        Some(b"--copy-to") => Action::CopyTo(args.next().filter(|path| !path.is_empty())?),
+        Some(duration) => Action::Sleep(Some(parse_duration(duration)?)),
+    };
+    match args.next() {
+        None => Some(action),
+        Some(_) => None,
+    }
+}
+
+/// Parses a duration the way Go's `time.ParseDuration` does, into nanoseconds: one or more parts,
+/// each a decimal number with an optional fraction and a unit (`ns`, `us`, `µs`, `μs`, `ms`, `s`,
+/// `m`, `h`), e.g. `720h`, `1h30m`, `1.5h`, `.5s`, `100ms`; a bare `0` is the only number allowed
+/// without a unit. Unlike Go, a sign is refused: a negative sleep makes no sense. Fractions finer
+/// than a nanosecond are dropped. `None` on anything else, or above [`MAX_NANOS`].
+pub fn parse_duration(mut s: &[u8]) -> Option<u64> {
+    if s == b"0" {
+        return Some(0);
+    }
+    if s.is_empty() {
+        return None;
+    }
+    let mut total: u64 = 0;
+    while !s.is_empty() {
+        let (int, int_digits) = leading_int(s)?;
+        s = &s[int_digits..];
+        let mut frac: &[u8] = &[];
+        if let [b'.', rest @ ..] = s {
+            let frac_digits = rest.iter().take_while(|c| c.is_ascii_digit()).count();
+            (frac, s) = rest.split_at(frac_digits);
+        }
+        if int_digits == 0 && frac.is_empty() {
+            return None; // no digits at all, e.g. `h`, `.s`, `1h.m`
+        }
+        let unit_len = s.iter().take_while(|&&c| c != b'.' && !c.is_ascii_digit()).count();
+        let (unit, rest) = s.split_at(unit_len);
+        s = rest;
+        let unit = unit_nanos(unit)?;
+        let mut part = int.checked_mul(unit)?;
+        // Each fraction digit is worth a tenth of the previous one; once that drops below one
+        // nanosecond the remaining digits cannot add anything.
+        let mut worth = unit;
+        for &digit in frac {
+            worth /= 10;
+            part = part.checked_add(u64::from(digit - b'0') * worth)?;
+        }
+        total = total.checked_add(part)?;
+    }
+    (total <= MAX_NANOS).then_some(total)
+}
+
+/// The value and length of the run of decimal digits that `s` starts with; `None` on overflow.
+fn leading_int(s: &[u8]) -> Option<(u64, usize)> {
+    let mut value: u64 = 0;
+    let mut len = 0;
+    for &c in s {
+        if !c.is_ascii_digit() {
+            break;
+        }
+        value = value.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
+        len += 1;
+    }
+    Some((value, len))
+}
+
+/// Nanoseconds in one unit, as spelled by Go.
+fn unit_nanos(unit: &[u8]) -> Option<u64> {
+    Some(match unit {
+        b"ns" => 1,
+        // `us`, then U+00B5 MICRO SIGN and U+03BC GREEK SMALL LETTER MU in UTF-8, as Go accepts.
+        b"us" | b"\xc2\xb5s" | b"\xce\xbcs" => 1_000,
+        b"ms" => 1_000_000,
+        b"s" => 1_000_000_000,
+        b"m" => 60_000_000_000,
+        b"h" => 3_600_000_000_000,
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const US: u64 = 1_000;
+    const MS: u64 = 1_000_000;
+    const S: u64 = 1_000_000_000;
+    const M: u64 = 60 * S;
+    const H: u64 = 60 * M;
+
+    fn d(s: &str) -> Option<u64> {
+        parse_duration(s.as_bytes())
+    }
+
+    #[test]
+    fn valid_durations() {
+        let cases: &[(&str, u64)] = &[
+            ("0", 0),
+            ("0s", 0),
+            ("0h0m0s", 0),
+            ("10ns", 10),
+            ("300us", 300 * US),
+            ("300µs", 300 * US),
+            ("300μs", 300 * US),
+            ("100ms", 100 * MS),
+            ("1s", S),
+            ("90s", 90 * S),
+            ("5m", 5 * M),
+            ("720h", 720 * H),
+            ("1h30m", H + 30 * M),
+            ("1h30m10s", H + 30 * M + 10 * S),
+            ("2h45m30.5s", 2 * H + 45 * M + 30 * S + 500 * MS),
+            ("1s500ms", S + 500 * MS),
+            ("1m1m", 2 * M), // Go allows a unit twice and adds
+            ("1ms1h", H + MS), // and any order
+            ("1.5h", H + 30 * M),
+            ("1.5s", 1_500 * MS),
+            (".5s", 500 * MS),
+            ("1.s", S),
+            ("0.1s", 100 * MS),
+            ("1.001s", S + MS),
+            ("1.0000000001s", S), // below a nanosecond: dropped
+            ("0.9ns", 0),
+            ("1.999999999999s", S + 999_999_999),
+            ("1.25m", 75 * S),
+            ("0.000001h", 3_600 * US),
+            ("007s", 7 * S),
+            ("1.5us", 1_500),
+            ("2562047h47m16.854775807s", MAX_NANOS),
+            ("9223372036854775807ns", MAX_NANOS),
+        ];
+        for &(input, want) in cases {
+            assert_eq!(d(input), Some(want), "{input:?}");
+        }
+    }
+
+    #[test]
+    fn invalid_durations() {
+        let cases = [
+            "",
+            " ",
+            "1",  // missing unit
+            "00", // only a bare `0` may omit the unit, as in Go
+            "10",
+            "1h30",
+            "h",
+            "s1",
+            ".",
+            ".s",
+            "1..5s",
+            "1.5.5s",
+            "1h.m",
+            "-1s",
+            "+1s",
+            "-0",
+            "1 s",
+            " 1s",
+            "1s ",
+            "1S",
+            "1H",
+            "1sec",
+            "1d",
+            "1w",
+            "1hm",
+            "1µ",
+            "1μ",
+            "1\u{b5}",
+            "1\u{3bc}",
+            "1\u{b5}m",
+            "1e3s",
+            "0x10s",
+            "infinity",
+            "inf",
+            "1h\0",
+            "\u{ff11}s", // fullwidth digit one
+        ];
+        for input in cases {
+            assert_eq!(d(input), None, "{input:?}");
+        }
+        // Bytes that are not UTF-8 at all.
+        assert_eq!(parse_duration(b"1\xffs"), None);
+        assert_eq!(parse_duration(b"1\xc2s"), None);
+    }
+
+    #[test]
+    fn overflow_is_refused() {
+        let cases = [
+            "9223372036854775808ns", // i64::MAX + 1
+            "2562047h47m16.854775808s",
+            "2562048h",
+            "18446744073709551615ns", // u64::MAX: fits u64, not Go's i64
+            "18446744073709551616ns", // does not even fit u64
+            "99999999999999999999999h",
+            "5124095h",                                  // fits in u64 nanoseconds, not in i64
+            "2562047h2562047h",                          // parts sum above the limit
+            "9223372036854775807ns1ns",                  // one too many
+            "1.5h9223372036854775807ns",                 // sum overflows u64 in the middle
+            "100000000000000000000.5s",                  // integer part overflows
+            "4611686018427387904ns4611686018427387904ns", // exactly 2^63
+        ];
+        for input in cases {
+            assert_eq!(d(input), None, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn long_fractions_are_fine() {
+        let many_digits = format!("1.{}s", "9".repeat(200));
+        assert_eq!(d(&many_digits), Some(S + 999_999_999));
+        let many_zeros = format!("{}1s", "0".repeat(200));
+        assert_eq!(d(&many_zeros), Some(S));
+    }
+
+    fn args(list: &[&'static str]) -> Option<Action<'static>> {
+        parse_args(list.iter().map(|a| a.as_bytes()))
+    }
+
+    #[test]
+    fn command_lines() {
+        assert_eq!(args(&[]), Some(Action::Sleep(None)));
+        assert_eq!(args(&["infinity"]), Some(Action::Sleep(None)));
+        assert_eq!(args(&["0"]), Some(Action::Sleep(Some(0))));
+        assert_eq!(args(&["720h"]), Some(Action::Sleep(Some(720 * H))));
+        assert_eq!(args(&["100ms"]), Some(Action::Sleep(Some(100 * MS))));
+        assert_eq!(
+            args(&["--copy-to", "/kip/sleep"]),
+            Some(Action::CopyTo(b"/kip/sleep"))
+        );
+        // A path that looks like an option or a duration is still a path.
+        assert_eq!(args(&["--copy-to", "1h"]), Some(Action::CopyTo(b"1h")));
+    }
+
+    #[test]
+    fn bad_command_lines() {
+        for list in [
+            &["1x"][..],
+            &[""],
+            &["-h"],
+            &["--help"],
+            &["infinity", "infinity"],
+            &["1h", "30m"],
+            &["1h", "infinity"],
+            &["--copy-to"],
+            &["--copy-to", ""],
+            &["--copy-to", "/a", "/b"],
+            &["--copy-to=/kip/sleep"],
+            &["--copy"],
+            &["Infinity"],
+        ] {
+            assert_eq!(args(list), None, "{list:?}");
+        }
+    }
+}

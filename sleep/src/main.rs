@@ -1,0 +1,230 @@
+//! kwarm's image holder: `sleep [DURATION|infinity]` and `sleep --copy-to PATH`.
+//!
+//! A static x86_64 Linux executable without libc, a couple of KiB in size. It keeps a pod's
+//! container running (so the kubelet does not collect its image), exits 0 at once on SIGTERM or
+//! SIGINT even as PID 1, and reaps orphans as PID 1, so it also serves as a pod sandbox "pause".
+//! Argument parsing is pure and lives in the library (`src/lib.rs`), tested on the host.
+#![no_std]
+#![no_main]
+
+use core::arch::{asm, naked_asm};
+use kwarm_sleep::{Action, parse_args};
+
+const USAGE: &[u8] = b"usage: sleep [DURATION|infinity]\n       sleep --copy-to PATH\n\
+DURATION: Go syntax, e.g. 720h, 1h30m, 1.5s, 100ms, 300us, 10ns\n";
+
+// x86_64 Linux system call numbers and constants.
+const SYS_WRITE: usize = 1;
+const SYS_OPEN: usize = 2;
+const SYS_CLOSE: usize = 3;
+const SYS_RT_SIGACTION: usize = 13;
+const SYS_RT_SIGRETURN: usize = 15;
+const SYS_PAUSE: usize = 34;
+const SYS_NANOSLEEP: usize = 35;
+const SYS_SENDFILE: usize = 40;
+const SYS_WAIT4: usize = 61;
+const SYS_UNLINK: usize = 87;
+const SYS_FCHMOD: usize = 91;
+const SYS_EXIT_GROUP: usize = 231;
+
+const SIGINT: usize = 2;
+const SIGTERM: usize = 15;
+const SIGCHLD: usize = 17;
+const SIG_IGN: usize = 1;
+const SA_RESTORER: usize = 0x0400_0000;
+const EINTR: isize = 4;
+const WNOHANG: usize = 1;
+const O_RDONLY: usize = 0;
+const O_WRONLY: usize = 0o1;
+const O_CREAT: usize = 0o100;
+const O_EXCL: usize = 0o200;
+const O_CLOEXEC: usize = 0o2000000;
+const MODE: usize = 0o555;
+
+/// The one place that enters the kernel: `syscall` with up to four arguments. It returns the raw
+/// result, a negated errno on failure.
+///
+/// # Safety
+/// The caller must pass arguments that are valid for system call `n`: pointers must point to
+/// memory of the size and mutability that the kernel reads or writes for that call.
+#[inline]
+unsafe fn syscall4(n: usize, a1: usize, a2: usize, a3: usize, a4: usize) -> isize {
+    let ret;
+    // SAFETY: the caller upholds the system call's contract; `syscall` clobbers only rcx and r11
+    // besides rax, and does not touch the user stack.
+    unsafe {
+        asm!(
+            "syscall",
+            inlateout("rax") n as isize => ret,
+            in("rdi") a1,
+            in("rsi") a2,
+            in("rdx") a3,
+            in("r10") a4,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    ret
+}
+
+/// A system call whose arguments are plain numbers or pointers to live, valid memory (see the
+/// call sites): wraps [`syscall4`].
+fn sys(n: usize, a1: usize, a2: usize, a3: usize, a4: usize) -> isize {
+    // SAFETY: every caller in this file passes numbers, or pointers to live memory of the right
+    // size for that call (commented at each call site).
+    unsafe { syscall4(n, a1, a2, a3, a4) }
+}
+
+/// Ends the process (all threads) with this exit code.
+fn exit(code: usize) -> ! {
+    // SAFETY: exit_group takes a number and does not return.
+    unsafe { asm!("syscall", in("rax") SYS_EXIT_GROUP, in("rdi") code, options(noreturn, nostack)) }
+}
+
+fn write_err(msg: &[u8]) {
+    // Pointer and length of a live slice.
+    sys(SYS_WRITE, 2, msg.as_ptr() as usize, msg.len(), 0);
+}
+
+/// Entry point: the kernel jumps here with argc, argv[], NULL, envp[]… on the stack, which is
+/// 16-byte aligned; `call` pushes a return address, so `start` sees the usual ABI alignment.
+#[unsafe(naked)]
+#[unsafe(no_mangle)]
+extern "C" fn _start() -> ! {
+    naked_asm!("mov rdi, rsp", "call {start}", start = sym start)
+}
+
+/// Reads argc and argv from the initial stack, then does what the arguments ask.
+extern "C" fn start(sp: *const usize) -> ! {
+    // SAFETY: the kernel puts argc at the top of the initial stack, followed by argc pointers to
+    // NUL-terminated strings that stay valid for the life of the process.
+    let (argc, argv) = unsafe { (*sp, sp.add(1) as *const *const u8) };
+    let args = (1..argc).map(|i| {
+        // SAFETY: see above; i < argc.
+        let arg = unsafe { *argv.add(i) };
+        let mut len = 0;
+        // SAFETY: the string is NUL-terminated, so every byte up to the NUL is readable. (A
+        // volatile read, or LLVM turns the loop into a call to libc's strlen, which we lack.)
+        while unsafe { arg.add(len).read_volatile() } != 0 {
+            len += 1;
+        }
+        // SAFETY: the `len` bytes before the NUL are readable and never change.
+        unsafe { core::slice::from_raw_parts(arg, len) }
+    });
+    match parse_args(args) {
+        // The path comes from argv, so a NUL follows it and its pointer is a C string.
+        Some(Action::CopyTo(path)) => match copy_self(path.as_ptr() as usize) {
+            Ok(()) => exit(0),
+            Err(errno) => {
+                write_err(b"sleep: --copy-to ");
+                write_err(path);
+                write_err(b": failed, errno ");
+                write_errno(errno);
+                exit(1)
+            }
+        },
+        Some(Action::Sleep(Some(0))) => exit(0),
+        Some(Action::Sleep(duration)) => {
+            install_signals();
+            match duration {
+                None => loop {
+                    // Returns only when a signal arrives; a handled one exits, the rest are ignored.
+                    sys(SYS_PAUSE, 0, 0, 0, 0);
+                },
+                Some(nanos) => {
+                    let mut ts = [nanos / 1_000_000_000, nanos % 1_000_000_000];
+                    // The kernel reads the request, then writes what is left of it into the same
+                    // struct timespec if the sleep is interrupted; restart with that.
+                    let ts = ts.as_mut_ptr() as usize;
+                    while sys(SYS_NANOSLEEP, ts, ts, 0, 0) == -EINTR {}
+                    exit(0)
+                }
+            }
+        }
+        None => {
+            write_err(USAGE);
+            exit(2)
+        }
+    }
+}
+
+/// Prints a (negative) errno in decimal and a newline.
+fn write_errno(errno: isize) {
+    let mut buf = [b'\n'; 21];
+    let mut n = errno.unsigned_abs();
+    let mut i = buf.len() - 1;
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    write_err(&buf[i..]);
+}
+
+/// The kernel's `struct sigaction` on x86_64 (handler, flags, restorer, 64-bit mask).
+#[repr(C)]
+struct SigAction {
+    handler: usize,
+    flags: usize,
+    restorer: usize,
+    mask: u64,
+}
+
+/// SIGTERM and SIGINT exit 0 through a real handler: a signal left at its default action is
+/// dropped when sent to PID 1 of a PID namespace. SIGCHLD is ignored, so that the kernel reaps
+/// every child we get as PID 1 (orphans of the pod's other processes) right when it exits.
+fn install_signals() {
+    let mut act = SigAction {
+        handler: on_terminate as *const () as usize,
+        flags: SA_RESTORER,
+        restorer: restore as *const () as usize,
+        mask: 0,
+    };
+    for sig in [SIGTERM, SIGINT] {
+        // Pointer to a live struct sigaction; no old action wanted; the mask is 8 bytes.
+        sys(SYS_RT_SIGACTION, sig, &raw const act as usize, 0, 8);
+    }
+    act.handler = SIG_IGN;
+    sys(SYS_RT_SIGACTION, SIGCHLD, &raw const act as usize, 0, 8);
+    // Ignoring SIGCHLD does not reap children that were zombies already (a PID 1 that exec'd us
+    // may have had some): collect those now. No status or rusage wanted.
+    while sys(SYS_WAIT4, usize::MAX, 0, WNOHANG, 0) > 0 {}
+}
+
+/// SIGTERM and SIGINT handler: exit 0 at once.
+extern "C" fn on_terminate(_sig: i32) -> ! {
+    exit(0)
+}
+
+/// Signal trampoline for SA_RESTORER: a handler that returns comes here, and rt_sigreturn
+/// resumes the interrupted code. (`on_terminate` never returns, but the kernel demands one.)
+#[unsafe(naked)]
+extern "C" fn restore() -> ! {
+    naked_asm!("mov eax, {n}", "syscall", n = const SYS_RT_SIGRETURN)
+}
+
+/// Copies /proc/self/exe to the C string at `path` with mode 0555; `Err` holds a negated errno.
+/// An existing file is unlinked first, so a read-only or running copy is replaced, not rewritten.
+fn copy_self(path: usize) -> Result<(), isize> {
+    let ok = |ret: isize| if ret < 0 { Err(ret) } else { Ok(ret as usize) };
+    // Paths are C strings (`path` by contract); the other arguments are numbers.
+    let exe = c"/proc/self/exe".as_ptr() as usize;
+    let src = ok(sys(SYS_OPEN, exe, O_RDONLY | O_CLOEXEC, 0, 0))?;
+    sys(SYS_UNLINK, path, 0, 0, 0); // ENOENT is the usual answer; anything else shows at open
+    let flags = O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC;
+    let dst = ok(sys(SYS_OPEN, path, flags, MODE, 0))?;
+    // sendfile between regular files copies in the kernel, from the file offset of `src` (no
+    // offset pointer); 0 means end of file.
+    while ok(sys(SYS_SENDFILE, dst, src, 0, 1 << 30))? != 0 {}
+    ok(sys(SYS_FCHMOD, dst, MODE, 0, 0))?; // open's mode went through the umask
+    ok(sys(SYS_CLOSE, dst, 0, 0, 0)).map(drop)
+}
+
+#[panic_handler]
+fn panic(_: &core::panic::PanicInfo) -> ! {
+    exit(101)
+}
