@@ -18,20 +18,13 @@ pub const MAX_NANOS: u64 = i64::MAX as u64;
 
 /// Parses the arguments that follow the program name: nothing, `infinity`, one Go-style duration,
 /// or `--copy-to PATH`. `None` means the command line is bad (print the usage, exit 2).
-pub fn parse_args<'a, I>(args: I) -> Option<Action<'a>>
-where
-    I: IntoIterator<Item = &'a [u8]>,
-{
-    let mut args = args.into_iter();
-    let action = match args.next() {
-        None | Some(b"infinity") => Action::Sleep(None),
-        Some(b"--copy-to") => Action::CopyTo(args.next().filter(|path| !path.is_empty())?),
-        Some(duration) => Action::Sleep(Some(parse_duration(duration)?)),
-    };
-    match args.next() {
-        None => Some(action),
-        Some(_) => None,
-    }
+pub fn parse_args<'a>(args: &[&'a [u8]]) -> Option<Action<'a>> {
+    Some(match *args {
+        [] | [b"infinity"] => Action::Sleep(None),
+        [b"--copy-to", path] if !path.is_empty() => Action::CopyTo(path),
+        [duration] => Action::Sleep(Some(parse_duration(duration)?)),
+        _ => return None,
+    })
 }
 
 /// Parses a duration the way Go's `time.ParseDuration` does, into nanoseconds: one or more parts,
@@ -39,54 +32,55 @@ where
 /// `m`, `h`), e.g. `720h`, `1h30m`, `1.5h`, `.5s`, `100ms`; a bare `0` is the only number allowed
 /// without a unit. Unlike Go, a sign is refused: a negative sleep makes no sense. Fractions finer
 /// than a nanosecond are dropped. `None` on anything else, or above [`MAX_NANOS`].
-pub fn parse_duration(mut s: &[u8]) -> Option<u64> {
+pub fn parse_duration(s: &[u8]) -> Option<u64> {
     if s == b"0" {
         return Some(0);
     }
-    if s.is_empty() {
-        return None;
-    }
     let mut total: u64 = 0;
-    while !s.is_empty() {
-        let (int, int_digits) = leading_int(s)?;
-        s = &s[int_digits..];
-        let mut frac: &[u8] = &[];
-        if let [b'.', rest @ ..] = s {
-            let frac_digits = rest.iter().take_while(|c| c.is_ascii_digit()).count();
-            (frac, s) = rest.split_at(frac_digits);
-        }
-        if int_digits == 0 && frac.is_empty() {
-            return None; // no digits at all, e.g. `h`, `.s`, `1h.m`
-        }
-        let unit_len = s.iter().take_while(|&&c| c != b'.' && !c.is_ascii_digit()).count();
-        let (unit, rest) = s.split_at(unit_len);
-        s = rest;
+    let mut rest = s;
+    // One part per round: a number (digits and dots), then a unit (anything else). An empty
+    // string fails like an empty unit.
+    loop {
+        let number_len = rest.iter().take_while(|&&c| c == b'.' || c.is_ascii_digit()).count();
+        let (number, tail) = rest.split_at(number_len);
+        let unit_len = tail.iter().take_while(|&&c| c != b'.' && !c.is_ascii_digit()).count();
+        let (unit, tail) = tail.split_at(unit_len);
+        rest = tail;
         let unit = unit_nanos(unit)?;
-        let mut part = int.checked_mul(unit)?;
-        // Each fraction digit is worth a tenth of the previous one; once that drops below one
-        // nanosecond the remaining digits cannot add anything.
+        // Accumulate in nanoseconds: each integer digit multiplies what is there by ten and adds
+        // its units; each fraction digit adds a tenth of what the previous digit was worth, so
+        // digits finer than a nanosecond add nothing. If the whole part fits, so does every
+        // intermediate value; the checks catch the rest.
+        let mut part: u64 = 0;
         let mut worth = unit;
-        for &digit in frac {
-            worth /= 10;
-            part = part.checked_add(u64::from(digit - b'0') * worth)?;
+        let mut fraction = false;
+        let mut digits = false;
+        for &c in number {
+            if c == b'.' {
+                if fraction {
+                    return None; // a second dot
+                }
+                fraction = true;
+                continue;
+            }
+            digits = true;
+            let digit = u64::from(c - b'0');
+            if fraction {
+                worth /= 10;
+                part = part.checked_add(digit * worth)?;
+            } else {
+                part = part.checked_mul(10)?.checked_add(digit * unit)?;
+            }
+        }
+        if !digits {
+            return None; // e.g. `h`, `.s`, `1h.m`
         }
         total = total.checked_add(part)?;
-    }
-    (total <= MAX_NANOS).then_some(total)
-}
-
-/// The value and length of the run of decimal digits that `s` starts with; `None` on overflow.
-fn leading_int(s: &[u8]) -> Option<(u64, usize)> {
-    let mut value: u64 = 0;
-    let mut len = 0;
-    for &c in s {
-        if !c.is_ascii_digit() {
+        if rest.is_empty() {
             break;
         }
-        value = value.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
-        len += 1;
     }
-    Some((value, len))
+    (total <= MAX_NANOS).then_some(total)
 }
 
 /// Nanoseconds in one unit, as spelled by Go.
@@ -222,6 +216,7 @@ mod tests {
             "1.5h9223372036854775807ns",                 // sum overflows u64 in the middle
             "100000000000000000000.5s",                  // integer part overflows
             "4611686018427387904ns4611686018427387904ns", // exactly 2^63
+            "5124095.9h",                                // the fraction takes it past u64::MAX
         ];
         for input in cases {
             assert_eq!(d(input), None, "{input:?}");
@@ -237,7 +232,8 @@ mod tests {
     }
 
     fn args(list: &[&'static str]) -> Option<Action<'static>> {
-        parse_args(list.iter().map(|a| a.as_bytes()))
+        let list: Vec<&[u8]> = list.iter().map(|a| a.as_bytes()).collect();
+        parse_args(&list)
     }
 
     #[test]

@@ -68,12 +68,27 @@ unsafe fn syscall4(n: usize, a1: usize, a2: usize, a3: usize, a4: usize) -> isiz
     ret
 }
 
-/// A system call whose arguments are plain numbers or pointers to live, valid memory (see the
-/// call sites): wraps [`syscall4`].
-fn sys(n: usize, a1: usize, a2: usize, a3: usize, a4: usize) -> isize {
-    // SAFETY: every caller in this file passes numbers, or pointers to live memory of the right
-    // size for that call (commented at each call site).
-    unsafe { syscall4(n, a1, a2, a3, a4) }
+/// [`syscall4`] with three arguments.
+///
+/// # Safety
+/// As for [`syscall4`].
+#[inline]
+unsafe fn syscall3(n: usize, a1: usize, a2: usize, a3: usize) -> isize {
+    let ret;
+    // SAFETY: as in `syscall4`.
+    unsafe {
+        asm!(
+            "syscall",
+            inlateout("rax") n as isize => ret,
+            in("rdi") a1,
+            in("rsi") a2,
+            in("rdx") a3,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    ret
 }
 
 /// Ends the process (all threads) with this exit code.
@@ -83,8 +98,8 @@ fn exit(code: usize) -> ! {
 }
 
 fn write_err(msg: &[u8]) {
-    // Pointer and length of a live slice.
-    sys(SYS_WRITE, 2, msg.as_ptr() as usize, msg.len(), 0);
+    // SAFETY: pointer and length of a live slice.
+    unsafe { syscall3(SYS_WRITE, 2, msg.as_ptr() as usize, msg.len()) };
 }
 
 /// Entry point: the kernel jumps here with argc, argv[], NULL, envp[]… on the stack, which is
@@ -100,47 +115,50 @@ extern "C" fn start(sp: *const usize) -> ! {
     // SAFETY: the kernel puts argc at the top of the initial stack, followed by argc pointers to
     // NUL-terminated strings that stay valid for the life of the process.
     let (argc, argv) = unsafe { (*sp, sp.add(1) as *const *const u8) };
-    let args = (1..argc).map(|i| {
-        // SAFETY: see above; i < argc.
-        let arg = unsafe { *argv.add(i) };
+    let arg = |i: usize| -> &[u8] {
+        if i >= argc {
+            return &[];
+        }
+        // SAFETY: i < argc, see above.
+        let c = unsafe { *argv.add(i) };
         let mut len = 0;
         // SAFETY: the string is NUL-terminated, so every byte up to the NUL is readable. (A
         // volatile read, or LLVM turns the loop into a call to libc's strlen, which we lack.)
-        while unsafe { arg.add(len).read_volatile() } != 0 {
+        while unsafe { c.add(len).read_volatile() } != 0 {
             len += 1;
         }
         // SAFETY: the `len` bytes before the NUL are readable and never change.
-        unsafe { core::slice::from_raw_parts(arg, len) }
-    });
-    match parse_args(args) {
+        unsafe { core::slice::from_raw_parts(c, len) }
+    };
+    // Up to three arguments after the program name: any more is as bad as three.
+    let args = [arg(1), arg(2), arg(3)];
+    let n = argc.saturating_sub(1).min(args.len());
+    match parse_args(&args[..n]) {
         // The path comes from argv, so a NUL follows it and its pointer is a C string.
-        Some(Action::CopyTo(path)) => match copy_self(path.as_ptr() as usize) {
-            Ok(()) => exit(0),
-            Err(errno) => {
-                write_err(b"sleep: --copy-to ");
+        Some(Action::CopyTo(path)) => {
+            if let Err(errno) = copy_self(path.as_ptr()) {
+                write_err(b"sleep: cannot copy to ");
                 write_err(path);
-                write_err(b": failed, errno ");
                 write_errno(errno);
                 exit(1)
             }
-        },
-        Some(Action::Sleep(Some(0))) => exit(0),
+            exit(0)
+        }
         Some(Action::Sleep(duration)) => {
             install_signals();
-            match duration {
-                None => loop {
-                    // Returns only when a signal arrives; a handled one exits, the rest are ignored.
-                    sys(SYS_PAUSE, 0, 0, 0, 0);
-                },
-                Some(nanos) => {
-                    let mut ts = [nanos / 1_000_000_000, nanos % 1_000_000_000];
-                    // The kernel reads the request, then writes what is left of it into the same
-                    // struct timespec if the sleep is interrupted; restart with that.
-                    let ts = ts.as_mut_ptr() as usize;
-                    while sys(SYS_NANOSLEEP, ts, ts, 0, 0) == -EINTR {}
-                    exit(0)
+            let Some(nanos) = duration else {
+                loop {
+                    // SAFETY: pause takes no arguments. It returns when a signal was handled;
+                    // the ones we handle exit, the rest leave us sleeping.
+                    unsafe { syscall3(SYS_PAUSE, 0, 0, 0) };
                 }
-            }
+            };
+            let mut ts = [nanos / 1_000_000_000, nanos % 1_000_000_000];
+            let ts = ts.as_mut_ptr() as usize;
+            // SAFETY: `ts` is a live struct timespec. The kernel reads the request, then writes
+            // what is left of it into the same struct if the sleep is interrupted: go on with it.
+            while unsafe { syscall3(SYS_NANOSLEEP, ts, ts, 0) } == -EINTR {}
+            exit(0)
         }
         None => {
             write_err(USAGE);
@@ -149,20 +167,18 @@ extern "C" fn start(sp: *const usize) -> ! {
     }
 }
 
-/// Prints a (negative) errno in decimal and a newline.
+/// Writes ": errno N" and a newline, for a negated errno (at most 4095).
 fn write_errno(errno: isize) {
-    let mut buf = [b'\n'; 21];
+    let mut buf = *b": errno     \n";
     let mut n = errno.unsigned_abs();
-    let mut i = buf.len() - 1;
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
+    let mut start = buf.len() - 1;
+    while n > 0 && start > 8 {
+        start -= 1;
+        buf[start] = b'0' + (n % 10) as u8;
         n /= 10;
-        if n == 0 {
-            break;
-        }
     }
-    write_err(&buf[i..]);
+    write_err(&buf[..8]);
+    write_err(&buf[start..]);
 }
 
 /// The kernel's `struct sigaction` on x86_64 (handler, flags, restorer, 64-bit mask).
@@ -184,15 +200,15 @@ fn install_signals() {
         restorer: restore as *const () as usize,
         mask: 0,
     };
-    for sig in [SIGTERM, SIGINT] {
-        // Pointer to a live struct sigaction; no old action wanted; the mask is 8 bytes.
-        sys(SYS_RT_SIGACTION, sig, &raw const act as usize, 0, 8);
-    }
+    // SAFETY (all three): pointer to a live struct sigaction, no old action wanted, 8-byte mask.
+    unsafe { syscall4(SYS_RT_SIGACTION, SIGTERM, &raw const act as usize, 0, 8) };
+    unsafe { syscall4(SYS_RT_SIGACTION, SIGINT, &raw const act as usize, 0, 8) };
     act.handler = SIG_IGN;
-    sys(SYS_RT_SIGACTION, SIGCHLD, &raw const act as usize, 0, 8);
+    unsafe { syscall4(SYS_RT_SIGACTION, SIGCHLD, &raw const act as usize, 0, 8) };
     // Ignoring SIGCHLD does not reap children that were zombies already (a PID 1 that exec'd us
-    // may have had some): collect those now. No status or rusage wanted.
-    while sys(SYS_WAIT4, usize::MAX, 0, WNOHANG, 0) > 0 {}
+    // may have had some): collect those now.
+    // SAFETY: no status or rusage wanted, so no pointers.
+    while unsafe { syscall3(SYS_WAIT4, usize::MAX, 0, WNOHANG) } > 0 {}
 }
 
 /// SIGTERM and SIGINT handler: exit 0 at once.
@@ -209,19 +225,23 @@ extern "C" fn restore() -> ! {
 
 /// Copies /proc/self/exe to the C string at `path` with mode 0555; `Err` holds a negated errno.
 /// An existing file is unlinked first, so a read-only or running copy is replaced, not rewritten.
-fn copy_self(path: usize) -> Result<(), isize> {
+fn copy_self(path: *const u8) -> Result<(), isize> {
     let ok = |ret: isize| if ret < 0 { Err(ret) } else { Ok(ret as usize) };
-    // Paths are C strings (`path` by contract); the other arguments are numbers.
+    let path = path as usize;
     let exe = c"/proc/self/exe".as_ptr() as usize;
-    let src = ok(sys(SYS_OPEN, exe, O_RDONLY | O_CLOEXEC, 0, 0))?;
-    sys(SYS_UNLINK, path, 0, 0, 0); // ENOENT is the usual answer; anything else shows at open
+    // SAFETY (all calls below): `exe` and `path` are C strings (`path` by contract of this
+    // function), every other argument is a number.
+    let src = ok(unsafe { syscall3(SYS_OPEN, exe, O_RDONLY | O_CLOEXEC, 0) })?;
+    // ENOENT is the usual answer; any other problem shows at open.
+    unsafe { syscall3(SYS_UNLINK, path, 0, 0) };
     let flags = O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC;
-    let dst = ok(sys(SYS_OPEN, path, flags, MODE, 0))?;
+    let dst = ok(unsafe { syscall3(SYS_OPEN, path, flags, MODE) })?;
     // sendfile between regular files copies in the kernel, from the file offset of `src` (no
     // offset pointer); 0 means end of file.
-    while ok(sys(SYS_SENDFILE, dst, src, 0, 1 << 30))? != 0 {}
-    ok(sys(SYS_FCHMOD, dst, MODE, 0, 0))?; // open's mode went through the umask
-    ok(sys(SYS_CLOSE, dst, 0, 0, 0)).map(drop)
+    while ok(unsafe { syscall4(SYS_SENDFILE, dst, src, 0, 1 << 30) })? != 0 {}
+    // open's mode went through the umask.
+    ok(unsafe { syscall3(SYS_FCHMOD, dst, MODE, 0) })?;
+    ok(unsafe { syscall3(SYS_CLOSE, dst, 0, 0) }).map(drop)
 }
 
 #[panic_handler]
