@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Build the small test images the e2e suite pulls and push them to the local registry.
+# They are FROM-scratch images holding only data (no program: pods run them with the sleep binary
+# copied in by an init container). Content is pseudo-random from a fixed seed and the build uses
+# --timestamp 0, so every machine builds byte-identical images with the same digests.
+# Idempotent: a tag the registry already has is skipped.
+#
+# The images (REF  DATA SIZE  DATA LAYERS (plus one for /label)  what for):
+#   127.0.0.1:5000/test/small:v1    4 KiB   1  a tiny image
+#   127.0.0.1:5000/test/small:v2    4 KiB   1  same repository, different content (tag changes)
+#   127.0.0.1:5000/test/small:v3    4 KiB   1  a third tag of the same repository
+#   127.0.0.1:5000/test/other:v1    4 KiB   1  a second repository
+#   127.0.0.1:5000/test/medium:v1   1 MiB   1  a pull that takes measurable time
+#   127.0.0.1:5000/test/large:v1    8 MiB   1  a bigger pull (disk accounting, slow pulls)
+#   127.0.0.1:5000/test/layers:v1   768 KiB 3  several layers (3 x 256 KiB)
+# Every image has /label (its own reference) and /data/* (the random files).
+# shellcheck source=hack/lib.sh
+. "$(dirname "$0")/lib.sh"
+# shellcheck source=hack/cluster/common.sh
+. "$HACK_DIR/cluster/common.sh"
+
+# repository:tag  then the layer sizes in bytes (one file, one COPY, one layer each)
+IMAGES=(
+  "test/small:v1 4096"
+  "test/small:v2 4096"
+  "test/small:v3 4096"
+  "test/other:v1 4096"
+  "test/medium:v1 1048576"
+  "test/large:v1 8388608"
+  "test/layers:v1 262144 262144 262144"
+)
+
+# SEED SIZE -> deterministic pseudo-random bytes on stdout (AES-CTR keystream of a fixed key)
+random_bytes() {
+  # (process substitution: openssl dying of SIGPIPE when head has enough is expected, not an error)
+  head -c "$2" < <(openssl enc -aes-128-ctr -nosalt -pbkdf2 -pass "pass:kwarm-test-$1" </dev/zero 2>/dev/null)
+}
+
+build_one() { # REPO:TAG SIZE...
+  local name="$1"; shift
+  local ref="$REGISTRY/$name" dir i=0
+  if registry_has "$ref"; then
+    log "test image $ref: present"
+    return
+  fi
+  dir="$(mktemp -d)"
+  echo "$ref" >"$dir/label"
+  {
+    echo "FROM scratch"
+    echo "COPY label /label"
+    for size in "$@"; do
+      random_bytes "$name-$i" "$size" >"$dir/blob$i"
+      echo "COPY blob$i /data/blob$i"
+      i=$((i + 1))
+    done
+  } >"$dir/Dockerfile"
+  IMAGE_CONTEXT="$dir" BUILD_ARGS="--timestamp 0" "$HACK_DIR/image.sh" "$dir/Dockerfile" "$ref"
+  rm -rf "$dir"
+}
+
+main() {
+  registry_healthy_ || die "the registry at $REGISTRY does not answer: run make cluster-up first"
+  local spec
+  for spec in "${IMAGES[@]}"; do
+    # shellcheck disable=SC2086 # spec is "name size..." on purpose
+    build_one $spec
+  done
+}
+
+registry_healthy_() { curl -fsS --max-time 3 -o /dev/null "http://$REGISTRY/v2/"; }
+
+main "$@"
