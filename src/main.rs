@@ -1,3 +1,213 @@
-fn main() {
-    println!("Hello, world!");
+//! `kwarm`: run the manager, render or check the configuration, show status.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use kwarm::config::{Config, LogFormat};
+use kwarm::controller::{self, Context};
+use kwarm::daemonset::{RenderInput, render_daemonset};
+use kwarm::http::{self, Shared};
+use kwarm::leader::{Elector, Timing};
+use tokio::sync::watch;
+
+#[derive(Parser)]
+#[command(name = "kwarm", version, about = "Keeps container images warm on Kubernetes nodes")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the manager (the default)
+    Run,
+    /// Print the DaemonSet the environment produces (no cluster needed)
+    Render {
+        #[arg(short, long, value_enum, default_value_t = Format::Yaml)]
+        output: Format,
+        /// Render as on OpenShift (no fixed UID/GID)
+        #[arg(long)]
+        openshift: bool,
+    },
+    /// Validate the environment and exit (0 valid, 2 invalid)
+    Check,
+    /// Show images × node states, failures and quarantined images
+    Status {
+        #[arg(short, long, value_enum, default_value_t = StatusFormat::Text)]
+        output: StatusFormat,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Yaml,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum StatusFormat {
+    Text,
+    Json,
+}
+
+/// Exit code for an invalid environment.
+const EXIT_CONFIG: u8 = 2;
+const SERVICE_ACCOUNT_NAMESPACE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let own_namespace = std::env::var("POD_NAMESPACE")
+        .ok()
+        .or_else(|| std::fs::read_to_string(SERVICE_ACCOUNT_NAMESPACE).ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty());
+    let config = match Config::from_env(own_namespace) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!(
+                "kwarm: invalid configuration ({} problems); nothing was changed in the cluster:",
+                errors.0.len()
+            );
+            for e in &errors.0 {
+                eprintln!("  {e}");
+            }
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let result = match cli.command.unwrap_or(Command::Run) {
+        Command::Check => {
+            println!(
+                "Configuration is valid: {} images from IMAGES, Deployment watching {}",
+                config.images.len(),
+                if config.watch.enabled { "on" } else { "off" }
+            );
+            Ok(())
+        }
+        Command::Render { output, openshift } => render(&config, output, openshift),
+        Command::Status { output } => runtime().and_then(|rt| rt.block_on(status(config, output))),
+        Command::Run => runtime().and_then(|rt| rt.block_on(run(config))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kwarm: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
+}
+
+fn render(config: &Config, output: Format, openshift: bool) -> anyhow::Result<()> {
+    let input = RenderInput { holders: config.images.clone(), openshift, ..Default::default() };
+    let ds = render_daemonset(config, &input);
+    let text = match output {
+        Format::Yaml => serde_yaml::to_string(&ds).context("encoding YAML")?,
+        Format::Json => serde_json::to_string_pretty(&ds).context("encoding JSON")? + "\n",
+    };
+    print!("{text}");
+    Ok(())
+}
+
+async fn status(config: Config, output: StatusFormat) -> anyhow::Result<()> {
+    let client = kube::Client::try_default().await.context("connecting to Kubernetes")?;
+    let report = controller::fetch_status(client, &config).await?;
+    match output {
+        StatusFormat::Text => print!("{}", report.to_text()),
+        StatusFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+    }
+    Ok(())
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    init_logging(config.log_format);
+    let config = Arc::new(config);
+    let client = kube::Client::try_default().await.context("connecting to Kubernetes")?;
+    let identity = identity();
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), namespace = %config.namespace,
+        daemonset = %config.daemonset_name, %identity, "Starting kwarm");
+
+    let shared = Arc::new(Shared::default());
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    http::serve(
+        shared.clone(),
+        config.metrics_bind_address,
+        config.health_probe_bind_address,
+        shutdown_rx.clone(),
+    )
+    .await?;
+
+    let (leader_tx, leader_rx) = watch::channel(!config.leader_elect);
+    let elector = config.leader_elect.then(|| {
+        let lease_name = format!("{}-kwarm", config.daemonset_name);
+        let api = kube::Api::namespaced(client.clone(), &config.namespace);
+        tokio::spawn(
+            Elector::new(api, lease_name, identity.clone(), Timing::default())
+                .run(leader_tx, shutdown_rx.clone()),
+        )
+    });
+
+    let ctx = Context { client, config: config.clone(), shared, identity };
+    let mut manager = tokio::spawn(controller::run(ctx, leader_rx, shutdown_rx));
+    tokio::select! {
+        _ = shutdown_signal() => tracing::info!("Shutting down"),
+        result = &mut manager => {
+            // The controller only returns on its own when every watch stream ended.
+            result.context("manager task")??;
+            anyhow::bail!("the watch streams ended unexpectedly");
+        }
+    }
+    shutdown_tx.send_replace(true);
+    // Stop within 5 s in all cases: the DaemonSet is left in place, the lease released.
+    let deadline = Duration::from_millis(4000);
+    let _ = tokio::time::timeout(deadline, async {
+        let _ = manager.await;
+        if let Some(e) = elector {
+            let _ = e.await;
+        }
+    })
+    .await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// Unique per replica: the pod name (hostname) and the process id.
+fn identity() -> String {
+    let host = std::env::var("POD_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "kwarm".into());
+    format!("{host}_{}", std::process::id())
 }

@@ -1,0 +1,752 @@
+//! Configuration from the environment, parsed and validated once.
+//!
+//! kubernetes-image-puller's variable names keep their meaning, so an existing puller ConfigMap
+//! works unchanged. Every variable is checked and every problem is reported at once, one line each,
+//! naming the variable, the offending entry and what is expected.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Affinity, Toleration};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use crate::images::{Holder, derived_holder_name, parse_image_reference};
+use crate::labels::{self, LabelSelector};
+use crate::quantity::Quantity;
+
+/// Name of the init container that copies `/sleep` into the pod; holder names may not take it.
+pub const INIT_CONTAINER_NAME: &str = "kip";
+/// The default image that holds `/sleep`, overridable with `KIP_IMAGE`.
+pub const DEFAULT_KIP_IMAGE: &str = concat!("ghcr.io/kwarm/sleep:v", env!("CARGO_PKG_VERSION"));
+
+/// The environment as strings, exactly as given. `envy` maps `IMAGES` to `images` and so on;
+/// everything is optional text so that our own checks, not serde's, produce the messages.
+#[derive(Debug, Default, Deserialize)]
+struct RawEnv {
+    images: Option<String>,
+    daemonset_name: Option<String>,
+    daemonset_annotations: Option<String>,
+    namespace: Option<String>,
+    deployment_name: Option<String>,
+    caching_interval_hours: Option<String>,
+    caching_interval: Option<String>,
+    caching_memory_request: Option<String>,
+    caching_memory_limit: Option<String>,
+    caching_cpu_request: Option<String>,
+    caching_cpu_limit: Option<String>,
+    node_selector: Option<String>,
+    affinity: Option<String>,
+    tolerations: Option<String>,
+    image_pull_secrets: Option<String>,
+    kip_image: Option<String>,
+    priority_class_name: Option<String>,
+    image_pull_policy: Option<String>,
+    max_concurrent_nodes: Option<String>,
+    watch_deployments: Option<String>,
+    deployment_selector: Option<String>,
+    watch_namespaces: Option<String>,
+    exclude_namespaces: Option<String>,
+    exclude_images: Option<String>,
+    image_retention: Option<String>,
+    pull_timeout: Option<String>,
+    retry_backoff: Option<String>,
+    max_retries: Option<String>,
+    inherit_pull_secrets: Option<String>,
+    max_images: Option<String>,
+    metrics_bind_address: Option<String>,
+    health_probe_bind_address: Option<String>,
+    leader_elect: Option<String>,
+    log_format: Option<String>,
+}
+
+/// One problem with one variable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub value: String,
+    pub expected: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: invalid value {:?}: {}", self.variable, self.value, self.expected)
+    }
+}
+
+/// Every problem found in the environment, in variable order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Per-container resources of holders and the init container.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HolderResources {
+    pub cpu_request: Quantity,
+    pub cpu_limit: Quantity,
+    pub memory_request: Quantity,
+    pub memory_limit: Quantity,
+}
+
+/// Kubernetes image pull policy for holder containers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PullPolicy {
+    Always,
+    IfNotPresent,
+    Never,
+}
+
+impl PullPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PullPolicy::Always => "Always",
+            PullPolicy::IfNotPresent => "IfNotPresent",
+            PullPolicy::Never => "Never",
+        }
+    }
+}
+
+/// Which namespaces' Deployments are watched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Namespaces {
+    All,
+    Only(BTreeSet<String>),
+}
+
+/// An `EXCLUDE_IMAGES` entry: a glob when it has `*` or `?`, a substring otherwise.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImagePattern {
+    Substring(String),
+    Glob(String),
+}
+
+impl ImagePattern {
+    pub fn matches(&self, image: &str) -> bool {
+        match self {
+            ImagePattern::Substring(s) => image.contains(s.as_str()),
+            ImagePattern::Glob(g) => glob_match(g.as_bytes(), image.as_bytes()),
+        }
+    }
+}
+
+/// `*` matches any run of characters, `?` one character; everything else is literal.
+fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        match pattern.get(p) {
+            Some(b'*') => {
+                star = Some((p, t));
+                p += 1;
+            }
+            Some(&c) if c == b'?' || c == text[t] => {
+                p += 1;
+                t += 1;
+            }
+            _ => match star {
+                Some((sp, st)) => {
+                    p = sp + 1;
+                    t = st + 1;
+                    star = Some((sp, st + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
+}
+
+/// Deployment watching settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WatchConfig {
+    pub enabled: bool,
+    pub selector: LabelSelector,
+    pub namespaces: Namespaces,
+    pub exclude_namespaces: BTreeSet<String>,
+    pub exclude_images: Vec<ImagePattern>,
+    pub inherit_pull_secrets: bool,
+}
+
+impl WatchConfig {
+    pub fn namespace_selected(&self, namespace: &str) -> bool {
+        let included = match &self.namespaces {
+            Namespaces::All => true,
+            Namespaces::Only(list) => list.contains(namespace),
+        };
+        included && !self.exclude_namespaces.contains(namespace)
+    }
+
+    pub fn image_excluded(&self, image: &str) -> bool {
+        self.exclude_images.iter().any(|p| p.matches(image))
+    }
+}
+
+/// `maxSurge` of the DaemonSet: nodes updating at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MaxSurge {
+    Nodes(i32),
+    Percent(u8),
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// `IMAGES` in the order given.
+    pub images: Vec<Holder>,
+    pub daemonset_name: String,
+    pub daemonset_annotations: BTreeMap<String, String>,
+    pub namespace: String,
+    pub deployment_name: Option<String>,
+    pub caching_interval: Duration,
+    pub resources: HolderResources,
+    pub node_selector: BTreeMap<String, String>,
+    pub affinity: Option<Affinity>,
+    pub tolerations: Vec<Toleration>,
+    pub image_pull_secrets: Vec<String>,
+    pub kip_image: String,
+    pub priority_class_name: Option<String>,
+    pub image_pull_policy: Option<PullPolicy>,
+    pub max_surge: MaxSurge,
+    pub watch: WatchConfig,
+    pub image_retention: Duration,
+    pub pull_timeout: Duration,
+    pub retry_backoff: Duration,
+    pub max_retries: u32,
+    pub max_images: usize,
+    /// `None` when set to `0` (disabled).
+    pub metrics_bind_address: Option<SocketAddr>,
+    pub health_probe_bind_address: Option<SocketAddr>,
+    pub leader_elect: bool,
+    pub log_format: LogFormat,
+}
+
+/// Collects problems while each variable is parsed.
+struct Checker {
+    errors: Vec<ConfigError>,
+}
+
+impl Checker {
+    fn fail(&mut self, variable: &'static str, value: &str, expected: impl Into<String>) {
+        self.errors.push(ConfigError { variable, value: value.to_string(), expected: expected.into() });
+    }
+
+    /// Parses a present, non-blank value or falls back to `default`, recording failures.
+    fn parse<T>(
+        &mut self,
+        variable: &'static str,
+        raw: &Option<String>,
+        default: T,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> T {
+        match raw.as_deref().map(str::trim) {
+            None | Some("") => default,
+            Some(value) => match parse(value) {
+                Ok(v) => v,
+                Err(expected) => {
+                    self.fail(variable, raw.as_deref().unwrap_or_default(), expected);
+                    default
+                }
+            },
+        }
+    }
+}
+
+impl Config {
+    /// Reads the process environment. `own_namespace` is the namespace the manager's pod runs in,
+    /// when known (service-account mount); it is the default for `NAMESPACE`.
+    pub fn from_env(own_namespace: Option<String>) -> Result<Config, ConfigErrors> {
+        Config::from_vars(std::env::vars(), own_namespace)
+    }
+
+    /// Parses and validates the given variables. Pure: no clock, no I/O.
+    pub fn from_vars(
+        vars: impl IntoIterator<Item = (String, String)>,
+        own_namespace: Option<String>,
+    ) -> Result<Config, ConfigErrors> {
+        // Only our variables reach envy, so unrelated variables can never fail deserialisation.
+        let ours = vars.into_iter().filter(|(k, _)| KNOWN_VARIABLES.contains(&k.as_str()));
+        let raw: RawEnv = envy::from_iter(ours).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                variable: "environment",
+                value: String::new(),
+                expected: e.to_string(),
+            }])
+        })?;
+        let mut c = Checker { errors: Vec::new() };
+
+        let images = parse_images(&mut c, raw.images.as_deref().unwrap_or_default());
+
+        let daemonset_name =
+            c.parse("DAEMONSET_NAME", &raw.daemonset_name, "kubernetes-image-puller".to_string(), |v| {
+                // The name is also the value of the instance label, so it must fit a label value.
+                labels::check_dns1123_subdomain(v)?;
+                if v.len() > 63 {
+                    return Err("at most 63 characters (it is also a label value)".into());
+                }
+                Ok(v.to_string())
+            });
+        let daemonset_annotations =
+            c.parse("DAEMONSET_ANNOTATIONS", &raw.daemonset_annotations, BTreeMap::new(), |v| {
+                let map: BTreeMap<String, String> = parse_json_value(v, "a JSON object of strings")?;
+                for key in map.keys() {
+                    labels::check_qualified_name(key).map_err(|e| format!("annotation key {key:?}: {e}"))?;
+                }
+                Ok(map)
+            });
+        let namespace = c.parse(
+            "NAMESPACE",
+            &raw.namespace,
+            own_namespace.unwrap_or_else(|| "k8s-image-puller".into()),
+            |v| labels::check_dns1123_label(v).map(|()| v.to_string()),
+        );
+        let deployment_name = c.parse("DEPLOYMENT_NAME", &raw.deployment_name, None, |v| {
+            labels::check_dns1123_subdomain(v).map(|()| Some(v.to_string()))
+        });
+
+        let hours =
+            c.parse("CACHING_INTERVAL_HOURS", &raw.caching_interval_hours, Duration::from_secs(3600), |v| {
+                match v.parse::<u64>() {
+                    Ok(h) if h > 0 && h <= 24 * 365 => Ok(Duration::from_secs(h * 3600)),
+                    _ => Err("a positive whole number of hours, e.g. 1 or 6".into()),
+                }
+            });
+        let caching_interval = c.parse("CACHING_INTERVAL", &raw.caching_interval, hours, positive_duration);
+
+        let resources = parse_resources(&mut c, &raw);
+
+        let node_selector = c.parse("NODE_SELECTOR", &raw.node_selector, BTreeMap::new(), |v| {
+            let mut map: BTreeMap<String, String> =
+                parse_json_value(v, "a JSON object of label keys to values")?;
+            for (k, val) in &map {
+                labels::check_qualified_name(k).map_err(|e| format!("key {k:?}: {e}"))?;
+                labels::check_label_value(val).map_err(|e| format!("value {val:?}: {e}"))?;
+            }
+            add_linux_default(&mut map);
+            Ok(map)
+        });
+        let node_selector = if node_selector.is_empty() {
+            let mut map = BTreeMap::new();
+            add_linux_default(&mut map);
+            map
+        } else {
+            node_selector
+        };
+        let affinity = c.parse("AFFINITY", &raw.affinity, None, |v| {
+            let affinity: Affinity = parse_k8s_json(v, "a JSON Affinity object")?;
+            Ok((affinity != Affinity::default()).then_some(affinity))
+        });
+        let tolerations = c.parse("TOLERATIONS", &raw.tolerations, Vec::new(), |v| {
+            parse_k8s_json(v, "a JSON array of Toleration objects")
+        });
+        let image_pull_secrets = c.parse("IMAGE_PULL_SECRETS", &raw.image_pull_secrets, Vec::new(), |v| {
+            let mut names = Vec::new();
+            for name in v.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+                labels::check_dns1123_subdomain(name).map_err(|e| format!("secret name {name:?}: {e}"))?;
+                if !names.iter().any(|n| n == name) {
+                    names.push(name.to_string());
+                }
+            }
+            Ok(names)
+        });
+        let kip_image = c.parse("KIP_IMAGE", &raw.kip_image, DEFAULT_KIP_IMAGE.to_string(), |v| {
+            parse_image_reference(v).map(|_| v.to_string())
+        });
+        let priority_class_name = c.parse("PRIORITY_CLASS_NAME", &raw.priority_class_name, None, |v| {
+            labels::check_dns1123_subdomain(v).map(|()| Some(v.to_string()))
+        });
+        let image_pull_policy = c.parse("IMAGE_PULL_POLICY", &raw.image_pull_policy, None, |v| match v {
+            "Always" => Ok(Some(PullPolicy::Always)),
+            "IfNotPresent" => Ok(Some(PullPolicy::IfNotPresent)),
+            "Never" => Ok(Some(PullPolicy::Never)),
+            _ => Err("one of Always, IfNotPresent, Never".into()),
+        });
+        let max_surge =
+            c.parse("MAX_CONCURRENT_NODES", &raw.max_concurrent_nodes, MaxSurge::Nodes(10), parse_max_surge);
+
+        let watch = parse_watch(&mut c, &raw);
+        let image_retention =
+            c.parse("IMAGE_RETENTION", &raw.image_retention, Duration::from_secs(24 * 3600), parse_duration);
+        let pull_timeout =
+            c.parse("PULL_TIMEOUT", &raw.pull_timeout, Duration::from_secs(600), positive_duration);
+        let retry_backoff =
+            c.parse("RETRY_BACKOFF", &raw.retry_backoff, Duration::from_secs(30), positive_duration);
+        let max_retries = c.parse("MAX_RETRIES", &raw.max_retries, 3, |v| {
+            v.parse::<u32>()
+                .ok()
+                .filter(|n| *n <= 30)
+                .ok_or_else(|| "a whole number from 0 to 30".to_string())
+        });
+        let max_images = c.parse("MAX_IMAGES", &raw.max_images, 100, |v| {
+            v.parse::<usize>()
+                .ok()
+                .filter(|n| (1..=1000).contains(n))
+                .ok_or_else(|| "a whole number from 1 to 1000".to_string())
+        });
+        let metrics_bind_address = c.parse(
+            "METRICS_BIND_ADDRESS",
+            &raw.metrics_bind_address,
+            Some(SocketAddr::from(([0, 0, 0, 0], 8080))),
+            parse_bind_address,
+        );
+        let health_probe_bind_address = c.parse(
+            "HEALTH_PROBE_BIND_ADDRESS",
+            &raw.health_probe_bind_address,
+            Some(SocketAddr::from(([0, 0, 0, 0], 8081))),
+            parse_bind_address,
+        );
+        let leader_elect = c.parse("LEADER_ELECT", &raw.leader_elect, true, parse_bool);
+        let log_format = c.parse("LOG_FORMAT", &raw.log_format, LogFormat::Text, |v| {
+            match v.to_ascii_lowercase().as_str() {
+                "text" => Ok(LogFormat::Text),
+                "json" => Ok(LogFormat::Json),
+                _ => Err("text or json".into()),
+            }
+        });
+
+        // Checks across variables, only when each side parsed.
+        if images.is_empty() && !watch.enabled && !c.errors.iter().any(|e| e.variable == "IMAGES") {
+            c.fail(
+                "IMAGES",
+                raw.images.as_deref().unwrap_or_default(),
+                "at least one image when WATCH_DEPLOYMENTS=false: nothing to warm",
+            );
+        }
+        if images.len() > max_images {
+            c.fail(
+                "IMAGES",
+                &format!("{} entries", images.len()),
+                format!("at most MAX_IMAGES={max_images} entries; raise MAX_IMAGES"),
+            );
+        }
+        if let (Some(m), Some(h)) = (metrics_bind_address, health_probe_bind_address)
+            && m.port() == h.port()
+            && m.port() != 0
+        {
+            c.fail(
+                "HEALTH_PROBE_BIND_ADDRESS",
+                raw.health_probe_bind_address.as_deref().unwrap_or(":8081"),
+                "a port different from METRICS_BIND_ADDRESS",
+            );
+        }
+
+        if !c.errors.is_empty() {
+            return Err(ConfigErrors(c.errors));
+        }
+        Ok(Config {
+            images,
+            daemonset_name,
+            daemonset_annotations,
+            namespace,
+            deployment_name,
+            caching_interval,
+            resources,
+            node_selector,
+            affinity,
+            tolerations,
+            image_pull_secrets,
+            kip_image,
+            priority_class_name,
+            image_pull_policy,
+            max_surge,
+            watch,
+            image_retention,
+            pull_timeout,
+            retry_backoff,
+            max_retries,
+            max_images,
+            metrics_bind_address,
+            health_probe_bind_address,
+            leader_elect,
+            log_format,
+        })
+    }
+}
+
+/// Every variable kwarm reads, for `kwarm check` and for filtering the environment.
+pub const KNOWN_VARIABLES: &[&str] = &[
+    "IMAGES",
+    "DAEMONSET_NAME",
+    "DAEMONSET_ANNOTATIONS",
+    "NAMESPACE",
+    "DEPLOYMENT_NAME",
+    "CACHING_INTERVAL_HOURS",
+    "CACHING_INTERVAL",
+    "CACHING_MEMORY_REQUEST",
+    "CACHING_MEMORY_LIMIT",
+    "CACHING_CPU_REQUEST",
+    "CACHING_CPU_LIMIT",
+    "NODE_SELECTOR",
+    "AFFINITY",
+    "TOLERATIONS",
+    "IMAGE_PULL_SECRETS",
+    "KIP_IMAGE",
+    "PRIORITY_CLASS_NAME",
+    "IMAGE_PULL_POLICY",
+    "MAX_CONCURRENT_NODES",
+    "WATCH_DEPLOYMENTS",
+    "DEPLOYMENT_SELECTOR",
+    "WATCH_NAMESPACES",
+    "EXCLUDE_NAMESPACES",
+    "EXCLUDE_IMAGES",
+    "IMAGE_RETENTION",
+    "PULL_TIMEOUT",
+    "RETRY_BACKOFF",
+    "MAX_RETRIES",
+    "INHERIT_PULL_SECRETS",
+    "MAX_IMAGES",
+    "METRICS_BIND_ADDRESS",
+    "HEALTH_PROBE_BIND_ADDRESS",
+    "LEADER_ELECT",
+    "LOG_FORMAT",
+];
+
+/// `name=image;image;...` → holders in order. Each bad entry is its own error.
+fn parse_images(c: &mut Checker, value: &str) -> Vec<Holder> {
+    let mut holders: Vec<Holder> = Vec::new();
+    let mut canonical_seen: BTreeMap<String, String> = BTreeMap::new();
+    for entry in value.split(';').map(str::trim).filter(|e| !e.is_empty()) {
+        let (name, image) = match entry.split_once('=') {
+            Some((name, image)) => (Some(name.trim()), image.trim()),
+            None => (None, entry),
+        };
+        let reference = match parse_image_reference(image) {
+            Ok(r) => r,
+            Err(e) => {
+                c.fail("IMAGES", entry, e);
+                continue;
+            }
+        };
+        let name = match name {
+            Some(name) => {
+                if let Err(e) = labels::check_dns1123_label(name) {
+                    c.fail("IMAGES", entry, format!("container name {name:?}: {e}"));
+                    continue;
+                }
+                name.to_string()
+            }
+            None => derived_holder_name(&reference),
+        };
+        if name == INIT_CONTAINER_NAME {
+            c.fail(
+                "IMAGES",
+                entry,
+                format!("a container name other than {INIT_CONTAINER_NAME:?} (used by the init container)"),
+            );
+            continue;
+        }
+        if holders.iter().any(|h| h.name == name) {
+            c.fail("IMAGES", entry, format!("unique container names; {name:?} is used twice"));
+            continue;
+        }
+        if let Some(first) = canonical_seen.get(&reference) {
+            c.fail("IMAGES", entry, format!("each image once; it is the same image as {first:?}"));
+            continue;
+        }
+        canonical_seen.insert(reference, entry.to_string());
+        holders.push(Holder { name, image: image.to_string() });
+    }
+    holders
+}
+
+fn parse_resources(c: &mut Checker, raw: &RawEnv) -> HolderResources {
+    let mut quantity = |variable: &'static str, value: &Option<String>, default: &str| {
+        let fallback = Quantity::parse(default).ok();
+        c.parse(variable, value, fallback, |v| {
+            let q = Quantity::parse(v)?;
+            if q.is_negative() {
+                return Err("a quantity of zero or more".into());
+            }
+            Ok(Some(q))
+        })
+    };
+    let memory_request = quantity("CACHING_MEMORY_REQUEST", &raw.caching_memory_request, "10Mi");
+    let memory_limit = quantity("CACHING_MEMORY_LIMIT", &raw.caching_memory_limit, "20Mi");
+    let cpu_request = quantity("CACHING_CPU_REQUEST", &raw.caching_cpu_request, ".05");
+    let cpu_limit = quantity("CACHING_CPU_LIMIT", &raw.caching_cpu_limit, ".2");
+    let (Some(memory_request), Some(memory_limit), Some(cpu_request), Some(cpu_limit)) =
+        (memory_request, memory_limit, cpu_request, cpu_limit)
+    else {
+        unreachable!("defaults are valid quantities")
+    };
+    if memory_request.value() > memory_limit.value() {
+        c.fail(
+            "CACHING_MEMORY_REQUEST",
+            memory_request.as_str(),
+            format!("at most CACHING_MEMORY_LIMIT ({})", memory_limit.as_str()),
+        );
+    }
+    if cpu_request.value() > cpu_limit.value() {
+        c.fail(
+            "CACHING_CPU_REQUEST",
+            cpu_request.as_str(),
+            format!("at most CACHING_CPU_LIMIT ({})", cpu_limit.as_str()),
+        );
+    }
+    HolderResources { cpu_request, cpu_limit, memory_request, memory_limit }
+}
+
+fn parse_watch(c: &mut Checker, raw: &RawEnv) -> WatchConfig {
+    let enabled = c.parse("WATCH_DEPLOYMENTS", &raw.watch_deployments, true, parse_bool);
+    let selector =
+        c.parse("DEPLOYMENT_SELECTOR", &raw.deployment_selector, LabelSelector::default_selector(), |v| {
+            LabelSelector::parse(v)
+        });
+    let namespaces = c.parse("WATCH_NAMESPACES", &raw.watch_namespaces, Namespaces::All, |v| {
+        if v == "*" {
+            return Ok(Namespaces::All);
+        }
+        parse_namespace_list(v).map(Namespaces::Only)
+    });
+    let exclude_namespaces =
+        c.parse("EXCLUDE_NAMESPACES", &raw.exclude_namespaces, BTreeSet::new(), parse_namespace_list);
+    let exclude_images = c.parse("EXCLUDE_IMAGES", &raw.exclude_images, Vec::new(), |v| {
+        Ok(split_list(v)
+            .map(|p| {
+                if p.contains(['*', '?']) {
+                    ImagePattern::Glob(p.to_string())
+                } else {
+                    ImagePattern::Substring(p.to_string())
+                }
+            })
+            .collect())
+    });
+    let inherit_pull_secrets = c.parse("INHERIT_PULL_SECRETS", &raw.inherit_pull_secrets, false, parse_bool);
+    WatchConfig { enabled, selector, namespaces, exclude_namespaces, exclude_images, inherit_pull_secrets }
+}
+
+fn split_list(v: &str) -> impl Iterator<Item = &str> {
+    v.split([',', ' ', '\n', '\t']).map(str::trim).filter(|s| !s.is_empty())
+}
+
+fn parse_namespace_list(v: &str) -> Result<BTreeSet<String>, String> {
+    let mut set = BTreeSet::new();
+    for ns in split_list(v) {
+        if ns == "*" {
+            return Err("either * alone or a list of namespace names".into());
+        }
+        labels::check_dns1123_label(ns).map_err(|e| format!("namespace {ns:?}: {e}"))?;
+        set.insert(ns.to_string());
+    }
+    Ok(set)
+}
+
+fn add_linux_default(map: &mut BTreeMap<String, String>) {
+    let user_chose_os = map.keys().any(|k| k == "kubernetes.io/os" || k == "beta.kubernetes.io/os");
+    if !user_chose_os {
+        map.insert("kubernetes.io/os".into(), "linux".into());
+    }
+}
+
+fn parse_bool(v: &str) -> Result<bool, String> {
+    match v.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        _ => Err("true or false".into()),
+    }
+}
+
+/// A humantime duration (`30m`, `6h`, `1h30m`); zero allowed.
+fn parse_duration(v: &str) -> Result<Duration, String> {
+    humantime::parse_duration(v).map_err(|e| format!("a duration such as 30s, 10m or 6h ({e})"))
+}
+
+fn positive_duration(v: &str) -> Result<Duration, String> {
+    let d = parse_duration(v)?;
+    if d.is_zero() {
+        return Err("a duration greater than zero, such as 30m or 6h".into());
+    }
+    Ok(d)
+}
+
+fn parse_max_surge(v: &str) -> Result<MaxSurge, String> {
+    let expected = || "a whole number of nodes (1 or more) or a percentage from 1% to 100%".to_string();
+    if let Some(pct) = v.strip_suffix('%') {
+        return match pct.parse::<u8>() {
+            Ok(p) if (1..=100).contains(&p) => Ok(MaxSurge::Percent(p)),
+            _ => Err(expected()),
+        };
+    }
+    match v.parse::<i32>() {
+        Ok(n) if n >= 1 => Ok(MaxSurge::Nodes(n)),
+        _ => Err(expected()),
+    }
+}
+
+/// Go-style `:8080`, `127.0.0.1:8080`, `[::]:8080`, or `0` to turn the listener off.
+fn parse_bind_address(v: &str) -> Result<Option<SocketAddr>, String> {
+    if v == "0" {
+        return Ok(None);
+    }
+    let full = if v.starts_with(':') { format!("0.0.0.0{v}") } else { v.to_string() };
+    full.parse::<SocketAddr>()
+        .map(Some)
+        .map_err(|_| "an address such as :8080 or 127.0.0.1:8080, or 0 to turn it off".into())
+}
+
+fn parse_json_value<T: DeserializeOwned>(v: &str, expected: &str) -> Result<T, String> {
+    serde_json::from_str(v).map_err(|e| format!("{expected} ({e})"))
+}
+
+/// Parses a Kubernetes type from JSON and rejects fields the type does not have (a typo such as
+/// `"efect"` would otherwise be dropped silently and the toleration would not do what was meant).
+fn parse_k8s_json<T: DeserializeOwned + serde::Serialize>(v: &str, expected: &str) -> Result<T, String> {
+    let value: serde_json::Value = parse_json_value(v, expected)?;
+    let typed: T = serde_json::from_value(value.clone()).map_err(|e| format!("{expected} ({e})"))?;
+    let round_trip = serde_json::to_value(&typed).map_err(|e| format!("{expected} ({e})"))?;
+    let mut unknown = Vec::new();
+    unknown_fields(&value, &round_trip, String::new(), &mut unknown);
+    if let Some(first) = unknown.first() {
+        return Err(format!("{expected}; unknown field {first}"));
+    }
+    Ok(typed)
+}
+
+fn unknown_fields(input: &serde_json::Value, known: &serde_json::Value, path: String, out: &mut Vec<String>) {
+    use serde_json::Value;
+    match (input, known) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in a {
+                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                match b.get(k) {
+                    Some(kv) => unknown_fields(v, kv, p, out),
+                    None if v.is_null() => {}
+                    None if v.as_array().is_some_and(|a| a.is_empty())
+                        || v.as_object().is_some_and(|o| o.is_empty()) => {}
+                    None => out.push(p),
+                }
+            }
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                unknown_fields(x, y, format!("{path}[{i}]"), out);
+            }
+        }
+        (Value::Object(a), _) if !a.is_empty() => out.push(path),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests;

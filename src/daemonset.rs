@@ -1,0 +1,289 @@
+//! The desired DaemonSet, rendered from the configuration and the holder list. Pure and
+//! deterministic: the same input gives byte-identical output.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec, DaemonSetUpdateStrategy, RollingUpdateDaemonSet};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, EmptyDirVolumeSource, LocalObjectReference, PodSecurityContext, PodSpec,
+    PodTemplateSpec, ResourceRequirements, SeccompProfile, SecurityContext, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity as K8sQuantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::config::{Config, INIT_CONTAINER_NAME, MaxSurge, PullPolicy};
+use crate::images::Holder;
+
+/// Pod-template annotation bumped to roll holders for a refresh.
+pub const REFRESHED_AT_ANNOTATION: &str = "kwarm.io/refreshed-at";
+/// DaemonSet annotation with kwarm's own state (retained and quarantined images), so a restarted
+/// manager continues where the last one stopped instead of changing the DaemonSet.
+pub const STATE_ANNOTATION: &str = "kwarm.io/state";
+/// DaemonSet annotation with a hash of everything kwarm renders: a changed configuration (even a
+/// removed map key, which a field-by-field comparison with the live object cannot see) changes it.
+pub const DESIRED_HASH_ANNOTATION: &str = "kwarm.io/desired-hash";
+/// UID and GID of holders outside OpenShift (OpenShift assigns its own range).
+pub const HOLDER_UID: i64 = 65532;
+const KIP_VOLUME: &str = "kip";
+const KIP_MOUNT: &str = "/kip";
+
+/// Everything the DaemonSet depends on besides the configuration.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RenderInput {
+    pub holders: Vec<Holder>,
+    /// Mirrored pull secrets (inherited from Deployments), added after `IMAGE_PULL_SECRETS`.
+    pub extra_pull_secrets: Vec<String>,
+    /// OpenShift assigns UIDs itself; fixed ones would be refused.
+    pub openshift: bool,
+    /// The manager's own Deployment, when `DEPLOYMENT_NAME` is set.
+    pub owner: Option<OwnerReference>,
+    pub refreshed_at: Option<String>,
+    /// Serialized [`STATE_ANNOTATION`], when there is state to keep.
+    pub state: Option<String>,
+}
+
+/// The labels every object of one kwarm instance carries; the first two form the selector.
+pub fn selector_labels(daemonset_name: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/instance".to_string(), daemonset_name.to_string()),
+        ("app.kubernetes.io/name".to_string(), "kwarm".to_string()),
+    ])
+}
+
+/// Label selector text matching the holder pods of `daemonset_name`.
+pub fn selector_string(daemonset_name: &str) -> String {
+    selector_labels(daemonset_name).iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+}
+
+fn all_labels(daemonset_name: &str) -> BTreeMap<String, String> {
+    let mut labels = selector_labels(daemonset_name);
+    labels.insert("app.kubernetes.io/component".into(), "image-holder".into());
+    labels.insert("app.kubernetes.io/managed-by".into(), "kwarm".into());
+    labels
+}
+
+/// Renders the DaemonSet, stamped with the hash of its own content.
+pub fn render_daemonset(config: &Config, input: &RenderInput) -> DaemonSet {
+    let mut ds = render_unhashed(config, input);
+    let hash = content_hash(&ds);
+    ds.metadata
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(DESIRED_HASH_ANNOTATION.into(), format!("{hash:016x}"));
+    ds
+}
+
+/// FNV-1a 64 of the JSON form; stable because every map is a `BTreeMap`.
+fn content_hash(ds: &DaemonSet) -> u64 {
+    let bytes = serde_json::to_vec(ds).unwrap_or_default();
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// Whether the live DaemonSet already is what `desired` asks for: same rendered content (hash) and
+/// no drift in any field kwarm sets. Fields others add (defaults, status) are ignored; lists must
+/// match element for element; quantities compare by amount (`.05` = `50m`).
+pub fn daemonset_matches(desired: &DaemonSet, live: &DaemonSet) -> bool {
+    let hash =
+        |d: &DaemonSet| d.metadata.annotations.as_ref().and_then(|a| a.get(DESIRED_HASH_ANNOTATION)).cloned();
+    if hash(desired) != hash(live) || hash(desired).is_none() {
+        return false;
+    }
+    let (Ok(d), Ok(l)) = (serde_json::to_value(desired), serde_json::to_value(live)) else {
+        return false;
+    };
+    json_contains(&d, &l)
+}
+
+fn json_contains(desired: &serde_json::Value, live: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match (desired, live) {
+        (Value::Object(d), Value::Object(l)) => {
+            d.iter().all(|(k, dv)| l.get(k).is_some_and(|lv| json_contains(dv, lv)))
+        }
+        (Value::Array(d), Value::Array(l)) => {
+            d.len() == l.len() && d.iter().zip(l).all(|(dv, lv)| json_contains(dv, lv))
+        }
+        (Value::String(d), Value::String(l)) => d == l || crate::quantity::Quantity::same_amount(d, l),
+        (d, l) => d == l,
+    }
+}
+
+fn render_unhashed(config: &Config, input: &RenderInput) -> DaemonSet {
+    let labels = all_labels(&config.daemonset_name);
+    let mut annotations = config.daemonset_annotations.clone();
+    if let Some(state) = &input.state {
+        annotations.insert(STATE_ANNOTATION.into(), state.clone());
+    }
+    let template_annotations = input
+        .refreshed_at
+        .as_ref()
+        .map(|at| BTreeMap::from([(REFRESHED_AT_ANNOTATION.to_string(), at.clone())]));
+
+    let resources = holder_resources(config);
+    let mount = |read_only: bool| VolumeMount {
+        name: KIP_VOLUME.into(),
+        mount_path: KIP_MOUNT.into(),
+        read_only: read_only.then_some(true),
+        ..Default::default()
+    };
+    let init = Container {
+        name: INIT_CONTAINER_NAME.into(),
+        image: Some(config.kip_image.clone()),
+        command: Some(vec!["/sleep".into()]),
+        args: Some(vec!["--copy-to".into(), format!("{KIP_MOUNT}/sleep")]),
+        resources: Some(resources.clone()),
+        security_context: Some(container_security(input.openshift)),
+        volume_mounts: Some(vec![mount(false)]),
+        ..Default::default()
+    };
+    let holders = input
+        .holders
+        .iter()
+        .map(|h| Container {
+            name: h.name.clone(),
+            image: Some(h.image.clone()),
+            command: Some(vec![format!("{KIP_MOUNT}/sleep")]),
+            args: Some(vec!["infinity".into()]),
+            image_pull_policy: config.image_pull_policy.map(|p| p.as_str().to_string()),
+            resources: Some(resources.clone()),
+            security_context: Some(container_security(input.openshift)),
+            volume_mounts: Some(vec![mount(true)]),
+            ..Default::default()
+        })
+        .collect();
+
+    let mut pull_secrets: Vec<String> = config.image_pull_secrets.clone();
+    for s in &input.extra_pull_secrets {
+        if !pull_secrets.contains(s) {
+            pull_secrets.push(s.clone());
+        }
+    }
+    let pod = PodSpec {
+        automount_service_account_token: Some(false),
+        enable_service_links: Some(false),
+        termination_grace_period_seconds: Some(5),
+        security_context: Some(pod_security(input.openshift)),
+        node_selector: Some(config.node_selector.clone()),
+        affinity: config.affinity.clone(),
+        tolerations: (!config.tolerations.is_empty()).then(|| config.tolerations.clone()),
+        image_pull_secrets: (!pull_secrets.is_empty())
+            .then(|| pull_secrets.into_iter().map(|name| LocalObjectReference { name }).collect()),
+        priority_class_name: config.priority_class_name.clone(),
+        init_containers: Some(vec![init]),
+        containers: holders,
+        volumes: Some(vec![Volume {
+            name: KIP_VOLUME.into(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                size_limit: Some(K8sQuantity("1Mi".into())),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    };
+
+    DaemonSet {
+        metadata: ObjectMeta {
+            name: Some(config.daemonset_name.clone()),
+            namespace: Some(config.namespace.clone()),
+            labels: Some(labels.clone()),
+            annotations: (!annotations.is_empty()).then_some(annotations),
+            owner_references: input.owner.clone().map(|o| vec![o]),
+            ..Default::default()
+        },
+        spec: Some(DaemonSetSpec {
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(&config.daemonset_name)),
+                ..Default::default()
+            },
+            update_strategy: Some(DaemonSetUpdateStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDaemonSet {
+                    max_surge: Some(match config.max_surge {
+                        MaxSurge::Nodes(n) => IntOrString::Int(n),
+                        MaxSurge::Percent(p) => IntOrString::String(format!("{p}%")),
+                    }),
+                    max_unavailable: Some(IntOrString::Int(0)),
+                }),
+            }),
+            revision_history_limit: Some(3),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    annotations: template_annotations,
+                    ..Default::default()
+                }),
+                spec: Some(pod),
+            },
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// Whether a refresh would make some holder pull again: only pulls with policy `Always` (set, or
+/// Kubernetes' default for `:latest` and untagged images) can bring a newer image.
+pub fn refresh_would_repull(config: &Config, holders: &[Holder]) -> bool {
+    match config.image_pull_policy {
+        Some(PullPolicy::Always) => !holders.is_empty(),
+        Some(_) => false,
+        None => holders.iter().any(|h| defaults_to_always(&h.image)),
+    }
+}
+
+/// Kubernetes defaults the pull policy to `Always` for `:latest` and for images without a tag
+/// or digest.
+fn defaults_to_always(image: &str) -> bool {
+    if image.contains('@') {
+        return false;
+    }
+    let last = image.rsplit('/').next().unwrap_or(image);
+    match last.split_once(':') {
+        Some((_, tag)) => tag == "latest",
+        None => true,
+    }
+}
+
+fn holder_resources(config: &Config) -> ResourceRequirements {
+    let r = &config.resources;
+    let q = |q: &crate::quantity::Quantity| K8sQuantity(q.as_str().to_string());
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_string(), q(&r.cpu_request)),
+            ("memory".to_string(), q(&r.memory_request)),
+        ])),
+        limits: Some(BTreeMap::from([
+            ("cpu".to_string(), q(&r.cpu_limit)),
+            ("memory".to_string(), q(&r.memory_limit)),
+        ])),
+        ..Default::default()
+    }
+}
+
+fn pod_security(openshift: bool) -> PodSecurityContext {
+    let id = (!openshift).then_some(HOLDER_UID);
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: id,
+        run_as_group: id,
+        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
+        ..Default::default()
+    }
+}
+
+fn container_security(openshift: bool) -> SecurityContext {
+    let id = (!openshift).then_some(HOLDER_UID);
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Default::default() }),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        run_as_user: id,
+        run_as_group: id,
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests;

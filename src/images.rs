@@ -1,0 +1,239 @@
+//! The image set: `IMAGES` merged with the images of watched Deployments, minus exclusions and
+//! quarantine, bounded by `MAX_IMAGES`, each with a stable holder-container name.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, SystemTime};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use oci_spec::distribution::Reference;
+
+use crate::config::WatchConfig;
+
+/// One holder container: a name and the image it keeps on the node.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Holder {
+    pub name: String,
+    pub image: String,
+}
+
+/// Validates an image reference and returns its canonical form
+/// (`nginx` → `docker.io/library/nginx:latest`), used to recognise one image written two ways.
+pub fn parse_image_reference(image: &str) -> Result<String, String> {
+    if image.is_empty() || image.trim() != image {
+        return Err("an image reference such as registry.example.com/team/app:1.2 (no spaces)".into());
+    }
+    Reference::try_from(image).map(|r| r.whole()).map_err(|e| {
+        format!("an image reference such as registry.example.com/team/app:1.2 or app@sha256:<64 hex> ({e})")
+    })
+}
+
+/// A container name derived from the image alone, so it never changes while other images come and
+/// go: readable stem (last path segment and tag) plus a hash of the canonical reference.
+pub fn derived_holder_name(canonical: &str) -> String {
+    let without_digest = canonical.split('@').next().unwrap_or(canonical);
+    let last_segment = without_digest.rsplit('/').next().unwrap_or(without_digest);
+    let mut stem = String::with_capacity(last_segment.len());
+    for ch in last_segment.chars() {
+        let c = ch.to_ascii_lowercase();
+        if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            stem.push(c);
+        } else if !stem.ends_with('-') {
+            stem.push('-');
+        }
+    }
+    let stem: String = stem.trim_matches('-').chars().take(54).collect();
+    let stem = stem.trim_end_matches('-');
+    let hash = fnv1a32(canonical.as_bytes());
+    if stem.is_empty() { format!("image-{hash:08x}") } else { format!("{stem}-{hash:08x}") }
+}
+
+/// FNV-1a, 32 bits: tiny, stable across Rust releases (unlike `DefaultHasher`).
+fn fnv1a32(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5u32, |h, &b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
+}
+
+/// What kwarm keeps of a watched Deployment: never the whole object.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeploymentImages {
+    /// Canonical references of its containers' and init containers' images, after exclusions.
+    pub images: BTreeSet<String>,
+    /// Names of the pull secrets its pod template references (in its own namespace).
+    pub pull_secrets: BTreeSet<String>,
+}
+
+/// Extracts what kwarm needs from a Deployment, or `None` when its namespace is not watched.
+/// Images that are excluded or not valid references are left out.
+pub fn summarize_deployment(deployment: &Deployment, watch: &WatchConfig) -> Option<DeploymentImages> {
+    let namespace = deployment.metadata.namespace.as_deref()?;
+    if !watch.namespace_selected(namespace) {
+        return None;
+    }
+    let pod = deployment.spec.as_ref()?.template.spec.as_ref();
+    let mut summary = DeploymentImages::default();
+    if let Some(pod) = pod {
+        let containers = pod.containers.iter().chain(pod.init_containers.iter().flatten());
+        for image in containers.filter_map(|c| c.image.as_deref()) {
+            if watch.image_excluded(image) {
+                continue;
+            }
+            if let Ok(canonical) = parse_image_reference(image)
+                && !watch.image_excluded(&canonical)
+            {
+                summary.images.insert(canonical);
+            }
+        }
+        for secret in pod.image_pull_secrets.iter().flatten() {
+            if !secret.name.is_empty() {
+                summary.pull_secrets.insert(secret.name.clone());
+            }
+        }
+    }
+    Some(summary)
+}
+
+/// `namespace/name` of a Deployment.
+pub type DeploymentKey = (String, String);
+
+/// Images of watched Deployments, plus those no Deployment uses any more, kept for the retention
+/// time so that a rollback finds them warm.
+#[derive(Debug, Default, Clone)]
+pub struct ImageTracker {
+    deployments: BTreeMap<DeploymentKey, DeploymentImages>,
+    /// Image → when the last Deployment stopped using it.
+    released: BTreeMap<String, SystemTime>,
+}
+
+impl ImageTracker {
+    /// Starts from released images remembered on the DaemonSet (so a restart keeps them).
+    pub fn with_released(released: BTreeMap<String, SystemTime>) -> ImageTracker {
+        ImageTracker { deployments: BTreeMap::new(), released }
+    }
+
+    /// Records a Deployment's current images. Returns whether the set of images changed.
+    pub fn upsert(&mut self, key: DeploymentKey, summary: DeploymentImages, now: SystemTime) -> bool {
+        if self.deployments.get(&key) == Some(&summary) {
+            return false;
+        }
+        let before = self.in_use();
+        self.deployments.insert(key, summary);
+        self.settle(before, now)
+    }
+
+    /// Forgets a Deployment. Returns whether the set of images changed.
+    pub fn remove(&mut self, key: &DeploymentKey, now: SystemTime) -> bool {
+        if !self.deployments.contains_key(key) {
+            return false;
+        }
+        let before = self.in_use();
+        self.deployments.remove(key);
+        self.settle(before, now)
+    }
+
+    /// Replaces every Deployment at once (after a re-list). Returns whether the set changed.
+    pub fn replace_all(&mut self, all: BTreeMap<DeploymentKey, DeploymentImages>, now: SystemTime) -> bool {
+        if self.deployments == all {
+            return false;
+        }
+        let before = self.in_use();
+        self.deployments = all;
+        self.settle(before, now)
+    }
+
+    fn settle(&mut self, before: BTreeSet<String>, now: SystemTime) -> bool {
+        let after = self.in_use();
+        for gone in before.difference(&after) {
+            self.released.insert(gone.clone(), now);
+        }
+        for image in &after {
+            self.released.remove(image);
+        }
+        before != after
+    }
+
+    /// Drops released images older than `retention`. Returns whether any went.
+    pub fn expire(&mut self, now: SystemTime, retention: Duration) -> bool {
+        let before = self.released.len();
+        self.released.retain(|_, at| now.duration_since(*at).unwrap_or_default() < retention);
+        // Anything in use cannot also be released; keep the invariant after a restart.
+        let in_use = self.in_use();
+        self.released.retain(|image, _| !in_use.contains(image));
+        before != self.released.len()
+    }
+
+    /// When the next released image expires, if any.
+    pub fn next_expiry(&self, retention: Duration) -> Option<SystemTime> {
+        self.released.values().min().map(|at| *at + retention)
+    }
+
+    /// Images some watched Deployment uses now.
+    pub fn in_use(&self) -> BTreeSet<String> {
+        self.deployments.values().flat_map(|d| d.images.iter().cloned()).collect()
+    }
+
+    /// Images to warm from Deployments: in use or still retained.
+    pub fn wanted(&self) -> BTreeSet<String> {
+        let mut all = self.in_use();
+        all.extend(self.released.keys().cloned());
+        all
+    }
+
+    pub fn released(&self) -> &BTreeMap<String, SystemTime> {
+        &self.released
+    }
+
+    pub fn deployments(&self) -> &BTreeMap<DeploymentKey, DeploymentImages> {
+        &self.deployments
+    }
+
+    /// Deployments that use `image`.
+    pub fn users_of<'a>(&'a self, image: &'a str) -> impl Iterator<Item = &'a DeploymentKey> + 'a {
+        self.deployments.iter().filter(move |(_, d)| d.images.contains(image)).map(|(k, _)| k)
+    }
+}
+
+/// The holders to render, and what did not fit under `MAX_IMAGES`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HolderPlan {
+    pub holders: Vec<Holder>,
+    /// Images left out because of `MAX_IMAGES`, reported rather than dropped silently.
+    pub overflow: Vec<String>,
+}
+
+/// `IMAGES` first in the order given, then Deployment images sorted; each image once; quarantined
+/// images left out; at most `max_images`.
+pub fn plan_holders(
+    configured: &[Holder],
+    watched: &BTreeSet<String>,
+    quarantined: &BTreeSet<String>,
+    max_images: usize,
+) -> HolderPlan {
+    let mut seen = BTreeSet::new();
+    let mut names = BTreeSet::new();
+    let mut plan = HolderPlan::default();
+    let configured_canonical =
+        configured.iter().map(|h| (parse_image_reference(&h.image).unwrap_or_else(|_| h.image.clone()), h));
+    let watched_holders = watched.iter().map(|image| (image.clone(), None));
+    let all = configured_canonical.map(|(c, h)| (c, Some(h))).chain(watched_holders);
+    for (canonical, configured) in all {
+        if quarantined.contains(&canonical) || !seen.insert(canonical.clone()) {
+            continue;
+        }
+        let holder = match configured {
+            Some(h) => h.clone(),
+            None => Holder { name: derived_holder_name(&canonical), image: canonical.clone() },
+        };
+        // A derived name equal to a configured one is astronomically unlikely; never emit two.
+        if !names.insert(holder.name.clone()) {
+            continue;
+        }
+        if plan.holders.len() < max_images {
+            plan.holders.push(holder);
+        } else {
+            plan.overflow.push(holder.image);
+        }
+    }
+    plan
+}
+
+#[cfg(test)]
+mod tests;

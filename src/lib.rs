@@ -1,0 +1,20 @@
+//! kwarm: keeps container images warm on Kubernetes nodes with one DaemonSet of tiny holders.
+//!
+//! Pure core: [`config`] (environment → [`config::Config`]), [`images`] (the image set),
+//! [`daemonset`] (the desired DaemonSet), [`status`] (pod states, quarantine). I/O shell:
+//! [`controller`], [`leader`], [`http`], [`metrics`].
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod controller;
+pub mod daemonset;
+pub mod error;
+pub mod http;
+pub mod images;
+pub mod labels;
+pub mod leader;
+pub mod metrics;
+pub mod quantity;
+pub mod status;
+
+pub use error::{Error, Result};

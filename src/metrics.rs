@@ -1,0 +1,178 @@
+//! Prometheus metrics (prometheus-client). Label sets are bounded: states, statuses and error
+//! categories, never nodes or images.
+
+use std::sync::atomic::{AtomicI64, AtomicU64};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabel {
+    pub status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CategoryLabel {
+    pub category: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WatchLabel {
+    pub watch: &'static str,
+}
+
+/// Every metric kwarm exports.
+pub struct Metrics {
+    pub registry: Registry,
+    pub pull_duration: Histogram,
+    pub image_size: Histogram,
+    pub active_pulls: Gauge,
+    pub pulls: Family<StatusLabel, Counter>,
+    pub images: Family<StateLabel, Gauge>,
+    pub watched_deployments: Gauge,
+    pub reconciles: Counter,
+    pub reconcile_errors: Family<CategoryLabel, Counter>,
+    pub reconcile_duration: Histogram,
+    pub applies: Family<StatusLabel, Counter>,
+    pub last_sync: Gauge<f64, AtomicU64>,
+    pub watch_errors: Family<WatchLabel, Counter>,
+    pub leader: Gauge<i64, AtomicI64>,
+    pub overflow_images: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("kwarm");
+        let pull_duration = Histogram::new(exponential_buckets(0.1, 2.0, 14));
+        let image_size = Histogram::new(exponential_buckets(1024.0, 4.0, 12));
+        let reconcile_duration = Histogram::new(exponential_buckets(0.001, 2.0, 14));
+        let m = Metrics {
+            registry: Registry::default(),
+            pull_duration,
+            image_size,
+            active_pulls: Gauge::default(),
+            pulls: Family::default(),
+            images: Family::default(),
+            watched_deployments: Gauge::default(),
+            reconciles: Counter::default(),
+            reconcile_errors: Family::default(),
+            reconcile_duration,
+            applies: Family::default(),
+            last_sync: Gauge::default(),
+            watch_errors: Family::default(),
+            leader: Gauge::default(),
+            overflow_images: Gauge::default(),
+        };
+        registry.register_with_unit(
+            "pull_duration",
+            "Image pull time reported by the kubelet for holder containers",
+            Unit::Seconds,
+            m.pull_duration.clone(),
+        );
+        registry.register_with_unit(
+            "image_size",
+            "Image size reported by the kubelet after a pull",
+            Unit::Bytes,
+            m.image_size.clone(),
+        );
+        registry.register(
+            "active_pulls",
+            "Holder containers (image × node) currently pulling",
+            m.active_pulls.clone(),
+        );
+        registry.register(
+            "pulls",
+            "Finished pulls of holder images by status (success, failed)",
+            m.pulls.clone(),
+        );
+        registry.register(
+            "images",
+            "Images by state (warm, pulling, failed, quarantined, overflow)",
+            m.images.clone(),
+        );
+        registry.register(
+            "watched_deployments",
+            "Deployments selected for warming",
+            m.watched_deployments.clone(),
+        );
+        registry.register("reconcile_runs", "Reconcile runs", m.reconciles.clone());
+        registry.register(
+            "reconcile_errors",
+            "Failed reconciles by error category",
+            m.reconcile_errors.clone(),
+        );
+        registry.register_with_unit(
+            "reconcile_duration",
+            "Time of one reconcile run",
+            Unit::Seconds,
+            m.reconcile_duration.clone(),
+        );
+        registry.register(
+            "daemonset_applies",
+            "Server-side applies of the DaemonSet by status (success, error, timeout)",
+            m.applies.clone(),
+        );
+        registry.register(
+            "last_successful_sync_timestamp_seconds",
+            "Unix time of the last reconcile that left the DaemonSet as desired",
+            m.last_sync.clone(),
+        );
+        registry.register("watch_errors", "Watch stream errors by watched resource", m.watch_errors.clone());
+        registry.register("leader", "1 while this replica is the leader", m.leader.clone());
+        Metrics { registry, ..m }
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposes_the_documented_names() {
+        let m = Metrics::new();
+        m.pulls.get_or_create(&StatusLabel { status: "success" }).inc();
+        m.images.get_or_create(&StateLabel { state: "warm" }).set(2);
+        m.reconcile_errors.get_or_create(&CategoryLabel { category: "kube" }).inc();
+        m.applies.get_or_create(&StatusLabel { status: "success" }).inc();
+        m.pull_duration.observe(1.5);
+        let text = m.encode();
+        for name in [
+            "kwarm_pull_duration_seconds_bucket",
+            "kwarm_active_pulls ",
+            "kwarm_pulls_total{status=\"success\"} 1",
+            "kwarm_images{state=\"warm\"} 2",
+            "kwarm_watched_deployments ",
+            "kwarm_reconcile_runs_total ",
+            "kwarm_reconcile_errors_total{category=\"kube\"} 1",
+            "kwarm_reconcile_duration_seconds_bucket",
+            "kwarm_daemonset_applies_total{status=\"success\"} 1",
+            "kwarm_last_successful_sync_timestamp_seconds ",
+            "# EOF",
+        ] {
+            assert!(text.contains(name), "missing {name} in\n{text}");
+        }
+    }
+}

@@ -1,0 +1,469 @@
+//! Per-image, per-node state computed from the holder pods, and the quarantine state machine.
+//! Pure: the controller feeds pods and the clock in.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, SystemTime};
+
+use k8s_openapi::api::core::v1::Pod;
+use serde::{Deserialize, Serialize};
+
+use crate::images::parse_image_reference;
+
+/// What one holder container on one node is doing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase", tag = "state")]
+pub enum HolderState {
+    /// The container started: the image is on the node and held.
+    Warm,
+    /// The image is being pulled (or the pod is still starting).
+    Pulling,
+    /// The kubelet reports a pull or start failure.
+    Failed { reason: String, message: String },
+}
+
+/// Waiting reasons the kubelet uses when it cannot get or start an image.
+const FAILURE_REASONS: &[&str] = &[
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "ErrImageNeverPull",
+    "RegistryUnavailable",
+    "SignatureValidationFailed",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "RunContainerError",
+    "CrashLoopBackOff",
+];
+
+/// What kwarm keeps of one holder pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodHolders {
+    pub node: String,
+    /// `pod-template-generation` label: which DaemonSet generation the pod belongs to.
+    pub generation: Option<i64>,
+    /// Canonical image reference → state.
+    pub images: BTreeMap<String, HolderState>,
+}
+
+/// Reduces a holder pod to its node and the state of each holder image.
+/// `None` for pods that are not scheduled yet or are being deleted.
+pub fn pod_holders(pod: &Pod) -> Option<PodHolders> {
+    if pod.metadata.deletion_timestamp.is_some() {
+        return None;
+    }
+    let spec = pod.spec.as_ref()?;
+    let node = spec.node_name.clone()?;
+    let generation = pod
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get("pod-template-generation"))
+        .and_then(|g| g.parse().ok());
+    let statuses = pod.status.as_ref().and_then(|s| s.container_statuses.as_ref());
+    let mut images = BTreeMap::new();
+    for container in &spec.containers {
+        let Some(image) = container.image.clone() else { continue };
+        let status = statuses.and_then(|all| all.iter().find(|s| s.name == container.name));
+        let state = match status.and_then(|s| s.state.as_ref()) {
+            Some(st) if st.running.is_some() => HolderState::Warm,
+            // A holder that ran and stopped still had its image on the node.
+            Some(st) if st.terminated.is_some() => HolderState::Warm,
+            Some(st) => match st.waiting.as_ref() {
+                Some(w) if w.reason.as_deref().is_some_and(|r| FAILURE_REASONS.contains(&r)) => {
+                    HolderState::Failed {
+                        reason: w.reason.clone().unwrap_or_default(),
+                        message: w.message.clone().unwrap_or_default(),
+                    }
+                }
+                _ => HolderState::Pulling,
+            },
+            None => HolderState::Pulling,
+        };
+        images.insert(parse_image_reference(&image).unwrap_or(image), state);
+    }
+    Some(PodHolders { node, generation, images })
+}
+
+/// Node counts of one image.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ImageStatus {
+    pub image: String,
+    pub nodes: usize,
+    pub warm: usize,
+    pub pulling: usize,
+    pub failed: usize,
+    /// Failure reason → node names (bounded by the caller when printed).
+    pub failures: BTreeMap<String, BTreeSet<String>>,
+    /// One kubelet message per reason, for humans.
+    pub messages: BTreeMap<String, String>,
+}
+
+impl ImageStatus {
+    pub fn warm_everywhere(&self) -> bool {
+        self.nodes > 0 && self.warm == self.nodes
+    }
+    pub fn failing_everywhere(&self) -> bool {
+        self.nodes > 0 && self.failed == self.nodes
+    }
+}
+
+/// Aggregates pods into per-image node counts. Only pods of `generation` (the DaemonSet's current
+/// template) count; a node where the current pod is missing is counted by its older pod, since
+/// that one still holds the images (surge rollouts replace the old pod only when the new one runs).
+pub fn image_statuses<'a>(
+    pods: impl IntoIterator<Item = &'a PodHolders>,
+    generation: Option<i64>,
+    images: &[String],
+) -> Vec<ImageStatus> {
+    // Per node: the pod of the current generation if there is one, else any pod.
+    let mut per_node: BTreeMap<&str, &PodHolders> = BTreeMap::new();
+    for pod in pods {
+        let current = generation.is_some() && pod.generation == generation;
+        match per_node.get(pod.node.as_str()) {
+            Some(existing) if existing.generation == generation && generation.is_some() => {}
+            Some(_) if !current => {}
+            _ => {
+                per_node.insert(pod.node.as_str(), pod);
+            }
+        }
+    }
+    images
+        .iter()
+        .map(|image| {
+            let mut s = ImageStatus { image: image.clone(), nodes: per_node.len(), ..Default::default() };
+            for (node, pod) in &per_node {
+                match pod.images.get(image) {
+                    Some(HolderState::Warm) => s.warm += 1,
+                    Some(HolderState::Failed { reason, message }) => {
+                        s.failed += 1;
+                        s.failures.entry(reason.clone()).or_default().insert(node.to_string());
+                        s.messages.entry(reason.clone()).or_insert_with(|| message.clone());
+                    }
+                    // An old pod without this image, or still pulling.
+                    Some(HolderState::Pulling) | None => s.pulling += 1,
+                }
+            }
+            s
+        })
+        .collect()
+}
+
+/// Quarantine of one image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QuarantineEntry {
+    /// How many times the image was quarantined so far.
+    pub attempt: u32,
+    /// When it goes back into the DaemonSet for another try; `None` after the last retry.
+    #[serde(with = "opt_time")]
+    pub retry_at: Option<SystemTime>,
+}
+
+/// Tracks failing images: failing on every node for `timeout` → quarantined (left out of the
+/// DaemonSet) → retried after `backoff * 2^(attempt-1)` → quarantined for good after `max_retries`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Quarantine {
+    /// Image → since when it fails on every node (not yet quarantined).
+    failing_since: BTreeMap<String, SystemTime>,
+    /// Image → quarantine entry (in quarantine, or back in the DaemonSet for a retry).
+    entries: BTreeMap<String, QuarantineEntry>,
+    /// Images being retried (back in the DaemonSet) → since when.
+    retrying: BTreeMap<String, (SystemTime, u32)>,
+}
+
+/// What changed in one step, for events and logs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QuarantineChanges {
+    pub quarantined: Vec<String>,
+    pub released_for_retry: Vec<String>,
+    pub recovered: Vec<String>,
+}
+
+impl QuarantineChanges {
+    pub fn is_empty(&self) -> bool {
+        self.quarantined.is_empty() && self.released_for_retry.is_empty() && self.recovered.is_empty()
+    }
+}
+
+/// Quarantine settings.
+#[derive(Debug, Clone, Copy)]
+pub struct QuarantinePolicy {
+    pub timeout: Duration,
+    pub backoff: Duration,
+    pub max_retries: u32,
+}
+
+impl Quarantine {
+    /// Restores quarantined images remembered on the DaemonSet.
+    pub fn restore(entries: BTreeMap<String, QuarantineEntry>) -> Quarantine {
+        Quarantine { entries, ..Default::default() }
+    }
+
+    /// Images to leave out of the DaemonSet now.
+    pub fn excluded(&self) -> BTreeSet<String> {
+        self.entries.keys().filter(|i| !self.retrying.contains_key(*i)).cloned().collect()
+    }
+
+    pub fn entries(&self) -> &BTreeMap<String, QuarantineEntry> {
+        &self.entries
+    }
+
+    /// Images in the DaemonSet that are failing, with since when.
+    pub fn failing(&self) -> &BTreeMap<String, SystemTime> {
+        &self.failing_since
+    }
+
+    /// Advances the state machine with the current statuses of images in the DaemonSet.
+    pub fn step(
+        &mut self,
+        statuses: &[ImageStatus],
+        policy: QuarantinePolicy,
+        now: SystemTime,
+    ) -> QuarantineChanges {
+        let mut changes = QuarantineChanges::default();
+        let elapsed = |since: SystemTime| now.duration_since(since).unwrap_or_default();
+
+        // Quarantined images whose time has come go back in for a retry.
+        for (image, entry) in &self.entries {
+            if self.retrying.contains_key(image) {
+                continue;
+            }
+            if entry.retry_at.is_some_and(|at| at <= now) {
+                self.retrying.insert(image.clone(), (now, entry.attempt));
+                changes.released_for_retry.push(image.clone());
+            }
+        }
+
+        for s in statuses {
+            if s.failing_everywhere() {
+                let since = *self.failing_since.entry(s.image.clone()).or_insert(now);
+                if elapsed(since) >= policy.timeout {
+                    let attempt = self.entries.get(&s.image).map_or(0, |e| e.attempt) + 1;
+                    let retry_at = (attempt <= policy.max_retries).then(|| {
+                        let factor = 1u32.checked_shl(attempt - 1).unwrap_or(u32::MAX);
+                        now + policy.backoff.saturating_mul(factor)
+                    });
+                    self.entries.insert(s.image.clone(), QuarantineEntry { attempt, retry_at });
+                    self.retrying.remove(&s.image);
+                    self.failing_since.remove(&s.image);
+                    changes.quarantined.push(s.image.clone());
+                }
+            } else {
+                self.failing_since.remove(&s.image);
+                if s.warm > 0 && self.entries.remove(&s.image).is_some() {
+                    self.retrying.remove(&s.image);
+                    changes.recovered.push(s.image.clone());
+                }
+            }
+        }
+        changes
+    }
+
+    /// Drops state about images no longer wanted at all.
+    pub fn retain_images(&mut self, wanted: &BTreeSet<String>) {
+        self.entries.retain(|i, _| wanted.contains(i));
+        self.retrying.retain(|i, _| wanted.contains(i));
+        self.failing_since.retain(|i, _| wanted.contains(i));
+    }
+
+    /// The next moment something changes by time alone.
+    pub fn next_deadline(&self, policy: QuarantinePolicy) -> Option<SystemTime> {
+        let retries = self
+            .entries
+            .iter()
+            .filter(|(i, _)| !self.retrying.contains_key(*i))
+            .filter_map(|(_, e)| e.retry_at);
+        let timeouts = self.failing_since.values().map(|s| *s + policy.timeout);
+        retries.chain(timeouts).min()
+    }
+}
+
+mod opt_time {
+    use std::time::SystemTime;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => s.serialize_some(&humantime::format_rfc3339_seconds(*t).to_string()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SystemTime>, D::Error> {
+        let text: Option<String> = Option::deserialize(d)?;
+        text.map(|t| humantime::parse_rfc3339(&t).map_err(serde::de::Error::custom)).transpose()
+    }
+}
+
+/// kwarm's state kept on the DaemonSet, so a restarted manager renders the same DaemonSet.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PersistedState {
+    /// Images no Deployment uses any more → when they were released (RFC 3339).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub retained: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub quarantined: BTreeMap<String, QuarantineEntry>,
+}
+
+impl PersistedState {
+    pub fn new(retained: &BTreeMap<String, SystemTime>, quarantine: &Quarantine) -> PersistedState {
+        PersistedState {
+            retained: retained
+                .iter()
+                .map(|(i, t)| (i.clone(), humantime::format_rfc3339_seconds(*t).to_string()))
+                .collect(),
+            quarantined: quarantine.entries().clone(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.retained.is_empty() && self.quarantined.is_empty()
+    }
+
+    pub fn retained_times(&self) -> BTreeMap<String, SystemTime> {
+        self.retained
+            .iter()
+            .filter_map(|(i, t)| humantime::parse_rfc3339(t).ok().map(|t| (i.clone(), t)))
+            .collect()
+    }
+}
+
+/// Kubelet `Pulled` event message → (pull duration, image size in bytes), when it reports a pull.
+/// Example: `Successfully pulled image "x" in 1.2s (1.2s including waiting). Image size: 123 bytes.`
+pub fn parse_pulled_message(message: &str) -> Option<(Duration, Option<u64>)> {
+    let rest = message.strip_prefix("Successfully pulled image ")?;
+    let after_in = rest.split(" in ").nth(1)?;
+    let duration_text = after_in.split([' ', '(']).next()?;
+    let duration = parse_go_duration(duration_text)?;
+    let size =
+        message.split("Image size: ").nth(1).and_then(|s| s.split(' ').next()).and_then(|n| n.parse().ok());
+    Some((duration, size))
+}
+
+/// Go's `time.Duration.String()` form: `1h2m3.5s`, `450ms`, `12µs`.
+fn parse_go_duration(text: &str) -> Option<Duration> {
+    let mut total = 0f64;
+    let mut rest = text;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let number: f64 = rest[..end].parse().ok()?;
+        rest = &rest[end..];
+        let (unit, scale) =
+            [("ns", 1e-9), ("us", 1e-6), ("µs", 1e-6), ("ms", 1e-3), ("s", 1.0), ("m", 60.0), ("h", 3600.0)]
+                .into_iter()
+                .find(|(u, _)| rest.starts_with(u))?;
+        total += number * scale;
+        rest = &rest[unit.len()..];
+    }
+    Some(Duration::from_secs_f64(total))
+}
+
+#[cfg(test)]
+mod tests;
+
+/// What `kwarm status` prints.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusReport {
+    pub namespace: String,
+    pub daemonset: String,
+    /// `false` when the DaemonSet does not exist.
+    pub exists: bool,
+    pub nodes: usize,
+    pub images: Vec<ImageStatus>,
+    pub quarantined: BTreeMap<String, QuarantineEntry>,
+}
+
+impl StatusReport {
+    /// Builds the report from the live DaemonSet's pods and its state annotation.
+    pub fn build(
+        namespace: &str,
+        daemonset: &str,
+        generation: Option<Option<i64>>,
+        images: &[String],
+        pods: &[PodHolders],
+        state: Option<&str>,
+    ) -> StatusReport {
+        let images: Vec<String> =
+            images.iter().map(|i| parse_image_reference(i).unwrap_or_else(|_| i.clone())).collect();
+        let statuses = image_statuses(pods, generation.flatten(), &images);
+        let nodes = statuses
+            .first()
+            .map_or_else(|| pods.iter().map(|p| p.node.as_str()).collect::<BTreeSet<_>>().len(), |s| s.nodes);
+        let quarantined = state
+            .and_then(|s| serde_json::from_str::<PersistedState>(s).ok())
+            .map(|s| s.quarantined)
+            .unwrap_or_default();
+        StatusReport {
+            namespace: namespace.into(),
+            daemonset: daemonset.into(),
+            exists: generation.is_some(),
+            nodes,
+            images: statuses,
+            quarantined,
+        }
+    }
+
+    /// A table for terminals: one line per image, then failures with reasons, then quarantine.
+    pub fn to_text(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        if !self.exists {
+            let _ = writeln!(
+                out,
+                "DaemonSet {}/{} does not exist (is the manager running?)",
+                self.namespace, self.daemonset
+            );
+            return out;
+        }
+        let _ = writeln!(
+            out,
+            "DaemonSet {}/{}: {} images on {} nodes",
+            self.namespace,
+            self.daemonset,
+            self.images.len(),
+            self.nodes
+        );
+        let width = self.images.iter().map(|s| s.image.len()).max().unwrap_or(5).max(5);
+        let _ = writeln!(out, "{:<width$}  {:>5}  {:>7}  {:>6}", "IMAGE", "WARM", "PULLING", "FAILED");
+        for s in &self.images {
+            let _ = writeln!(
+                out,
+                "{:<width$}  {:>5}  {:>7}  {:>6}",
+                s.image,
+                format!("{}/{}", s.warm, s.nodes),
+                s.pulling,
+                s.failed
+            );
+        }
+        let failing: Vec<&ImageStatus> = self.images.iter().filter(|s| s.failed > 0).collect();
+        if !failing.is_empty() {
+            let _ = writeln!(out, "\nFailures:");
+            for s in failing {
+                for (reason, nodes) in &s.failures {
+                    let shown: Vec<&str> = nodes.iter().take(5).map(String::as_str).collect();
+                    let more = nodes.len().saturating_sub(shown.len());
+                    let more = if more > 0 { format!(" and {more} more") } else { String::new() };
+                    let message = s.messages.get(reason).map(String::as_str).unwrap_or_default();
+                    let _ = writeln!(out, "  {} {reason} on {}{more}: {message}", s.image, shown.join(", "));
+                }
+            }
+        }
+        if !self.quarantined.is_empty() {
+            let _ = writeln!(out, "\nQuarantined (left out of the DaemonSet):");
+            for (image, e) in &self.quarantined {
+                let retry = match e.retry_at {
+                    Some(t) => format!("retry at {}", humantime::format_rfc3339_seconds(t)),
+                    None => "no more retries".into(),
+                };
+                let _ = writeln!(out, "  {image}  attempt {}  {retry}", e.attempt);
+            }
+        }
+        out
+    }
+}
