@@ -590,14 +590,19 @@ fn parse_resources(c: &mut Checker, raw: &RawEnv) -> HolderResources {
     else {
         unreachable!("defaults are valid quantities")
     };
-    if memory_request.value() > memory_limit.value() {
+    // Compare only values that parsed: a rejected value was replaced by its default, and comparing
+    // that default would report a value the user never wrote.
+    let parsed = |c: &Checker, a: &str, b: &str| !c.errors.iter().any(|e| e.variable == a || e.variable == b);
+    if parsed(c, "CACHING_MEMORY_REQUEST", "CACHING_MEMORY_LIMIT")
+        && memory_request.value() > memory_limit.value()
+    {
         c.fail(
             "CACHING_MEMORY_REQUEST",
             memory_request.as_str(),
             format!("at most CACHING_MEMORY_LIMIT ({})", memory_limit.as_str()),
         );
     }
-    if cpu_request.value() > cpu_limit.value() {
+    if parsed(c, "CACHING_CPU_REQUEST", "CACHING_CPU_LIMIT") && cpu_request.value() > cpu_limit.value() {
         c.fail(
             "CACHING_CPU_REQUEST",
             cpu_request.as_str(),
