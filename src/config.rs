@@ -591,23 +591,33 @@ fn parse_resources(c: &mut Checker, raw: &RawEnv) -> HolderResources {
         unreachable!("defaults are valid quantities")
     };
     // Compare only values that parsed: a rejected value was replaced by its default, and comparing
-    // that default would report a value the user never wrote.
-    let parsed = |c: &Checker, a: &str, b: &str| !c.errors.iter().any(|e| e.variable == a || e.variable == b);
-    if parsed(c, "CACHING_MEMORY_REQUEST", "CACHING_MEMORY_LIMIT")
-        && memory_request.value() > memory_limit.value()
-    {
-        c.fail(
-            "CACHING_MEMORY_REQUEST",
-            memory_request.as_str(),
-            format!("at most CACHING_MEMORY_LIMIT ({})", memory_limit.as_str()),
-        );
-    }
-    if parsed(c, "CACHING_CPU_REQUEST", "CACHING_CPU_LIMIT") && cpu_request.value() > cpu_limit.value() {
-        c.fail(
-            "CACHING_CPU_REQUEST",
-            cpu_request.as_str(),
-            format!("at most CACHING_CPU_LIMIT ({})", cpu_limit.as_str()),
-        );
+    // that default would report a value the user never wrote. For the same reason, when only the
+    // limit was set, the limit is the offending entry.
+    let given = |raw: &Option<String>| raw.as_deref().is_some_and(|v| !v.trim().is_empty());
+    let pairs = [
+        (
+            ("CACHING_MEMORY_REQUEST", &raw.caching_memory_request, &memory_request),
+            ("CACHING_MEMORY_LIMIT", &raw.caching_memory_limit, &memory_limit),
+        ),
+        (
+            ("CACHING_CPU_REQUEST", &raw.caching_cpu_request, &cpu_request),
+            ("CACHING_CPU_LIMIT", &raw.caching_cpu_limit, &cpu_limit),
+        ),
+    ];
+    for ((request_var, request_raw, request), (limit_var, limit_raw, limit)) in pairs {
+        let parsed = !c.errors.iter().any(|e| e.variable == request_var || e.variable == limit_var);
+        if !parsed || request.value() <= limit.value() {
+            continue;
+        }
+        if given(limit_raw) && !given(request_raw) {
+            c.fail(
+                limit_var,
+                limit.as_str(),
+                format!("at least {request_var} ({}, its default)", request.as_str()),
+            );
+        } else {
+            c.fail(request_var, request.as_str(), format!("at most {limit_var} ({})", limit.as_str()));
+        }
     }
     HolderResources { cpu_request, cpu_limit, memory_request, memory_limit }
 }
