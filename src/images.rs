@@ -109,37 +109,43 @@ impl ImageTracker {
         ImageTracker { deployments: BTreeMap::new(), released }
     }
 
-    /// Records a Deployment's current images. Returns whether the set of images changed.
+    /// Records a Deployment's current images. Returns whether the set of images in use or the
+    /// pull secrets referenced changed (mirrored secrets follow the Deployments too).
     pub fn upsert(&mut self, key: DeploymentKey, summary: DeploymentImages, now: SystemTime) -> bool {
         if self.deployments.get(&key) == Some(&summary) {
             return false;
         }
-        let before = self.in_use();
+        let before = (self.in_use(), self.pull_secret_refs());
         self.deployments.insert(key, summary);
         self.settle(before, now)
     }
 
-    /// Forgets a Deployment. Returns whether the set of images changed.
+    /// Forgets a Deployment. Returns whether the images in use or the pull secrets changed.
     pub fn remove(&mut self, key: &DeploymentKey, now: SystemTime) -> bool {
         if !self.deployments.contains_key(key) {
             return false;
         }
-        let before = self.in_use();
+        let before = (self.in_use(), self.pull_secret_refs());
         self.deployments.remove(key);
         self.settle(before, now)
     }
 
-    /// Replaces every Deployment at once (after a re-list). Returns whether the set changed.
+    /// Replaces every Deployment at once (after a re-list). Returns whether the images in use or
+    /// the pull secrets changed.
     pub fn replace_all(&mut self, all: BTreeMap<DeploymentKey, DeploymentImages>, now: SystemTime) -> bool {
         if self.deployments == all {
             return false;
         }
-        let before = self.in_use();
+        let before = (self.in_use(), self.pull_secret_refs());
         self.deployments = all;
         self.settle(before, now)
     }
 
-    fn settle(&mut self, before: BTreeSet<String>, now: SystemTime) -> bool {
+    fn settle(
+        &mut self,
+        (before, secrets_before): (BTreeSet<String>, BTreeSet<(String, String)>),
+        now: SystemTime,
+    ) -> bool {
         let after = self.in_use();
         for gone in before.difference(&after) {
             self.released.insert(gone.clone(), now);
@@ -147,7 +153,15 @@ impl ImageTracker {
         for image in &after {
             self.released.remove(image);
         }
-        before != after
+        before != after || secrets_before != self.pull_secret_refs()
+    }
+
+    /// `(namespace, secret)` of every pull secret the Deployments reference.
+    fn pull_secret_refs(&self) -> BTreeSet<(String, String)> {
+        self.deployments
+            .iter()
+            .flat_map(|((ns, _), d)| d.pull_secrets.iter().map(move |s| (ns.clone(), s.clone())))
+            .collect()
     }
 
     /// Drops released images older than `retention`. Returns whether any went.
