@@ -139,7 +139,7 @@ mod tests {
             ("1h30m10s", H + 30 * M + 10 * S),
             ("2h45m30.5s", 2 * H + 45 * M + 30 * S + 500 * MS),
             ("1s500ms", S + 500 * MS),
-            ("1m1m", 2 * M), // Go allows a unit twice and adds
+            ("1m1m", 2 * M),   // Go allows a unit twice and adds
             ("1ms1h", H + MS), // and any order
             ("1.5h", H + 30 * M),
             ("1.5s", 1_500 * MS),
@@ -219,13 +219,13 @@ mod tests {
             "18446744073709551615ns", // u64::MAX: fits u64, not Go's i64
             "18446744073709551616ns", // does not even fit u64
             "99999999999999999999999h",
-            "5124095h",                                  // fits in u64 nanoseconds, not in i64
-            "2562047h2562047h",                          // parts sum above the limit
-            "9223372036854775807ns1ns",                  // one too many
-            "1.5h9223372036854775807ns",                 // sum overflows u64 in the middle
-            "100000000000000000000.5s",                  // integer part overflows
+            "5124095h",                                   // fits in u64 nanoseconds, not in i64
+            "2562047h2562047h",                           // parts sum above the limit
+            "9223372036854775807ns1ns",                   // one too many
+            "1.5h9223372036854775807ns",                  // sum overflows u64 in the middle
+            "100000000000000000000.5s",                   // integer part overflows
             "4611686018427387904ns4611686018427387904ns", // exactly 2^63
-            "5124095.9h",                                // the fraction takes it past u64::MAX
+            "5124095.9h",                                 // the fraction takes it past u64::MAX
         ];
         for input in cases {
             assert_eq!(d(input), None, "{input:?}");
@@ -252,10 +252,7 @@ mod tests {
         assert_eq!(args(&["0"]), Some(Action::Sleep(Some(0))));
         assert_eq!(args(&["720h"]), Some(Action::Sleep(Some(720 * H))));
         assert_eq!(args(&["100ms"]), Some(Action::Sleep(Some(100 * MS))));
-        assert_eq!(
-            args(&["--copy-to", "/kip/sleep"]),
-            Some(Action::CopyTo(b"/kip/sleep"))
-        );
+        assert_eq!(args(&["--copy-to", "/kip/sleep"]), Some(Action::CopyTo(b"/kip/sleep")));
         // A path that looks like an option or a duration is still a path.
         assert_eq!(args(&["--copy-to", "1h"]), Some(Action::CopyTo(b"1h")));
     }

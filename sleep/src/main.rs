@@ -244,6 +244,13 @@ fn copy_self(path: *const u8) -> Result<(), isize> {
     ok(unsafe { syscall3(SYS_CLOSE, dst, 0, 0) }).map(drop)
 }
 
+/// `cargo test` also builds this binary (though the tests run the release build, see tests/), and
+/// compiles the library with unwinding for the test harness; its unwind tables name this symbol.
+/// Nothing here ever unwinds: a panic exits. Unoptimized builds only.
+#[cfg(debug_assertions)]
+#[unsafe(no_mangle)]
+extern "C" fn rust_eh_personality() {}
+
 #[panic_handler]
 fn panic(_: &core::panic::PanicInfo) -> ! {
     exit(101)
