@@ -41,8 +41,10 @@ const O_EXCL: usize = 0o200;
 const O_CLOEXEC: usize = 0o2000000;
 const MODE: usize = 0o555;
 
-/// The one place that enters the kernel: `syscall` with up to four arguments. It returns the raw
-/// result, a negated errno on failure.
+// All the unsafe code of the program is below: the `syscall` instruction (here, in `exit` and in
+// `restore`), the entry point, and reading argv.
+
+/// `syscall` with four arguments. It returns the raw result, a negated errno on failure.
 ///
 /// # Safety
 /// The caller must pass arguments that are valid for system call `n`: pointers must point to

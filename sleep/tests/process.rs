@@ -284,9 +284,9 @@ fn no_argument_and_infinity_sleep_until_a_signal() {
 #[test]
 fn other_signals_keep_it_sleeping() {
     // SIGCHLD is ignored; SIGSTOP/SIGCONT interrupt the sleep, which must go on for its full time.
+    let start = Instant::now();
     let mut child = spawn(bin(), &["300ms"]);
     let pid = child.id();
-    let start = Instant::now();
     wait_until("the handlers are installed", || ready(pid));
     send(pid, SIGCHLD);
     send(pid, 19); // SIGSTOP
