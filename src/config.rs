@@ -682,9 +682,16 @@ fn parse_bool(v: &str) -> Result<bool, String> {
     }
 }
 
-/// A humantime duration (`30m`, `6h`, `1h30m`); zero allowed.
+/// A humantime duration (`30m`, `6h`, `1h30m`); zero allowed, at most a year (like
+/// `CACHING_INTERVAL_HOURS`), so that adding it, or a backoff of 2^30 times it, to a clock
+/// reading cannot overflow.
 fn parse_duration(v: &str) -> Result<Duration, String> {
-    humantime::parse_duration(v).map_err(|e| format!("a duration such as 30s, 10m or 6h ({e})"))
+    const MAX: Duration = Duration::from_secs(8760 * 3600);
+    let d = humantime::parse_duration(v).map_err(|e| format!("a duration such as 30s, 10m or 6h ({e})"))?;
+    if d > MAX {
+        return Err("a duration of at most a year (8760h)".into());
+    }
+    Ok(d)
 }
 
 fn positive_duration(v: &str) -> Result<Duration, String> {
