@@ -592,6 +592,21 @@ fn durations() {
 }
 
 #[test]
+fn durations_are_bounded_so_clock_arithmetic_cannot_overflow() {
+    // 300000000000y parses as a Duration, but adding it to the clock panics.
+    for variable in ["CACHING_INTERVAL", "IMAGE_RETENTION", "PULL_TIMEOUT", "RETRY_BACKOFF"] {
+        valid(&[(variable, "8760h")]);
+        for huge in ["8761h", "2y", "300000000000y"] {
+            assert_eq!(rejects(variable, huge), "a duration of at most a year (8760h)", "{variable}={huge}");
+        }
+    }
+    // The largest backoff, doubled for every one of the most retries, still fits the clock.
+    let c = valid(&[("RETRY_BACKOFF", "8760h"), ("MAX_RETRIES", "30")]);
+    let longest = c.retry_backoff.saturating_mul(1 << 29);
+    assert!(std::time::SystemTime::now().checked_add(longest).is_some());
+}
+
+#[test]
 fn max_retries() {
     assert_eq!(valid(&[("MAX_RETRIES", "0")]).max_retries, 0);
     assert_eq!(valid(&[("MAX_RETRIES", "30")]).max_retries, 30);
