@@ -2,7 +2,13 @@
 //! linker allows (see `link.ld`). Only the binary gets these arguments; the library and the tests
 //! link normally.
 fn main() {
-    let dir = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    let var = |name: &str| std::env::var(name).unwrap_or_default();
+    let target = (var("CARGO_CFG_TARGET_ARCH"), var("CARGO_CFG_TARGET_OS"));
+    assert!(
+        target == ("x86_64".into(), "linux".into()),
+        "the sleep holder uses x86_64 Linux system calls; cannot build it for {target:?}"
+    );
+    let dir = var("CARGO_MANIFEST_DIR");
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=link.ld");
     for arg in [
