@@ -234,7 +234,16 @@ impl Quarantine {
             }
         }
 
-        for s in statuses {
+        // Only images in the DaemonSet now can be failing: statuses of a quarantined image are
+        // stale (the apply leaving it out has not landed yet) and must neither count as another
+        // failed attempt nor start a clock; and an image that left the DaemonSet has no timeout
+        // to wait for (a stale one would stay due and wake the controller over and over).
+        let excluded = self.excluded();
+        let present: BTreeSet<&str> =
+            statuses.iter().map(|s| s.image.as_str()).filter(|i| !excluded.contains(*i)).collect();
+        self.failing_since.retain(|image, _| present.contains(image.as_str()));
+
+        for s in statuses.iter().filter(|s| !excluded.contains(&s.image)) {
             if s.failing_everywhere() {
                 let since = *self.failing_since.entry(s.image.clone()).or_insert(now);
                 if elapsed(since) >= policy.timeout {
