@@ -198,30 +198,11 @@ fn every_known_variable_is_read() {
 // ---------------------------------------------------------------------------------------------
 // A kubernetes-image-puller ConfigMap, unchanged
 
-/// The data of the puller's Helm ConfigMap with its chart defaults (`deploy/helm/values.yaml`),
-/// `IMAGES` as the folded YAML scalar gives it (entries separated by "; ", trailing ";\n").
-pub(crate) fn puller_configmap() -> Vec<(String, String)> {
-    vars(&[
-        (
-            "IMAGES",
-            "java11-maven=quay.io/eclipse/che-java11-maven:nightly; che-theia=quay.io/eclipse/che-theia:next; \
-             java-plugin-runner=eclipse/che-remote-plugin-runner-java8:latest;\n",
-        ),
-        ("DAEMONSET_NAME", "kubernetes-image-puller"),
-        ("CACHING_INTERVAL_HOURS", "1"),
-        ("NAMESPACE", "k8s-image-puller"),
-        ("CACHING_MEMORY_REQUEST", "10Mi"),
-        ("CACHING_MEMORY_LIMIT", "20Mi"),
-        ("CACHING_CPU_REQUEST", ".05"),
-        ("CACHING_CPU_LIMIT", ".2"),
-        ("NODE_SELECTOR", "{}"),
-        ("IMAGE_PULL_SECRETS", ""),
-        ("AFFINITY", "{}"),
-        ("TOLERATIONS", "[]"),
-        ("DAEMONSET_ANNOTATIONS", "{}"),
-        ("DEPLOYMENT_NAME", "kubernetes-image-puller"),
-        ("KIP_IMAGE", "quay.io/eclipse/kubernetes-image-puller:next"),
-    ])
+/// The data of a kubernetes-image-puller ConfigMap as its Helm chart renders it.
+fn puller_configmap() -> Vec<(String, String)> {
+    let text = include_str!("../../tests/golden/input/kubernetes-image-puller-configmap.yaml");
+    let cm: k8s_openapi::api::core::v1::ConfigMap = serde_yaml::from_str(text).expect("a ConfigMap");
+    cm.data.expect("data").into_iter().collect()
 }
 
 #[test]
@@ -240,7 +221,7 @@ fn a_kubernetes_image_puller_configmap_works_unchanged() {
     );
     assert_eq!(c.daemonset_name, "kubernetes-image-puller");
     assert_eq!(c.namespace, "k8s-image-puller");
-    assert_eq!(c.deployment_name.as_deref(), Some("kubernetes-image-puller"));
+    assert_eq!(c.deployment_name, None);
     assert_eq!(c.caching_interval, Duration::from_secs(3600));
     assert_eq!(c.resources.memory_request.as_str(), "10Mi");
     assert_eq!(c.resources.memory_limit.as_str(), "20Mi");
@@ -250,7 +231,11 @@ fn a_kubernetes_image_puller_configmap_works_unchanged() {
     assert_eq!(c.affinity, None);
     assert_eq!(c.tolerations, vec![]);
     assert_eq!(c.image_pull_secrets, Vec::<String>::new());
-    assert_eq!(c.kip_image, "quay.io/eclipse/kubernetes-image-puller:next");
+    assert_eq!(c.kip_image, DEFAULT_KIP_IMAGE);
+    // Entries of the folded YAML scalar are separated by "; " and end in ";\n".
+    let vars = puller_configmap();
+    let images = &vars.iter().find(|(k, _)| k == "IMAGES").expect("IMAGES").1;
+    assert!(images.contains("; che-theia=") && images.ends_with(";\n"), "{images:?}");
 }
 
 #[test]
