@@ -484,9 +484,23 @@ ensure_kwok_nodes() {
   done
 }
 
+# A CLUSTER_DIR whose processes are all gone (the machine or the session was stopped) still has
+# mounts, cgroups, the bridge and old cluster state: clean it up and start afresh.
+clean_stale_cluster() {
+  [ -d "$CLUSTER_DIR" ] || return 0
+  local f
+  for f in "$PID_DIR"/*.pid; do
+    [ -e "$f" ] || continue
+    if is_running "$(basename "$f" .pid)"; then return 0; fi
+  done
+  log "found $CLUSTER_DIR with no component running: removing the stale cluster first"
+  "$HACK_DIR/cluster-down.sh"
+}
+
 main() {
   local t0=$SECONDS
   check_prereqs
+  clean_stale_cluster
   mkdir -p "$CLUSTER_DIR" "$LOG_DIR" "$PID_DIR" "$CONF_DIR"
   use_cached_tools
   local was_up=0
