@@ -277,7 +277,28 @@ impl Config {
     /// Reads the process environment. `own_namespace` is the namespace the manager's pod runs in,
     /// when known (service-account mount); it is the default for `NAMESPACE`.
     pub fn from_env(own_namespace: Option<String>) -> Result<Config, ConfigErrors> {
-        Config::from_vars(std::env::vars(), own_namespace)
+        // Not `std::env::vars()`: it panics on any variable that is not UTF-8, even one that is
+        // none of kwarm's business. Only our own variables must be text.
+        let mut not_text = Vec::new();
+        let mut vars = Vec::new();
+        for (key, value) in std::env::vars_os() {
+            let Some(variable) = key.to_str().and_then(|k| KNOWN_VARIABLES.iter().find(|v| **v == k)) else {
+                continue;
+            };
+            match value.into_string() {
+                Ok(value) => vars.push((variable.to_string(), value)),
+                Err(value) => not_text.push(ConfigError {
+                    variable,
+                    value: value.to_string_lossy().into_owned(),
+                    expected: "UTF-8 text".into(),
+                }),
+            }
+        }
+        match Config::from_vars(vars, own_namespace) {
+            Ok(config) if not_text.is_empty() => Ok(config),
+            Ok(_) => Err(ConfigErrors(not_text)),
+            Err(ConfigErrors(more)) => Err(ConfigErrors(not_text.into_iter().chain(more).collect())),
+        }
     }
 
     /// Parses and validates the given variables. Pure: no clock, no I/O.
