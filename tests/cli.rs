@@ -246,3 +246,32 @@ fn render_applies_the_linux_default_node_selector() {
     let selector = ds.spec.and_then(|s| s.template.spec).and_then(|p| p.node_selector).expect("selector");
     assert_eq!(selector, BTreeMap::from([("kubernetes.io/os".to_string(), "linux".to_string())]));
 }
+
+#[test]
+fn variables_that_are_not_utf8_do_not_crash_kwarm() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let run = |key: &str, value: &[u8]| {
+        Command::new(env!("CARGO_BIN_EXE_kwarm"))
+            .arg("check")
+            .env_clear()
+            .env("IMAGES", "web=nginx:1.25")
+            .env(key, OsStr::from_bytes(value))
+            .output()
+            .expect("running kwarm")
+    };
+    // Someone else's variable: none of kwarm's business.
+    let out = run("LEGACY_BLOB", b"caf\xe9");
+    assert_exit(&out, 0, "unrelated non-UTF-8 variable");
+    // One of kwarm's: an ordinary configuration problem, not a panic.
+    let out = run("DAEMONSET_ANNOTATIONS", b"{\"owner\": \"caf\xe9\"}");
+    assert_exit(&out, 2, "non-UTF-8 DAEMONSET_ANNOTATIONS");
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(
+            "DAEMONSET_ANNOTATIONS: invalid value \"{\\\"owner\\\": \\\"caf\u{fffd}\\\"}\": UTF-8 text"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
