@@ -159,14 +159,19 @@ pub async fn run(
         ctx,
     };
     c.ctx.shared.metrics.leader.set(i64::from(c.leader));
+    let mut leader_open = true;
 
     loop {
         let wake = c.next_wakeup();
         let mut dirty = false;
         tokio::select! {
             _ = shutdown.wait_for(|s| *s) => break,
-            changed = leader_rx.changed() => {
-                if changed.is_err() { break; }
+            // Without leader election nobody sends: leadership is fixed, the channel closed.
+            changed = leader_rx.changed(), if leader_open => {
+                if changed.is_err() {
+                    leader_open = false;
+                    continue;
+                }
                 c.leader = *leader_rx.borrow();
                 c.ctx.shared.metrics.leader.set(i64::from(c.leader));
                 dirty = true;

@@ -1,0 +1,237 @@
+//! Running the kwarm manager as a process against the local cluster, shared by the manager tests.
+#![allow(dead_code)] // each test file uses its own subset of these helpers
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Client;
+use kube::api::{Api, ListParams};
+use kwarm_e2e::{Check, SLEEP_IMAGE, kubeconfig_path, wait_until};
+use tokio::process::{Child, Command};
+
+/// The manager binary: `KWARM_BIN`, else the static build that also goes into the image.
+pub fn kwarm_bin() -> PathBuf {
+    std::env::var_os("KWARM_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../_output/bin/kwarm"))
+}
+
+pub fn log_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../_output/e2e-logs");
+    let _ = std::fs::create_dir_all(&dir);
+    dir
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A running `kwarm` process.
+pub struct Manager {
+    child: Child,
+    pub name: String,
+    pub metrics: String,
+    pub health: String,
+    pub log: PathBuf,
+}
+
+/// Environment every test manager gets unless it overrides it.
+pub fn base_env(namespace: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("NAMESPACE".into(), namespace.to_string()),
+        ("DAEMONSET_NAME".into(), "kwarm-holders".into()),
+        ("KIP_IMAGE".into(), SLEEP_IMAGE.into()),
+        ("LEADER_ELECT".into(), "false".into()),
+        ("WATCH_DEPLOYMENTS".into(), "false".into()),
+        ("RUST_LOG".into(), "info,kwarm=debug".into()),
+        // Only the real node: fake nodes would pass every check without pulling anything.
+        ("NODE_SELECTOR".into(), r#"{"kubernetes.io/hostname":"127.0.0.1"}"#.into()),
+    ])
+}
+
+impl Manager {
+    /// Starts the manager with `env` (on top of nothing else: the environment is cleared).
+    pub async fn start(name: &str, env: &BTreeMap<String, String>) -> Result<Manager> {
+        let (metrics_port, health_port) = (free_port()?, free_port()?);
+        let log = log_dir().join(format!("{name}.log"));
+        let file = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let bin = kwarm_bin();
+        let child = Command::new(&bin)
+            .env_clear()
+            .envs(env)
+            .env("KUBECONFIG", kubeconfig_path())
+            .env("METRICS_BIND_ADDRESS", format!("127.0.0.1:{metrics_port}"))
+            .env("HEALTH_PROBE_BIND_ADDRESS", format!("127.0.0.1:{health_port}"))
+            .env("HOSTNAME", name)
+            .stdout(Stdio::from(file.try_clone()?))
+            .stderr(Stdio::from(file))
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {} (run `make build` first)", bin.display()))?;
+        Ok(Manager {
+            child,
+            name: name.into(),
+            metrics: format!("127.0.0.1:{metrics_port}"),
+            health: format!("127.0.0.1:{health_port}"),
+            log,
+        })
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// HTTP GET on the health port; returns the status code.
+    pub async fn health_get(&self, path: &str) -> Result<u16> {
+        http_get(&self.health, path).await.map(|(code, _)| code)
+    }
+
+    pub async fn metrics_text(&self) -> Result<String> {
+        let (code, body) = http_get(&self.metrics, "/metrics").await?;
+        if code != 200 {
+            bail!("/metrics answered {code}");
+        }
+        Ok(body)
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub async fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let log = self.log.clone();
+        let health = self.health.clone();
+        wait_until(&format!("{} to be ready (log: {})", self.name, log.display()), timeout, || {
+            let health = health.clone();
+            async move {
+                Ok(match http_get(&health, "/readyz").await {
+                    Ok((200, _)) => Check::Done(()),
+                    Ok((code, _)) => Check::Pending(format!("/readyz {code}")),
+                    Err(e) => Check::Pending(format!("{e:#}")),
+                })
+            }
+        })
+        .await?;
+        if let Ok(Some(status)) = self.child.try_wait() {
+            bail!("{} exited with {status}", self.name);
+        }
+        Ok(())
+    }
+
+    /// Sends a signal and waits for the exit; returns the exit status and how long it took.
+    pub async fn signal(&mut self, signal: &str) -> Result<(std::process::ExitStatus, Duration)> {
+        let pid = self.child.id().context("manager already exited")?;
+        let start = Instant::now();
+        let ok = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().await?;
+        if !ok.success() {
+            bail!("kill -{signal} {pid} failed");
+        }
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .with_context(|| format!("{} did not exit within 30 s of SIG{signal}", self.name))??;
+        Ok((status, start.elapsed()))
+    }
+
+    pub async fn stop(&mut self) -> Result<(std::process::ExitStatus, Duration)> {
+        self.signal("TERM").await
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// Minimal HTTP/1.1 GET over loopback (no client library needed for two endpoints).
+pub async fn http_get(address: &str, path: &str) -> Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await?;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let code = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("no HTTP status in {text:?}"))?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((code, dechunk(&body)))
+}
+
+/// Undoes `Transfer-Encoding: chunked` when present.
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    loop {
+        let Some((size, after)) = rest.split_once("\r\n") else { return body.to_string() };
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else { return body.to_string() };
+        if size == 0 || after.len() < size {
+            return out;
+        }
+        out.push_str(&after[..size]);
+        rest = after[size..].trim_start_matches("\r\n");
+    }
+}
+
+/// Waits until the DaemonSet exists and its pods are all ready with `holders` holder containers.
+pub async fn wait_holders_ready(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    holders: usize,
+    timeout: Duration,
+) -> Result<DaemonSet> {
+    let api: Api<DaemonSet> = Api::namespaced(client.clone(), ns);
+    wait_until(&format!("DaemonSet {ns}/{name} ready with {holders} holders"), timeout, || async {
+        let Some(ds) = api.get_opt(name).await? else { return Ok(Check::Pending("no DaemonSet".into())) };
+        let containers =
+            ds.spec.as_ref().and_then(|s| s.template.spec.as_ref()).map_or(0, |p| p.containers.len());
+        let status = ds.status.clone().unwrap_or_default();
+        let observed = status.observed_generation == ds.metadata.generation;
+        let done = observed
+            && containers == holders
+            && status.desired_number_scheduled > 0
+            && status.number_ready == status.desired_number_scheduled
+            && status.updated_number_scheduled == Some(status.desired_number_scheduled)
+            && status.number_unavailable.unwrap_or(0) == 0;
+        Ok(if done {
+            Check::Done(ds)
+        } else {
+            Check::Pending(format!(
+                "{containers} holders, ready {}/{}, updated {:?}, observed {observed}",
+                status.number_ready, status.desired_number_scheduled, status.updated_number_scheduled
+            ))
+        })
+    })
+    .await
+}
+
+/// Pod name → UID of the holder pods (not those being deleted).
+pub async fn holder_pod_uids(client: &Client, ns: &str) -> Result<BTreeMap<String, String>> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let list = pods.list(&ListParams::default().labels("app.kubernetes.io/name=kwarm")).await?;
+    Ok(list
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .map(|p| (p.metadata.name.unwrap_or_default(), p.metadata.uid.unwrap_or_default()))
+        .collect())
+}
+
+/// Creates a namespace whose Pod Security admission enforces `restricted`.
+pub async fn restricted_namespace(client: &Client, prefix: &str) -> Result<String> {
+    use k8s_openapi::api::core::v1::Namespace;
+    use kube::api::{Patch, PatchParams};
+    let name = kwarm_e2e::create_namespace(client, prefix).await?;
+    let api: Api<Namespace> = Api::all(client.clone());
+    let patch = serde_json::json!({"metadata": {"labels": {
+        "pod-security.kubernetes.io/enforce": "restricted",
+        "pod-security.kubernetes.io/enforce-version": "latest",
+    }}});
+    api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    Ok(name)
+}
