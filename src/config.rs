@@ -376,10 +376,16 @@ impl Config {
         };
         let affinity = c.parse("AFFINITY", &raw.affinity, None, |v| {
             let affinity: Affinity = parse_k8s_json(v, "a JSON Affinity object")?;
+            check_affinity(&affinity)?;
             Ok((affinity != Affinity::default()).then_some(affinity))
         });
         let tolerations = c.parse("TOLERATIONS", &raw.tolerations, Vec::new(), |v| {
-            parse_k8s_json(v, "a JSON array of Toleration objects")
+            let tolerations: Vec<Toleration> = parse_k8s_json(v, "a JSON array of Toleration objects")?;
+            tolerations
+                .iter()
+                .enumerate()
+                .try_for_each(|(i, t)| check_toleration(t).map_err(|e| format!("[{i}]: {e}")))?;
+            Ok(tolerations)
         });
         let image_pull_secrets = c.parse("IMAGE_PULL_SECRETS", &raw.image_pull_secrets, Vec::new(), |v| {
             let mut names = Vec::new();
@@ -392,7 +398,15 @@ impl Config {
             Ok(names)
         });
         let kip_image = c.parse("KIP_IMAGE", &raw.kip_image, DEFAULT_KIP_IMAGE.to_string(), |v| {
-            parse_image_reference(v).map(|_| v.to_string())
+            let canonical = parse_image_reference(v)?;
+            // The puller's own image has no `/sleep --copy-to`; a puller ConfigMap that names it
+            // must still work, so kwarm's holder image takes its place.
+            let repository = canonical.split(['@']).next().unwrap_or_default();
+            let repository = repository.rsplit_once(':').map_or(repository, |(r, _)| r);
+            if repository.ends_with("/kubernetes-image-puller") {
+                return Ok(DEFAULT_KIP_IMAGE.to_string());
+            }
+            Ok(v.to_string())
         });
         let priority_class_name = c.parse("PRIORITY_CLASS_NAME", &raw.priority_class_name, None, |v| {
             labels::check_dns1123_subdomain(v).map(|()| Some(v.to_string()))
@@ -670,6 +684,58 @@ fn parse_watch(c: &mut Checker, raw: &RawEnv) -> WatchConfig {
     });
     let inherit_pull_secrets = c.parse("INHERIT_PULL_SECRETS", &raw.inherit_pull_secrets, false, parse_bool);
     WatchConfig { enabled, selector, namespaces, exclude_namespaces, exclude_images, inherit_pull_secrets }
+}
+
+/// The API server's rules for a toleration, checked here so a typo fails at start with exit 2
+/// instead of making every apply fail later.
+fn check_toleration(t: &Toleration) -> Result<(), String> {
+    let operator = t.operator.as_deref().unwrap_or("Equal");
+    match operator {
+        "Equal" => {}
+        "Exists" if t.value.as_deref().is_none_or(str::is_empty) => {}
+        "Exists" => return Err("operator Exists takes no value".into()),
+        other => return Err(format!("operator {other:?}: expected Equal or Exists")),
+    }
+    if let Some(effect) = t.effect.as_deref()
+        && !["", "NoSchedule", "PreferNoSchedule", "NoExecute"].contains(&effect)
+    {
+        return Err(format!("effect {effect:?}: expected NoSchedule, PreferNoSchedule or NoExecute"));
+    }
+    if let Some(key) = t.key.as_deref().filter(|k| !k.is_empty()) {
+        labels::check_qualified_name(key).map_err(|e| format!("key {key:?}: {e}"))?;
+    } else if operator != "Exists" {
+        return Err("an empty key needs operator Exists".into());
+    }
+    if t.toleration_seconds.is_some() && t.effect.as_deref() != Some("NoExecute") {
+        return Err("tolerationSeconds only with effect NoExecute".into());
+    }
+    Ok(())
+}
+
+/// Operators of node-affinity expressions (the part users write by hand most).
+fn check_affinity(affinity: &Affinity) -> Result<(), String> {
+    let Some(node) = &affinity.node_affinity else { return Ok(()) };
+    let required =
+        node.required_during_scheduling_ignored_during_execution.iter().flat_map(|r| &r.node_selector_terms);
+    let preferred =
+        node.preferred_during_scheduling_ignored_during_execution.iter().flatten().map(|p| &p.preference);
+    for term in required.chain(preferred) {
+        for e in term.match_expressions.iter().flatten().chain(term.match_fields.iter().flatten()) {
+            let values = e.values.as_ref().map_or(0, Vec::len);
+            match e.operator.as_str() {
+                "In" | "NotIn" if values > 0 => {}
+                "Exists" | "DoesNotExist" if values == 0 => {}
+                "Gt" | "Lt" if values == 1 => {}
+                op => {
+                    return Err(format!(
+                        "nodeAffinity expression on {:?}: operator {op:?} with {values} values (In/NotIn need values, Exists/DoesNotExist none, Gt/Lt one)",
+                        e.key
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn split_list(v: &str) -> impl Iterator<Item = &str> {

@@ -92,19 +92,23 @@ pub fn daemonset_matches(desired: &DaemonSet, live: &DaemonSet) -> bool {
     let (Ok(d), Ok(l)) = (serde_json::to_value(desired), serde_json::to_value(live)) else {
         return false;
     };
-    json_contains(&d, &l)
+    json_contains(&d, &l, false)
 }
 
-fn json_contains(desired: &serde_json::Value, live: &serde_json::Value) -> bool {
+/// `quantities`: inside `resources` or `sizeLimit`, where the API server rewrites amounts.
+fn json_contains(desired: &serde_json::Value, live: &serde_json::Value, quantities: bool) -> bool {
     use serde_json::Value;
     match (desired, live) {
-        (Value::Object(d), Value::Object(l)) => {
-            d.iter().all(|(k, dv)| l.get(k).is_some_and(|lv| json_contains(dv, lv)))
-        }
+        (Value::Object(d), Value::Object(l)) => d.iter().all(|(k, dv)| {
+            let quantities = quantities || k == "resources" || k == "sizeLimit";
+            l.get(k).is_some_and(|lv| json_contains(dv, lv, quantities))
+        }),
         (Value::Array(d), Value::Array(l)) => {
-            d.len() == l.len() && d.iter().zip(l).all(|(dv, lv)| json_contains(dv, lv))
+            d.len() == l.len() && d.iter().zip(l).all(|(dv, lv)| json_contains(dv, lv, quantities))
         }
-        (Value::String(d), Value::String(l)) => d == l || crate::quantity::Quantity::same_amount(d, l),
+        (Value::String(d), Value::String(l)) => {
+            d == l || (quantities && crate::quantity::Quantity::same_amount(d, l))
+        }
         (d, l) => d == l,
     }
 }

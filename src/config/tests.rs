@@ -1168,3 +1168,43 @@ fn parsing_is_pure() {
     reversed.reverse();
     assert_eq!(valid(&reversed), valid(&pairs));
 }
+
+#[test]
+fn tolerations_follow_the_api_servers_rules() {
+    for bad in [
+        r#"[{"operator":"exists"}]"#,
+        r#"[{"key":"a","operator":"Exists","value":"x"}]"#,
+        r#"[{"key":"a","effect":"NoSchedul"}]"#,
+        r#"[{"operator":"Equal","value":"x"}]"#,
+        r#"[{"key":"a","effect":"NoSchedule","tolerationSeconds":5}]"#,
+    ] {
+        let e = problem(&[("IMAGES", "nginx:1"), ("TOLERATIONS", bad)]);
+        assert_eq!(e.variable, "TOLERATIONS", "{bad}");
+    }
+    let ok = valid(&[
+        ("IMAGES", "nginx:1"),
+        ("TOLERATIONS", r#"[{"operator":"Exists"},{"key":"gpu","operator":"Equal","value":"true","effect":"NoExecute","tolerationSeconds":30}]"#),
+    ]);
+    assert_eq!(ok.tolerations.len(), 2);
+}
+
+#[test]
+fn affinity_operators_are_checked() {
+    let bad = r#"{"nodeAffinity":{"requiredDuringSchedulingIgnoredDuringExecution":{"nodeSelectorTerms":[{"matchExpressions":[{"key":"zone","operator":"Within","values":["a"]}]}]}}}"#;
+    assert_eq!(problem(&[("IMAGES", "nginx:1"), ("AFFINITY", bad)]).variable, "AFFINITY");
+    let no_values = r#"{"nodeAffinity":{"requiredDuringSchedulingIgnoredDuringExecution":{"nodeSelectorTerms":[{"matchExpressions":[{"key":"zone","operator":"In"}]}]}}}"#;
+    assert_eq!(problem(&[("IMAGES", "nginx:1"), ("AFFINITY", no_values)]).variable, "AFFINITY");
+    let good = r#"{"nodeAffinity":{"requiredDuringSchedulingIgnoredDuringExecution":{"nodeSelectorTerms":[{"matchExpressions":[{"key":"zone","operator":"In","values":["a"]},{"key":"gpu","operator":"DoesNotExist"}]}]}}}"#;
+    assert!(valid(&[("IMAGES", "nginx:1"), ("AFFINITY", good)]).affinity.is_some());
+}
+
+#[test]
+fn the_pullers_own_kip_image_is_replaced_by_kwarms_sleep_image() {
+    // A kubernetes-image-puller ConfigMap names its own image, which has no `/sleep --copy-to`.
+    for puller in ["quay.io/eclipse/kubernetes-image-puller:next", "quay.io/eclipse/kubernetes-image-puller"] {
+        let c = valid(&[("IMAGES", "nginx:1"), ("KIP_IMAGE", puller)]);
+        assert_eq!(c.kip_image, DEFAULT_KIP_IMAGE, "{puller}");
+    }
+    let own = valid(&[("IMAGES", "nginx:1"), ("KIP_IMAGE", "registry.example.com/kwarm/sleep:1")]);
+    assert_eq!(own.kip_image, "registry.example.com/kwarm/sleep:1");
+}
