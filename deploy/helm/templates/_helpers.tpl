@@ -1,0 +1,95 @@
+{{/* Chart name and version, for the helm.sh/chart label. */}}
+{{- define "kwarm.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Namespace of the DaemonSet (NAMESPACE): configMap.namespace, else the release namespace. */}}
+{{- define "kwarm.targetNamespace" -}}
+{{- .Values.configMap.namespace | default .Release.Namespace -}}
+{{- end -}}
+
+{{/* DAEMONSET_NAME: configMap.daemonsetName, else deploymentName. */}}
+{{- define "kwarm.daemonsetName" -}}
+{{- .Values.configMap.daemonsetName | default .Values.deploymentName -}}
+{{- end -}}
+
+{{/* Names of cluster-scoped objects: unique per release namespace and release. */}}
+{{- define "kwarm.clusterName" -}}
+{{- printf "kwarm-%s-%s" .Release.Namespace .Release.Name -}}
+{{- end -}}
+
+{{- define "kwarm.serviceAccountName" -}}
+{{- required "serviceAccount.name is required" .Values.serviceAccount.name -}}
+{{- end -}}
+
+{{/* Labels of every object of the release. */}}
+{{- define "kwarm.labels" -}}
+helm.sh/chart: {{ include "kwarm.chart" . }}
+app.kubernetes.io/part-of: kwarm
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+{{ include "kwarm.selectorLabels" . }}
+{{- end -}}
+
+{{/*
+Selector of the manager's pods. Not app.kubernetes.io/name=kwarm: that label with
+app.kubernetes.io/instance=<DaemonSet name> selects the holder pods, and a release named like
+the DaemonSet must not make the manager's pods look like holders.
+*/}}
+{{- define "kwarm.selectorLabels" -}}
+app.kubernetes.io/name: kwarm-manager
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: manager
+{{- end -}}
+
+{{/* The manager's image reference. */}}
+{{- define "kwarm.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default (printf "v%s" .Chart.AppVersion) | toString) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* A scalar as text; nil is empty (toString would print "<nil>"). */}}
+{{- define "kwarm.str" -}}
+{{- if kindIs "invalid" . -}}
+{{- else if kindIs "float64" . -}}
+{{- /* YAML numbers arrive as float64: 1 must stay "1", not "1e+00" */ -}}
+{{- if eq (floor .) . }}{{ int64 . }}{{ else }}{{ . }}{{ end -}}
+{{- else -}}
+{{- toString . -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+A JSON variable given as a JSON string (kubernetes-image-puller style) or as YAML; unset or empty:
+the default. Arguments: (list VALUE DEFAULT).
+*/}}
+{{- define "kwarm.json" -}}
+{{- $value := index . 0 -}}
+{{- $default := index . 1 -}}
+{{- if kindIs "invalid" $value -}}
+{{- $default -}}
+{{- else if kindIs "string" $value -}}
+{{- $value | default $default -}}
+{{- else -}}
+{{- toJson $value -}}
+{{- end -}}
+{{- end -}}
+
+{{/* A list variable given as a string or as a YAML list, joined with the separator. */}}
+{{- define "kwarm.list" -}}
+{{- $value := index . 0 -}}
+{{- $sep := index . 1 -}}
+{{- if kindIs "slice" $value -}}
+{{- join $sep $value -}}
+{{- else -}}
+{{- include "kwarm.str" $value -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Whether the DaemonSet lives in the release namespace (then the Deployment can own it). */}}
+{{- define "kwarm.sameNamespace" -}}
+{{- if eq (include "kwarm.targetNamespace" .) .Release.Namespace -}}true{{- end -}}
+{{- end -}}
