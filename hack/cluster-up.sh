@@ -53,7 +53,7 @@ gen_leaf() { # NAME SUBJECT EXTENDED_KEY_USAGE [SUBJECT_ALT_NAMES]
     [ -z "$sans" ] || echo "subjectAltName = $sans"
   } >"$PKI_DIR/$name.ext"
   openssl x509 -req -in "$PKI_DIR/$name.csr" -CA "$PKI_DIR/ca.crt" -CAkey "$PKI_DIR/ca.key" \
-    -CAcreateserial -days 3650 -sha256 -extfile "$PKI_DIR/$name.ext" -out "$PKI_DIR/$name.crt" 2>/dev/null
+    -set_serial "0x$(openssl rand -hex 16)" -days 3650 -sha256 -extfile "$PKI_DIR/$name.ext" -out "$PKI_DIR/$name.crt" 2>/dev/null
   rm -f "$PKI_DIR/$name.csr" "$PKI_DIR/$name.ext"
 }
 
@@ -73,17 +73,22 @@ EOF
   openssl genrsa -out "$PKI_DIR/ca.key" 2048 2>/dev/null
   openssl req -x509 -new -key "$PKI_DIR/ca.key" -subj "/CN=kwarm-local-ca" -days 3650 -sha256 \
     -config "$PKI_DIR/ca.cnf" -extensions v3_ca -out "$PKI_DIR/ca.crt"
+  # RSA key generation dominates: make the leaves (and the service-account key) in parallel
+  local jobs=()
   gen_leaf apiserver "/CN=kube-apiserver" serverAuth \
-    "DNS:localhost, DNS:kubernetes, DNS:kubernetes.default, DNS:kubernetes.default.svc, DNS:kubernetes.default.svc.cluster.local, IP:127.0.0.1, IP:$SERVICE_IP"
-  gen_leaf admin "/O=system:masters/CN=kwarm-admin" clientAuth
-  gen_leaf controller-manager "/CN=system:kube-controller-manager" clientAuth
-  gen_leaf scheduler "/CN=system:kube-scheduler" clientAuth
-  gen_leaf kubelet-client "/O=system:nodes/CN=system:node:$NODE_NAME" clientAuth
-  gen_leaf apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" clientAuth
-  gen_leaf kubelet-serving "/CN=$NODE_NAME" serverAuth "IP:127.0.0.1, DNS:localhost"
+    "DNS:localhost, DNS:kubernetes, DNS:kubernetes.default, DNS:kubernetes.default.svc, DNS:kubernetes.default.svc.cluster.local, IP:127.0.0.1, IP:$SERVICE_IP" &
+  jobs+=($!)
+  gen_leaf admin "/O=system:masters/CN=kwarm-admin" clientAuth & jobs+=($!)
+  gen_leaf controller-manager "/CN=system:kube-controller-manager" clientAuth & jobs+=($!)
+  gen_leaf scheduler "/CN=system:kube-scheduler" clientAuth & jobs+=($!)
+  gen_leaf kubelet-client "/O=system:nodes/CN=system:node:$NODE_NAME" clientAuth & jobs+=($!)
+  gen_leaf apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" clientAuth & jobs+=($!)
+  gen_leaf kubelet-serving "/CN=$NODE_NAME" serverAuth "IP:127.0.0.1, DNS:localhost" & jobs+=($!)
   # service-account token signing key pair
-  openssl genrsa -out "$PKI_DIR/sa.key" 2048 2>/dev/null
-  openssl rsa -in "$PKI_DIR/sa.key" -pubout -out "$PKI_DIR/sa.pub" 2>/dev/null
+  { openssl genrsa -out "$PKI_DIR/sa.key" 2048 2>/dev/null && openssl rsa -in "$PKI_DIR/sa.key" -pubout -out "$PKI_DIR/sa.pub" 2>/dev/null; } &
+  jobs+=($!)
+  local job
+  for job in "${jobs[@]}"; do wait "$job" || die "certificate generation failed (openssl) in $PKI_DIR"; done
   touch "$PKI_DIR/.complete"
 }
 
