@@ -3,7 +3,9 @@
 # registry over plain HTTP.
 # Usage: hack/image.sh DOCKERFILE IMAGE_REF
 #   IMAGE_CONTEXT   build context (default: the repository root)
-#   BUILD_ARGS      extra arguments for `buildah bud` (word-split), e.g. "--timestamp 0"
+#   BUILD_ARGS      extra arguments for `buildah bud` (word-split)
+# Builds are reproducible: --timestamp 0 pins the image's and the files' times, so the same inputs
+# give the same digest (a rebuild of unchanged sources changes nothing on the nodes).
 # buildah keeps its own vfs storage under the cache so it never touches (or collides with) any
 # system-wide containers/storage, and vfs needs no overlay mounts to clean up.
 # shellcheck source=hack/lib.sh
@@ -30,7 +32,7 @@ main() {
   mkdir -p "$BUILDAH_ROOT" "$BUILDAH_RUNROOT"
   curl -fsS -o /dev/null "http://$REGISTRY/v2/" 2>/dev/null || log "warning: registry $REGISTRY does not answer; the push will fail"
   log "image: building $REF from ${DOCKERFILE#"$ROOT_DIR"/}"
-  buildah_ bud --quiet --pull=false --layers=false -f "$DOCKERFILE" -t "$REF" "${extra[@]}" "$CONTEXT" >/dev/null
+  buildah_ bud --quiet --pull=false --layers=false --timestamp 0 -f "$DOCKERFILE" -t "$REF" "${extra[@]}" "$CONTEXT" >/dev/null
   log "image: pushing $REF"
   local digest_file
   digest_file="$(mktemp)"

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Build the small test images the e2e suite pulls and push them to the local registry.
 # They are FROM-scratch images holding only data (no program: pods run them with the sleep binary
-# copied in by an init container). Content is pseudo-random from a fixed seed and the build uses
-# --timestamp 0, so every machine builds byte-identical images with the same digests.
+# copied in by an init container). Content is pseudo-random from a fixed seed and image.sh builds
+# with --timestamp 0, so every machine builds byte-identical images with the same digests.
 # Idempotent: a tag the registry already has is skipped.
 #
 # The images (REF  DATA SIZE  DATA LAYERS (plus one for /label)  what for):
@@ -54,7 +54,7 @@ build_one() { # REPO:TAG SIZE...
       i=$((i + 1))
     done
   } >"$dir/Dockerfile"
-  IMAGE_CONTEXT="$dir" BUILD_ARGS="--timestamp 0" "$HACK_DIR/image.sh" "$dir/Dockerfile" "$ref"
+  IMAGE_CONTEXT="$dir" "$HACK_DIR/image.sh" "$dir/Dockerfile" "$ref"
   rm -rf "$dir"
 }
 
