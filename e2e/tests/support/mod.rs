@@ -58,6 +58,15 @@ pub fn base_env(namespace: &str) -> BTreeMap<String, String> {
 impl Manager {
     /// Starts the manager with `env` (on top of nothing else: the environment is cleared).
     pub async fn start(name: &str, env: &BTreeMap<String, String>) -> Result<Manager> {
+        Manager::start_with_kubeconfig(name, env, &kubeconfig_path()).await
+    }
+
+    /// Starts the manager with its own kubeconfig (e.g. one with fewer rights).
+    pub async fn start_with_kubeconfig(
+        name: &str,
+        env: &BTreeMap<String, String>,
+        kubeconfig: &std::path::Path,
+    ) -> Result<Manager> {
         let (metrics_port, health_port) = (free_port()?, free_port()?);
         let log = log_dir().join(format!("{name}.log"));
         let file = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
@@ -65,7 +74,7 @@ impl Manager {
         let child = Command::new(&bin)
             .env_clear()
             .envs(env)
-            .env("KUBECONFIG", kubeconfig_path())
+            .env("KUBECONFIG", kubeconfig)
             .env("METRICS_BIND_ADDRESS", format!("127.0.0.1:{metrics_port}"))
             .env("HEALTH_PROBE_BIND_ADDRESS", format!("127.0.0.1:{health_port}"))
             .env("HOSTNAME", name)

@@ -1,0 +1,247 @@
+//! Deployment watching on the real local cluster: labelled Deployments' images are warmed and
+//! follow changes; unlabelled Deployments and excluded namespaces are ignored; a nonexistent image
+//! is quarantined and reported while a good one added with it becomes warm; kwarm never writes to
+//! the Deployments.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::core::v1::Event;
+use kube::Client;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kwarm_e2e::{
+    Check, client, containerd_has_image, containerd_remove_image, create_namespace, delete_namespace,
+    wait_until,
+};
+use support::{Manager, base_env};
+
+const DS: &str = "kwarm-holders";
+const FIELD_MANAGER: &str = "kwarm.io/manager";
+
+/// A Deployment with no replicas: its images can only reach the node through kwarm.
+fn deployment(name: &str, images: &[&str], labelled: bool) -> Result<Deployment> {
+    let labels = if labelled {
+        serde_json::json!({"app": name, "kwarm.io/enabled": "true"})
+    } else {
+        serde_json::json!({"app": name})
+    };
+    let containers: Vec<_> = images
+        .iter()
+        .enumerate()
+        .map(|(i, image)| serde_json::json!({"name": format!("c{i}"), "image": image}))
+        .collect();
+    Ok(serde_json::from_value(serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {
+            "replicas": 0,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": containers}}
+        }
+    }))?)
+}
+
+fn holder_images(ds: &DaemonSet) -> Vec<String> {
+    ds.spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .map(|p| p.containers.iter().filter_map(|c| c.image.clone()).collect())
+        .unwrap_or_default()
+}
+
+async fn wait_daemonset_images(
+    client: &Client,
+    ns: &str,
+    want: &[&str],
+    timeout: Duration,
+) -> Result<Duration> {
+    let api: Api<DaemonSet> = Api::namespaced(client.clone(), ns);
+    let started = Instant::now();
+    let mut want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
+    want.sort();
+    wait_until(&format!("DaemonSet holders {want:?}"), timeout, || async {
+        let mut images = api.get_opt(DS).await?.as_ref().map(holder_images).unwrap_or_default();
+        images.sort();
+        Ok(if images == want { Check::Done(()) } else { Check::Pending(format!("holders {images:?}")) })
+    })
+    .await?;
+    Ok(started.elapsed())
+}
+
+async fn wait_in_containerd(image: &str, timeout: Duration) -> Result<()> {
+    wait_until(&format!("{image} in containerd on the real node"), timeout, || async {
+        Ok(if containerd_has_image(image).await? { Check::Done(()) } else { Check::Pending("absent".into()) })
+    })
+    .await
+}
+
+/// Checks that kwarm never wrote to a Deployment: no field manager of kwarm, same generation.
+fn assert_untouched(d: &Deployment, generation: Option<i64>) {
+    let managers: Vec<String> =
+        d.metadata.managed_fields.iter().flatten().filter_map(|m| m.manager.clone()).collect();
+    assert!(
+        !managers.iter().any(|m| m == FIELD_MANAGER),
+        "kwarm wrote to Deployment {:?}: {managers:?}",
+        d.metadata.name
+    );
+    assert_eq!(d.metadata.generation, generation, "Deployment {:?} changed generation", d.metadata.name);
+}
+
+#[tokio::test]
+async fn labelled_deployments_are_warmed_and_followed() -> Result<()> {
+    let client = client().await?;
+    let ns = create_namespace(&client, "kwarm-e2e-deploy-").await?;
+    let apps = create_namespace(&client, "kwarm-e2e-apps-").await?;
+    let excluded = create_namespace(&client, "kwarm-e2e-excluded-").await?;
+    let (v1, v2, other, layers) = (
+        "127.0.0.1:5000/test/small:v2",
+        "127.0.0.1:5000/test/small:v3",
+        "127.0.0.1:5000/test/other:v1",
+        "127.0.0.1:5000/test/layers:v1",
+    );
+    for image in [v1, v2, other, layers] {
+        containerd_remove_image(image).await?;
+    }
+
+    let mut env = base_env(&ns);
+    env.insert("WATCH_DEPLOYMENTS".into(), "true".into());
+    env.insert("WATCH_NAMESPACES".into(), format!("{apps},{excluded}"));
+    env.insert("EXCLUDE_NAMESPACES".into(), excluded.clone());
+    env.insert("IMAGE_RETENTION".into(), "0s".into());
+    let mut manager = Manager::start("manager-deployments", &env).await?;
+    manager.wait_ready(Duration::from_secs(60)).await?;
+
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &apps);
+    let excluded_api: Api<Deployment> = Api::namespaced(client.clone(), &excluded);
+    deployments.create(&PostParams::default(), &deployment("web", &[v1], true)?).await?;
+    deployments.create(&PostParams::default(), &deployment("plain", &[other], false)?).await?;
+    excluded_api.create(&PostParams::default(), &deployment("hidden", &[layers], true)?).await?;
+
+    let took = wait_daemonset_images(&client, &ns, &[v1], Duration::from_secs(30)).await?;
+    println!("Deployment created → DaemonSet updated: {} ms", took.as_millis());
+    wait_in_containerd(v1, Duration::from_secs(120)).await?;
+
+    // Change the image: the new one is warmed, the old one goes (retention 0s).
+    let started = Instant::now();
+    let patch =
+        serde_json::json!({"spec": {"template": {"spec": {"containers": [{"name": "c0", "image": v2}]}}}});
+    deployments.patch("web", &PatchParams::default(), &Patch::Strategic(&patch)).await?;
+    let took = wait_daemonset_images(&client, &ns, &[v2], Duration::from_secs(30)).await?;
+    println!("Deployment image change → DaemonSet updated: {} ms", took.as_millis());
+    wait_in_containerd(v2, Duration::from_secs(120)).await?;
+    println!("Deployment image change → image in containerd: {} ms", started.elapsed().as_millis());
+
+    // The unlabelled Deployment and the excluded namespace were ignored the whole time.
+    let ds: Api<DaemonSet> = Api::namespaced(client.clone(), &ns);
+    let images = holder_images(&ds.get(DS).await?);
+    assert!(!images.iter().any(|i| i == other), "unlabelled Deployment warmed: {images:?}");
+    assert!(!images.iter().any(|i| i == layers), "excluded namespace warmed: {images:?}");
+
+    // Events tell the Deployment's owner what happened.
+    let events: Api<Event> = Api::namespaced(client.clone(), &apps);
+    wait_until("an ImageWarm event on Deployment web", Duration::from_secs(60), || async {
+        let list = events.list(&ListParams::default().fields("involvedObject.name=web")).await?;
+        let reasons: Vec<String> = list.items.iter().filter_map(|e| e.reason.clone()).collect();
+        Ok(if reasons.iter().any(|r| r == "ImageWarm") && reasons.iter().any(|r| r == "WarmingStarted") {
+            Check::Done(())
+        } else {
+            Check::Pending(format!("reasons {reasons:?}"))
+        })
+    })
+    .await?;
+
+    // kwarm never wrote to any Deployment.
+    for d in deployments
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .chain(excluded_api.list(&ListParams::default()).await?.items.iter())
+    {
+        let expected = if d.metadata.name.as_deref() == Some("web") { Some(2) } else { Some(1) };
+        assert_untouched(d, expected);
+    }
+
+    // Deleting the Deployment removes its image (retention 0s).
+    deployments.delete("web", &Default::default()).await?;
+    wait_daemonset_images(&client, &ns, &[], Duration::from_secs(30)).await?;
+
+    manager.stop().await?;
+    for n in [&ns, &apps, &excluded] {
+        delete_namespace(&client, n, Duration::from_secs(120)).await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_missing_image_is_quarantined_while_a_good_one_warms() -> Result<()> {
+    let client = client().await?;
+    let ns = create_namespace(&client, "kwarm-e2e-quarantine-").await?;
+    let apps = create_namespace(&client, "kwarm-e2e-qapps-").await?;
+    let (good, missing) = ("127.0.0.1:5000/test/medium:v1", "127.0.0.1:5000/test/does-not-exist:v1");
+    containerd_remove_image(good).await?;
+
+    let mut env = base_env(&ns);
+    env.insert("WATCH_DEPLOYMENTS".into(), "true".into());
+    env.insert("WATCH_NAMESPACES".into(), apps.clone());
+    env.insert("PULL_TIMEOUT".into(), "15s".into());
+    env.insert("RETRY_BACKOFF".into(), "10m".into());
+    env.insert("IMAGES".into(), "127.0.0.1:5000/test/small:v1".into());
+    let mut manager = Manager::start("manager-quarantine", &env).await?;
+    manager.wait_ready(Duration::from_secs(60)).await?;
+    support::wait_holders_ready(&client, &ns, DS, 1, Duration::from_secs(120)).await?;
+
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &apps);
+    deployments.create(&PostParams::default(), &deployment("mixed", &[good, missing], true)?).await?;
+
+    // The bad image is taken out; the DaemonSet then rolls out with the good one everywhere.
+    wait_daemonset_images(&client, &ns, &["127.0.0.1:5000/test/small:v1", good], Duration::from_secs(120))
+        .await?;
+    support::wait_holders_ready(&client, &ns, DS, 2, Duration::from_secs(120)).await?;
+    assert!(containerd_has_image(good).await?, "the good image is not on the node");
+
+    // Reported: an Event on the Deployment, the state on the DaemonSet, and `kwarm status`.
+    let events: Api<Event> = Api::namespaced(client.clone(), &apps);
+    let list = events.list(&ListParams::default().fields("involvedObject.name=mixed")).await?;
+    let quarantine =
+        list.items.iter().find(|e| e.reason.as_deref() == Some("ImageQuarantined")).with_context(|| {
+            format!(
+                "no ImageQuarantined event; events: {:?}",
+                list.items.iter().map(|e| &e.reason).collect::<Vec<_>>()
+            )
+        })?;
+    let note = quarantine.message.clone().unwrap_or_default();
+    assert!(note.contains(missing), "event does not name the image: {note}");
+    assert!(
+        note.contains("ErrImagePull") || note.contains("ImagePullBackOff"),
+        "event has no reason: {note}"
+    );
+
+    let output = tokio::process::Command::new(support::kwarm_bin())
+        .env_clear()
+        .envs(&env)
+        .env("KUBECONFIG", kwarm_e2e::kubeconfig_path())
+        .args(["status", "-o", "json"])
+        .output()
+        .await?;
+    let status: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .with_context(|| format!("status -o json: {}", String::from_utf8_lossy(&output.stderr)))?;
+    assert!(status["quarantined"].get(missing).is_some(), "status lacks the quarantined image: {status}");
+    let good_status =
+        status["images"].as_array().and_then(|a| a.iter().find(|i| i["image"] == good)).cloned();
+    let good_status = good_status.with_context(|| format!("status lacks {good}: {status}"))?;
+    assert_eq!(good_status["warm"], good_status["nodes"], "good image not warm everywhere: {good_status}");
+
+    let log = manager.log_text();
+    assert!(log.contains("Image quarantined"), "no log line for the quarantine");
+    let d = deployments.get("mixed").await?;
+    assert_untouched(&d, Some(1));
+    manager.stop().await?;
+    for n in [&ns, &apps] {
+        delete_namespace(&client, n, Duration::from_secs(120)).await?;
+    }
+    Ok(())
+}
