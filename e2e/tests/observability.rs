@@ -214,10 +214,8 @@ async fn two_replicas_one_leader_and_takeover() -> Result<()> {
     let stopped = Instant::now();
     second.stop().await?;
     wait_until("the third replica to lead after a clean handover", Duration::from_secs(20), || async {
-        Ok(match leader_of(&third.metrics_text().await?)? {
-            v if v == 1.0 => Check::Done(()),
-            v => Check::Pending(format!("kwarm_leader {v}")),
-        })
+        let leader = leader_of(&third.metrics_text().await?)?;
+        Ok(if leader == 1.0 { Check::Done(()) } else { Check::Pending(format!("kwarm_leader {leader}")) })
     })
     .await?;
     println!("handover after SIGTERM: {} ms", stopped.elapsed().as_millis());
