@@ -4,9 +4,16 @@
 # Idempotent: components already running are left alone (and checked), missing ones are started,
 # and asking for more fake nodes than exist adds them.
 #
-#   KWOK_NODES=N   fake nodes to have (default 0; never removes any)
+#   KWOK_NODES=N       fake nodes to have (default 0; never removes any)
+#   SLEEP_BUILD, SLEEP_DOCKERFILE
+#                      how the pause image is made (default hack/build-sleep.sh and
+#                      docker/sleep.Dockerfile, built with hack/image.sh)
 #
-# Everything lives in CLUSTER_DIR (see hack/lib.sh); hack/cluster-down.sh removes it all.
+# Everything lives in CLUSTER_DIR (see hack/lib.sh); hack/cluster-down.sh removes it all. Every
+# server listens on 127.0.0.1 only. Each component gets a bounded wait; a failure names the
+# component and shows the end of its log. Known limit: the apiserver refuses to proxy to a node
+# at a loopback address, so `kubectl get --raw /api/v1/nodes/127.0.0.1/proxy/...` fails
+# ("address not allowed"); logs and the kubelet's own API on 127.0.0.1:10250 work.
 # shellcheck source=hack/lib.sh
 . "$(dirname "$0")/lib.sh"
 # shellcheck source=hack/cluster/common.sh
