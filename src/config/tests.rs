@@ -1183,7 +1183,10 @@ fn tolerations_follow_the_api_servers_rules() {
     }
     let ok = valid(&[
         ("IMAGES", "nginx:1"),
-        ("TOLERATIONS", r#"[{"operator":"Exists"},{"key":"gpu","operator":"Equal","value":"true","effect":"NoExecute","tolerationSeconds":30}]"#),
+        (
+            "TOLERATIONS",
+            r#"[{"operator":"Exists"},{"key":"gpu","operator":"Equal","value":"true","effect":"NoExecute","tolerationSeconds":30}]"#,
+        ),
     ]);
     assert_eq!(ok.tolerations.len(), 2);
 }
@@ -1201,7 +1204,8 @@ fn affinity_operators_are_checked() {
 #[test]
 fn the_pullers_own_kip_image_is_replaced_by_kwarms_sleep_image() {
     // A kubernetes-image-puller ConfigMap names its own image, which has no `/sleep --copy-to`.
-    for puller in ["quay.io/eclipse/kubernetes-image-puller:next", "quay.io/eclipse/kubernetes-image-puller"] {
+    for puller in ["quay.io/eclipse/kubernetes-image-puller:next", "quay.io/eclipse/kubernetes-image-puller"]
+    {
         let c = valid(&[("IMAGES", "nginx:1"), ("KIP_IMAGE", puller)]);
         assert_eq!(c.kip_image, DEFAULT_KIP_IMAGE, "{puller}");
     }
