@@ -256,6 +256,18 @@ where
     .await
 }
 
+/// UIDs of the manager's running pods (not being deleted).
+async fn manager_pod_uids(client: &Client, ns: &str) -> Result<Vec<String>> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let list = pods.list(&ListParams::default().labels("app.kubernetes.io/name=kwarm-manager")).await?;
+    Ok(list
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| p.metadata.uid)
+        .collect())
+}
+
 async fn wait_no_pods(client: &Client, ns: &str, selector: &str, timeout: Duration) -> Result<()> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     wait_until(&format!("no pods {selector} in {ns}"), timeout, || async {
@@ -413,6 +425,16 @@ async fn helm_chart_lints_and_renders_puller_values() -> Result<()> {
     assert!(mentions(&rules(&inherit, "Role")?, "secrets"));
     assert!(mentions(&rules(&inherit, "ClusterRole")?, "secrets"));
 
+    // An existing ConfigMap (say, the one a kubernetes-image-puller install left) is used as it is.
+    let existing =
+        render(vec!["--set".into(), "configMap.create=false,configMap.name=k8s-image-puller".into()]).await?;
+    ensure!(find(&existing, "ConfigMap").is_err(), "configMap.create=false still renders a ConfigMap");
+    assert_eq!(
+        find(&existing, "Deployment")?["spec"]["template"]["spec"]["containers"][0]["envFrom"][0]["configMapRef"]
+            ["name"],
+        "k8s-image-puller"
+    );
+
     // The ServiceMonitor only where its API exists.
     let with_sm = vec!["--set".to_string(), "metrics.serviceMonitor.enabled=true".to_string()];
     assert!(find(&render(with_sm.clone()).await?, "ServiceMonitor").is_err());
@@ -512,8 +534,9 @@ async fn helm_lifecycle(client: &Client, ns: &str) -> Result<()> {
         }
     }
     ensure!(ready_holders_of(&seen, &kept) == 1, "before the upgrade: no ready holder of {kept}");
+    let managers = manager_pod_uids(client, ns).await?;
     std::fs::write(&values, puller_values(&[("layers", kept.clone()), ("s3", added.clone())]))?;
-    let upgrade = tokio::spawn(install("upgrade"));
+    let mut upgrade = Some(tokio::spawn(install("upgrade")));
     let deadline = Instant::now() + Duration::from_secs(180);
     let mut events = 0usize;
     loop {
@@ -521,6 +544,11 @@ async fn helm_lifecycle(client: &Client, ns: &str) -> Result<()> {
             && seen.values().all(|p| is_ready(p) && pod_images(p) == [kept.clone(), added.clone()]);
         if done {
             break;
+        }
+        if upgrade.as_ref().is_some_and(|u| u.is_finished())
+            && let Some(u) = upgrade.take()
+        {
+            u.await??; // a failed helm upgrade fails the test now, not at the deadline
         }
         let event = tokio::time::timeout_at(deadline.into(), stream.next())
             .await
@@ -543,7 +571,14 @@ async fn helm_lifecycle(client: &Client, ns: &str) -> Result<()> {
             seen.values().map(|p| (p.metadata.name.clone(), is_ready(p), pod_images(p))).collect::<Vec<_>>()
         );
     }
-    upgrade.await??;
+    if let Some(u) = upgrade {
+        u.await??;
+    }
+    let rolled = manager_pod_uids(client, ns).await?;
+    ensure!(
+        !rolled.is_empty() && rolled.iter().all(|uid| !managers.contains(uid)),
+        "the new ConfigMap did not roll the manager (checksum/config): before {managers:?}, after {rolled:?}"
+    );
     println!("upgrade rolled the holders over {events} pod events, never without a holder of {kept}");
     let ds = holders_ready_or_explain(client, ns, DS, 2, DS).await?;
     assert_eq!(holder_images(&ds), [kept.clone(), added.clone()], "the DaemonSet follows the new list");
