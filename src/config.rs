@@ -583,11 +583,14 @@ fn parse_images(c: &mut Checker, value: &str) -> Vec<Holder> {
             }
             None => derived_holder_name(&reference),
         };
-        if name == INIT_CONTAINER_NAME {
+        if name == INIT_CONTAINER_NAME || name == crate::daemonset::IDLE_HOLDER_NAME {
             c.fail(
                 "IMAGES",
                 entry,
-                format!("a container name other than {INIT_CONTAINER_NAME:?} (used by the init container)"),
+                format!(
+                    "a container name other than {INIT_CONTAINER_NAME:?} or {:?} (kwarm's own)",
+                    crate::daemonset::IDLE_HOLDER_NAME
+                ),
             );
             continue;
         }

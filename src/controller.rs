@@ -24,8 +24,8 @@ use tokio::sync::watch;
 
 use crate::config::{Config, Namespaces};
 use crate::daemonset::{
-    REFRESHED_AT_ANNOTATION, RenderInput, STATE_ANNOTATION, daemonset_matches, refresh_would_repull,
-    render_daemonset, selector_labels, selector_string,
+    IDLE_HOLDER_NAME, REFRESHED_AT_ANNOTATION, RenderInput, STATE_ANNOTATION, daemonset_matches,
+    refresh_would_repull, render_daemonset, selector_labels, selector_string,
 };
 use crate::error::{Error, Result, with_timeout};
 use crate::http::Shared;
@@ -379,12 +379,18 @@ impl Controller {
             Input::Deployment(i, event) => self.handle_deployment(i, event, now),
             Input::Pulled(event) => {
                 match event {
-                    Event::InitDone => self.pulled_synced = true,
+                    // The last watch to sync may be this one: reconcile then.
+                    Event::InitDone => {
+                        self.pulled_synced = true;
+                        true
+                    }
                     // Events listed at start happened before this manager; only count new pulls.
-                    Event::Apply(e) => self.record_pull(&e),
-                    _ => {}
+                    Event::Apply(e) => {
+                        self.record_pull(&e);
+                        false
+                    }
+                    _ => false,
                 }
-                !self.pulled_synced
             }
             Input::WatchError(watch, error) => {
                 self.ctx.shared.metrics.watch_errors.get_or_create(&WatchLabel { watch }).inc();
@@ -907,7 +913,7 @@ pub fn mirror_name(namespace: &str, name: &str) -> String {
     format!("{}-{suffix}", stem.trim_end_matches(['-', '.']))
 }
 
-/// Canonical image references of the holder containers of a DaemonSet.
+/// Canonical image references of the holder containers of a DaemonSet (not the idle one).
 fn images_of(ds: &DaemonSet) -> BTreeSet<String> {
     ds.spec
         .as_ref()
@@ -915,6 +921,7 @@ fn images_of(ds: &DaemonSet) -> BTreeSet<String> {
         .map(|p| {
             p.containers
                 .iter()
+                .filter(|c| c.name != IDLE_HOLDER_NAME)
                 .filter_map(|c| c.image.as_deref())
                 .map(|i| parse_image_reference(i).unwrap_or_else(|_| i.to_string()))
                 .collect()

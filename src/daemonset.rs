@@ -23,6 +23,8 @@ pub const STATE_ANNOTATION: &str = "kwarm.io/state";
 /// DaemonSet annotation with a hash of everything kwarm renders: a changed configuration (even a
 /// removed map key, which a field-by-field comparison with the live object cannot see) changes it.
 pub const DESIRED_HASH_ANNOTATION: &str = "kwarm.io/desired-hash";
+/// The one holder of a DaemonSet with nothing to warm.
+pub const IDLE_HOLDER_NAME: &str = "idle";
 /// UID and GID of holders outside OpenShift (OpenShift assigns its own range).
 pub const HOLDER_UID: i64 = 65532;
 const KIP_VOLUME: &str = "kip";
@@ -141,8 +143,11 @@ fn render_unhashed(config: &Config, input: &RenderInput) -> DaemonSet {
         volume_mounts: Some(vec![mount(false)]),
         ..Default::default()
     };
-    let holders = input
-        .holders
+    // A pod needs at least one container: with nothing to warm (yet), one idle holder keeps the
+    // DaemonSet valid and in place, holding only the small sleep image itself.
+    let idle = [Holder { name: IDLE_HOLDER_NAME.into(), image: config.kip_image.clone() }];
+    let holders = if input.holders.is_empty() { &idle[..] } else { &input.holders[..] };
+    let holders = holders
         .iter()
         .map(|h| Container {
             name: h.name.clone(),

@@ -165,9 +165,10 @@ async fn labelled_deployments_are_warmed_and_followed() -> Result<()> {
         assert_untouched(d, expected);
     }
 
-    // Deleting the Deployment removes its image (retention 0s).
+    // Deleting the Deployment removes its image (retention 0s); with nothing left to warm the
+    // DaemonSet stays, holding only the sleep image.
     deployments.delete("web", &Default::default()).await?;
-    wait_daemonset_images(&client, &ns, &[], Duration::from_secs(30)).await?;
+    wait_daemonset_images(&client, &ns, &[kwarm_e2e::SLEEP_IMAGE], Duration::from_secs(30)).await?;
 
     manager.stop().await?;
     for n in [&ns, &apps, &excluded] {

@@ -338,11 +338,13 @@ fn duplicate_container_names_are_rejected() {
 }
 
 #[test]
-fn the_init_container_name_kip_is_reserved() {
+fn kwarms_own_container_names_are_reserved() {
     let e = problem(&[("IMAGES", "kip=nginx:1.25")]);
     assert_eq!(e.value, "kip=nginx:1.25");
     assert!(e.expected.contains("\"kip\""), "{}", e.expected);
-    assert!(e.expected.contains("init container"), "{}", e.expected);
+    assert!(e.expected.contains("kwarm's own"), "{}", e.expected);
+    let e = problem(&[("IMAGES", "idle=nginx:1.25")]);
+    assert!(e.expected.contains("\"idle\""), "{}", e.expected);
     // Names that merely start with it are fine.
     assert_eq!(valid(&[("IMAGES", "kip2=nginx:1.25")]).images[0].name, "kip2");
 }

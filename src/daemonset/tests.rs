@@ -656,3 +656,17 @@ fn refresh_only_when_some_holder_would_pull_again() {
         assert!(!refresh_would_repull(&c, &[h("nginx:latest"), h("nginx")]), "{policy}");
     }
 }
+
+#[test]
+fn nothing_to_warm_renders_one_idle_holder_of_the_sleep_image() {
+    let config = Config::from_vars(
+        [("KIP_IMAGE".to_string(), "registry.example.com/kwarm/sleep:1".to_string())],
+        Some("ns".into()),
+    )
+    .expect("watching Deployments without IMAGES is valid");
+    let ds = render_daemonset(&config, &RenderInput::default());
+    let pod = ds.spec.and_then(|s| s.template.spec).expect("pod spec");
+    assert_eq!(pod.containers.len(), 1, "a pod needs a container");
+    assert_eq!(pod.containers[0].name, IDLE_HOLDER_NAME);
+    assert_eq!(pod.containers[0].image.as_deref(), Some("registry.example.com/kwarm/sleep:1"));
+}
