@@ -109,7 +109,7 @@ main() {
   kill_containers
   stop_components 15 containerd
   kill_shims
-  stop_components 20 kube-apiserver etcd registry
+  stop_components 20 kube-apiserver etcd registry private-registry
   # any other pid file left (a component added later, a crashed start)
   local f
   for f in "$PID_DIR"/*.pid; do

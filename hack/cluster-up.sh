@@ -179,6 +179,37 @@ EOF
   wait_for registry 30 registry_healthy
 }
 
+private_registry_healthy() { # answers, and asks for a login
+  [ "$(curl -sS --max-time 3 -o /dev/null -w '%{http_code}' "http://$PRIVATE_REGISTRY/v2/")" = 401 ]
+}
+
+start_private_registry() {
+  is_running private-registry || {
+    check_port_free private-registry "${PRIVATE_REGISTRY##*:}"
+    mkdir -p "$PRIVATE_REGISTRY_DATA" "$CONF_DIR"
+    htpasswd -Bbn "$PRIVATE_REGISTRY_USER" "$PRIVATE_REGISTRY_PASSWORD" >"$CONF_DIR/private-registry.htpasswd"
+    cat >"$CONF_DIR/private-registry.yml" <<EOF
+version: 0.1
+log:
+  level: warn
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: $PRIVATE_REGISTRY_DATA
+auth:
+  htpasswd:
+    realm: kwarm-private
+    path: $CONF_DIR/private-registry.htpasswd
+http:
+  addr: $PRIVATE_REGISTRY
+EOF
+    log "private registry: starting on $PRIVATE_REGISTRY (login required)"
+    start_bg private-registry docker-registry serve "$CONF_DIR/private-registry.yml"
+  }
+  wait_for private-registry 30 private_registry_healthy
+}
+
 start_etcd() {
   is_running etcd || {
     check_port_free etcd "$ETCD_CLIENT_PORT"
@@ -309,15 +340,19 @@ EOF
 start_containerd() {
   is_running containerd || {
     log "containerd: starting (socket $CONTAINERD_SOCK)"
-    mkdir -p "$CONTAINERD_ROOT" "$CONTAINERD_STATE" "$CONTAINERD_DIR/certs.d/$REGISTRY"
-    # our registry speaks plain HTTP
-    cat >"$CONTAINERD_DIR/certs.d/$REGISTRY/hosts.toml" <<EOF
-server = "http://$REGISTRY"
+    mkdir -p "$CONTAINERD_ROOT" "$CONTAINERD_STATE"
+    # our registries speak plain HTTP
+    local r
+    for r in "$REGISTRY" "$PRIVATE_REGISTRY"; do
+      mkdir -p "$CONTAINERD_DIR/certs.d/$r"
+      cat >"$CONTAINERD_DIR/certs.d/$r/hosts.toml" <<EOF
+server = "http://$r"
 
-[host."http://$REGISTRY"]
+[host."http://$r"]
   capabilities = ["pull", "resolve", "push"]
   skip_verify = true
 EOF
+    done
     # Everything (root, state, sockets, runc state, netns mounts, /opt) under CLUSTER_DIR so that
     # it cannot collide with a system containerd and cluster-down finds all of it.
     # restrict_oom_score_adj: this VM lacks CAP_SYS_RESOURCE; without it every sandbox fails with
@@ -523,6 +558,7 @@ main() {
   gen_pki
   gen_kubeconfigs
   start_registry
+  start_private_registry
   start_etcd
   start_apiserver
   # build the pause image while the apiserver starts
@@ -546,7 +582,7 @@ main() {
   kubeconfig: export KUBECONFIG=$KUBECONFIG_PATH
   kubectl:    $KUBECTL_BIN
   nodes:      1 real ($NODE_NAME) + $(kubectl_ get nodes -l type=kwok --no-headers 2>/dev/null | wc -l) KWOK
-  registry:   http://$REGISTRY
+  registry:   http://$REGISTRY (and http://$PRIVATE_REGISTRY, login $PRIVATE_REGISTRY_USER)
   containerd: ctr -a $CONTAINERD_SOCK -n k8s.io images ls
   logs:       $LOG_DIR/{etcd,kube-apiserver,kube-controller-manager,kube-scheduler,containerd,kubelet,kwok,registry}.log
   stop:       make cluster-down

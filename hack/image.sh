@@ -30,13 +30,16 @@ main() {
   # shellcheck disable=SC2206 # BUILD_ARGS is meant to be word-split
   [ -n "${BUILD_ARGS:-}" ] && extra=($BUILD_ARGS)
   mkdir -p "$BUILDAH_ROOT" "$BUILDAH_RUNROOT"
-  curl -fsS -o /dev/null "http://$REGISTRY/v2/" 2>/dev/null || log "warning: registry $REGISTRY does not answer; the push will fail"
+  curl -sS -o /dev/null "http://${REF%%/*}/v2/" 2>/dev/null || log "warning: registry ${REF%%/*} does not answer; the push will fail"
   log "image: building $REF from ${DOCKERFILE#"$ROOT_DIR"/}"
   buildah_ bud --quiet --pull=false --layers=false --timestamp 0 -f "$DOCKERFILE" -t "$REF" "${extra[@]}" "$CONTEXT" >/dev/null
   log "image: pushing $REF"
   local digest_file
   digest_file="$(mktemp)"
-  buildah_ push --quiet --tls-verify=false --digestfile "$digest_file" "$REF" "docker://$REF"
+  local creds=()
+  # IMAGE_PUSH_CREDS=user:password for a registry that requires a login
+  [ -n "${IMAGE_PUSH_CREDS:-}" ] && creds=(--creds "$IMAGE_PUSH_CREDS")
+  buildah_ push --quiet --tls-verify=false "${creds[@]}" --digestfile "$digest_file" "$REF" "docker://$REF"
   log "image: $REF@$(cat "$digest_file") ($((SECONDS - t0))s)"
   rm -f "$digest_file"
   # the registry holds the image now: drop the local copy so the vfs store does not grow per build

@@ -13,6 +13,7 @@
 #   127.0.0.1:5000/test/medium:v1   1 MiB   1  a pull that takes measurable time
 #   127.0.0.1:5000/test/large:v1    8 MiB   1  a bigger pull (disk accounting, slow pulls)
 #   127.0.0.1:5000/test/layers:v1   768 KiB 3  several layers (3 x 256 KiB)
+#   127.0.0.1:5001/private/secret:v1  4 KiB 1  in the registry that requires a login (pull secrets)
 # Every image has /label (its own reference) and /data/* (the random files).
 # shellcheck source=hack/lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -36,10 +37,10 @@ random_bytes() {
   head -c "$2" < <(openssl enc -aes-128-ctr -nosalt -pbkdf2 -pass "pass:kwarm-test-$1" </dev/zero 2>/dev/null)
 }
 
-build_one() { # REPO:TAG SIZE...
+build_one() { # REPO:TAG SIZE...   (REGISTRY_HOST and IMAGE_PUSH_CREDS pick another registry)
   local name="$1"; shift
-  local ref="$REGISTRY/$name" dir i=0
-  if registry_has "$ref"; then
+  local ref="${REGISTRY_HOST:-$REGISTRY}/$name" dir i=0
+  if [ -z "${REGISTRY_HOST:-}" ] && registry_has "$ref"; then
     log "test image $ref: present"
     return
   fi
@@ -65,6 +66,18 @@ main() {
     # shellcheck disable=SC2086 # spec is "name size..." on purpose
     build_one $spec
   done
+  if private_has "private/secret:v1"; then
+    log "test image $PRIVATE_REGISTRY/private/secret:v1: present"
+  else
+    REGISTRY_HOST="$PRIVATE_REGISTRY" IMAGE_PUSH_CREDS="$PRIVATE_REGISTRY_USER:$PRIVATE_REGISTRY_PASSWORD" \
+      build_one "private/secret:v1" 4096
+  fi
+}
+
+private_has() { # REPO:TAG in the private registry (with the login)
+  curl -fsS -o /dev/null -I -u "$PRIVATE_REGISTRY_USER:$PRIVATE_REGISTRY_PASSWORD" \
+    -H 'Accept: application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json' \
+    "http://$PRIVATE_REGISTRY/v2/${1%:*}/manifests/${1##*:}" 2>/dev/null
 }
 
 registry_healthy_() { curl -fsS --max-time 3 -o /dev/null "http://$REGISTRY/v2/"; }

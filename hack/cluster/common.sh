@@ -10,6 +10,12 @@ PID_DIR="$CLUSTER_DIR/pids"
 CONF_DIR="$CLUSTER_DIR/conf"
 ETCD_DATA="$CLUSTER_DIR/etcd"
 REGISTRY_DATA="$CLUSTER_DIR/registry"
+# A second registry that requires a login (htpasswd), for pull-secret tests. Test-only
+# credentials: it listens on loopback only and holds only generated test images.
+PRIVATE_REGISTRY="127.0.0.1:5001"
+PRIVATE_REGISTRY_USER="kwarm"
+PRIVATE_REGISTRY_PASSWORD="warm-secret"
+PRIVATE_REGISTRY_DATA="$CLUSTER_DIR/private-registry"
 CONTAINERD_DIR="$CLUSTER_DIR/containerd"
 CONTAINERD_ROOT="$CONTAINERD_DIR/root"
 CONTAINERD_STATE="$CONTAINERD_DIR/state"
