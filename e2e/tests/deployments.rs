@@ -246,3 +246,94 @@ async fn a_missing_image_is_quarantined_while_a_good_one_warms() -> Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn inherited_pull_secret_warms_a_private_image() -> Result<()> {
+    use k8s_openapi::api::core::v1::Secret;
+    let client = client().await?;
+    let ns = create_namespace(&client, "kwarm-e2e-secret-").await?;
+    let apps = create_namespace(&client, "kwarm-e2e-sapps-").await?;
+    let private = "127.0.0.1:5001/private/secret:v1";
+    containerd_remove_image(private).await?;
+
+    // The registry at 127.0.0.1:5001 requires this login (hack/cluster/common.sh).
+    let auth = base64_encode(b"kwarm:warm-secret");
+    let config = serde_json::json!({"auths": {"127.0.0.1:5001": {"auth": auth}}}).to_string();
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "regcred"},
+        "type": "kubernetes.io/dockerconfigjson",
+        "stringData": {".dockerconfigjson": config}
+    }))?;
+    Api::<Secret>::namespaced(client.clone(), &apps).create(&PostParams::default(), &secret).await?;
+    let mut d = deployment("private", &[private], true)?;
+    if let Some(pod) = d.spec.as_mut().and_then(|s| s.template.spec.as_mut()) {
+        pod.image_pull_secrets =
+            Some(vec![k8s_openapi::api::core::v1::LocalObjectReference { name: "regcred".into() }]);
+    }
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &apps);
+    deployments.create(&PostParams::default(), &d).await?;
+
+    let mut env = base_env(&ns);
+    env.insert("WATCH_DEPLOYMENTS".into(), "true".into());
+    env.insert("WATCH_NAMESPACES".into(), apps.clone());
+    env.insert("INHERIT_PULL_SECRETS".into(), "true".into());
+    env.insert("IMAGE_RETENTION".into(), "0s".into());
+    let mut manager = Manager::start("manager-secrets", &env).await?;
+    manager.wait_ready(Duration::from_secs(60)).await?;
+
+    wait_daemonset_images(&client, &ns, &[private], Duration::from_secs(30)).await?;
+    wait_in_containerd(private, Duration::from_secs(120)).await?;
+    let mirrors: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let list = mirrors.list(&ListParams::default().labels("app.kubernetes.io/component=pull-secret")).await?;
+    assert_eq!(list.items.len(), 1, "one mirrored pull secret in kwarm's namespace");
+    let ds: Api<DaemonSet> = Api::namespaced(client.clone(), &ns);
+    let refs: Vec<String> = ds
+        .get(DS)
+        .await?
+        .spec
+        .and_then(|s| s.template.spec)
+        .and_then(|p| p.image_pull_secrets)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(
+        refs,
+        vec![list.items[0].metadata.name.clone().unwrap_or_default()],
+        "DaemonSet uses the mirror"
+    );
+
+    // No Deployment needs it any more: the mirror is deleted.
+    deployments.delete("private", &Default::default()).await?;
+    wait_until("the mirrored secret to be deleted", Duration::from_secs(60), || async {
+        let n = mirrors
+            .list(&ListParams::default().labels("app.kubernetes.io/component=pull-secret"))
+            .await?
+            .items
+            .len();
+        Ok(if n == 0 { Check::Done(()) } else { Check::Pending(format!("{n} mirrors")) })
+    })
+    .await?;
+    manager.stop().await?;
+    for n in [&ns, &apps] {
+        delete_namespace(&client, n, Duration::from_secs(120)).await?;
+    }
+    Ok(())
+}
+
+fn base64_encode(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
