@@ -1,0 +1,3 @@
+module kwarm.invalid/bench/gosleep
+
+go 1.22

@@ -1,0 +1,187 @@
+#!/usr/bin/env bash
+# Benchmarks of kwarm against the tools users pick instead, on the running local cluster
+# (`make cluster-up`; this script never starts or stops it). Writes bench/sections/SECTION.md
+# (+ .json with the raw numbers) per section and merges them into bench/RESULTS.md.
+#
+# Usage: hack/bench.sh [SECTION...]       (`make bench` runs all; ~30-45 min)
+#   holder     holder binary size, RSS and SIGTERM-to-exit on the real node, kwarm vs Go sleep
+#   image      bytes a node pulls for the init image
+#   warmup     time until M images are held on N KWOK nodes, objects, API requests
+#   reaction   Deployment change -> DaemonSet updated (p50/p99), -> image in containerd vs ctr pull
+#   footprint  manager RSS/CPU with 1,000 and 10,000 watched Deployments, idle API writes, profile
+# Settings (environment):
+#   BENCH_NODES="100 500 1000"   KWOK node counts for warmup      BENCH_IMAGES=20  images held
+#   BENCH_SEED_MODEL_NODES="100 500"  node counts for the seed-design model (M x N Jobs)
+#   BENCH_REACTION_SAMPLES=200   Deployment changes               BENCH_PULL_SAMPLES=6 per size
+#   BENCH_DEPLOYMENTS="1000 10000"                                BENCH_IDLE=600   idle window (s)
+#   BENCH_HOLDER_SAMPLES=20      holders of each kind             BENCH_PROFILE=1  perf the 10k sync
+# Everything it creates is its own: namespaces kwarm-bench-*, fake nodes bench-node-*, images
+# 127.0.0.1:5000/kwarm-bench/*; built tools go to the cache (~/.cache/kwarm/bench), logs to
+# _output/bench.
+# shellcheck source=hack/lib.sh
+. "$(dirname "$0")/lib.sh"
+# shellcheck source=hack/cluster/common.sh
+. "$HACK_DIR/cluster/common.sh"
+
+ALL_SECTIONS=(holder image warmup reaction footprint)
+BENCH_CACHE="$CACHE_DIR/bench"
+SECTIONS_DIR="$ROOT_DIR/bench/sections"
+RESULTS="$ROOT_DIR/bench/RESULTS.md"
+PULL_SIZES=("4k:4096" "1m:1048576" "16m:16777216")
+
+go_version() { GOFLAGS='' go env GOVERSION; }
+
+# The Go holder stand-in (bench/gosleep), unstripped as `go build` leaves it and stripped.
+build_gosleep() {
+  local dir
+  dir="$BENCH_CACHE/gosleep-$(go_version)"
+  GOSLEEP_BIN="$dir/sleep" GOSLEEP_STRIPPED_BIN="$dir/sleep-stripped"
+  if [ ! -x "$GOSLEEP_BIN" ] || [ "$ROOT_DIR/bench/gosleep/main.go" -nt "$GOSLEEP_BIN" ]; then
+    log "bench: building the Go sleep stand-in with $(go_version)"
+    mkdir -p "$dir"
+    (cd "$ROOT_DIR/bench/gosleep" && GOFLAGS=-trimpath go build -o "$GOSLEEP_BIN" . &&
+      GOFLAGS=-trimpath go build -ldflags '-s -w' -o "$GOSLEEP_STRIPPED_BIN" .)
+  fi
+  export GOSLEEP_BIN GOSLEEP_STRIPPED_BIN
+}
+
+busybox_static() {
+  if ! file -L /bin/busybox 2>/dev/null | grep -q 'statically linked'; then
+    log "bench: installing busybox-static (the shell of the puller's init-contract image)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq busybox-static >/dev/null
+  fi
+  echo /bin/busybox
+}
+
+# push_image REF DOCKERFILE-TEXT CONTEXT-DIR: build and push unless the registry has REF
+push_image() {
+  local ref="$1" text="$2" ctx="$3"
+  if registry_has "$ref"; then return; fi
+  printf '%s\n' "$text" >"$ctx/Dockerfile"
+  IMAGE_CONTEXT="$ctx" "$HACK_DIR/image.sh" "$ctx/Dockerfile" "$ref" 2>&1 | sed 's/^/  /' >&2
+}
+
+bench_images() {
+  local tmp tag sleep_sha
+  tmp="$(mktemp -d)"
+  # kwarm's holder image, tagged by the content of the binary measured here
+  sleep_sha="$(sha256sum "$ROOT_DIR/_output/bin/sleep" | cut -c1-12)"
+  KIP_IMAGE="$REGISTRY/kwarm-bench/sleep:$sleep_sha"
+  mkdir -p "$tmp/kip/_output/bin" && cp "$ROOT_DIR/_output/bin/sleep" "$tmp/kip/_output/bin/sleep"
+  push_image "$KIP_IMAGE" "$(cat "$ROOT_DIR/docker/sleep.Dockerfile")" "$tmp/kip"
+  # the Go stand-in alone, and the puller's init contract (Go sleep + a shell with cp)
+  tag="$(go_version)-$(sha256sum "$GOSLEEP_BIN" | cut -c1-8)"
+  GOSLEEP_IMAGE="$REGISTRY/kwarm-bench/gosleep:$tag"
+  PULLER_FLOOR_IMAGE="$REGISTRY/kwarm-bench/puller-floor:$tag"
+  mkdir -p "$tmp/go" "$tmp/floor/bin"
+  cp "$GOSLEEP_BIN" "$tmp/go/sleep"
+  push_image "$GOSLEEP_IMAGE" $'FROM scratch\nCOPY sleep /sleep\nUSER 65532:65532\nENTRYPOINT ["/sleep"]' "$tmp/go"
+  if ! registry_has "$PULLER_FLOOR_IMAGE"; then
+    cp "$GOSLEEP_BIN" "$tmp/floor/bin/sleep"
+    cp "$(busybox_static)" "$tmp/floor/bin/busybox"
+    ln -s busybox "$tmp/floor/bin/sh"
+    ln -s busybox "$tmp/floor/bin/cp"
+    push_image "$PULLER_FLOOR_IMAGE" $'FROM scratch\nCOPY bin /bin\nUSER 65532:65532\nCMD ["/bin/sleep", "720h"]' "$tmp/floor"
+  fi
+  rm -rf "$tmp"
+  export KIP_IMAGE GOSLEEP_IMAGE PULLER_FLOOR_IMAGE
+}
+
+# Images the real node has never held: distinct random content per sample (no shared layers).
+pull_images() {
+  local n="${BENCH_PULL_SAMPLES:-6}" entry size bytes i ref tmp list=()
+  for entry in "${PULL_SIZES[@]}"; do
+    size="${entry%%:*}" bytes="${entry#*:}"
+    for ((i = 0; i < n; i++)); do
+      ref="$REGISTRY/kwarm-bench/pull-$size-$i:v1"
+      list+=("$size=$ref")
+      registry_has "$ref" && continue
+      tmp="$(mktemp -d)"
+      head -c "$bytes" < <(openssl enc -aes-128-ctr -nosalt -pbkdf2 -pass "pass:kwarm-bench-$size-$i" </dev/zero 2>/dev/null) >"$tmp/blob"
+      push_image "$ref" $'FROM scratch\nCOPY blob /data/blob' "$tmp"
+      rm -rf "$tmp"
+    done
+  done
+  PULL_IMAGES="${list[*]}"
+  export PULL_IMAGES
+}
+
+machine_header() {
+  local rev dirty kube_ver ctr_ver
+  rev="$(git -C "$ROOT_DIR" rev-parse --short HEAD)"
+  dirty="$(git -C "$ROOT_DIR" status --porcelain -- src sleep Cargo.toml Cargo.lock | head -1)"
+  kube_ver="$(kubectl_ version -o json 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["serverVersion"]["gitVersion"])' 2>/dev/null || echo "?")"
+  ctr_ver="$(ctr -a "$CONTAINERD_SOCK" version 2>/dev/null | awk '/Server:/{s=1} s&&/Version:/{print $2; exit}')"
+  cat <<EOF
+# kwarm benchmarks
+
+Written by \`make bench\` (\`hack/bench.sh\`; one section: \`hack/bench.sh SECTION\`). Every
+comparison in a table was measured in the same run on the same cluster; the machine is shared
+and noisy, so read ratios, not absolute numbers. Raw numbers: \`bench/sections/*.json\`.
+
+| | |
+|---|---|
+| assembled | $(date -u '+%Y-%m-%d %H:%M UTC') |
+| machine | $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')), $(free -g | awk '/Mem:/{print $2}') GiB RAM, Linux $(uname -r) |
+| kwarm | $rev${dirty:+ (+ uncommitted changes in src/)}, manager $(stat -c %s "$ROOT_DIR/_output/bin/kwarm") bytes, sleep $(stat -c %s "$ROOT_DIR/_output/bin/sleep") bytes |
+| toolchains | $(rustc --version), $(go_version) |
+| cluster | Kubernetes $kube_ver (kube-apiserver, controller-manager, scheduler, kubelet), containerd ${ctr_ver:-?}, etcd $ETCD_VERSION, KWOK $KWOK_VERSION (one real node + fake nodes) |
+| tools | $(skopeo --version), $(buildah --version | cut -d' ' -f1-3), $(perf --version 2>/dev/null || echo "perf: none") |
+| peers | kubernetes-image-puller and the kwarm seed: **not buildable here** (Go module proxy: 403 "This module version is not available"); see each section |
+
+EOF
+}
+
+assemble() {
+  {
+    machine_header
+    for s in "${ALL_SECTIONS[@]}"; do
+      if [ -f "$SECTIONS_DIR/$s.md" ]; then
+        cat "$SECTIONS_DIR/$s.md"
+      else
+        printf '## %s\n\n_Not measured yet: `hack/bench.sh %s`._\n' "$s" "$s"
+      fi
+      echo
+    done
+  } >"$RESULTS.tmp"
+  mv "$RESULTS.tmp" "$RESULTS"
+  log "bench: wrote ${RESULTS#"$ROOT_DIR"/}"
+}
+
+main() {
+  local sections=("$@") s t0
+  [ ${#sections[@]} -gt 0 ] || sections=("${ALL_SECTIONS[@]}")
+  for s in "${sections[@]}"; do
+    case " ${ALL_SECTIONS[*]} assemble " in *" $s "*) ;; *) die "unknown section: $s (one of: ${ALL_SECTIONS[*]})" ;; esac
+  done
+  use_cached_tools
+  export KUBECONFIG="$KUBECONFIG_PATH" KUBECTL="$KUBECTL_BIN" CONTAINERD_SOCK
+  if [ "${sections[*]}" = assemble ]; then assemble; return; fi
+  is_running kube-apiserver || die "the local cluster is not running: \`make cluster-up\` first (bench never starts or stops it)"
+  for tool in skopeo ctr go python3 buildah; do command -v "$tool" >/dev/null || die "$tool is missing (hack/install-deps.sh)"; done
+  python3 -c 'import yaml' 2>/dev/null || die "python3 yaml module missing (apt-get install python3-yaml)"
+  mkdir -p "$BENCH_CACHE" "$ROOT_DIR/_output/bench"
+  log "bench: building kwarm and sleep"
+  "$HACK_DIR/build-kwarm.sh" >&2
+  "$HACK_DIR/build-sleep.sh" >&2
+  build_gosleep
+  bench_images
+  # a symbolized build of the same source for perf (separate target dir; the release build is stripped)
+  if [[ " ${sections[*]} " == *" footprint "* ]] && [ "${BENCH_PROFILE:-1}" = 1 ]; then
+    log "bench: building a symbolized kwarm for profiling"
+    (cd "$ROOT_DIR" && CARGO_PROFILE_RELEASE_STRIP=false CARGO_PROFILE_RELEASE_DEBUG=line-tables-only \
+      cargo build --release --locked --bin kwarm --target-dir "$BENCH_CACHE/target-profile" >&2)
+    export KWARM_PROFILE_BIN="$BENCH_CACHE/target-profile/release/kwarm"
+  fi
+  [[ " ${sections[*]} " == *" reaction "* ]] && pull_images
+  export KWARM_IMAGE="$REGISTRY/kwarm/kwarm:dev"
+  for s in "${sections[@]}"; do
+    t0=$SECONDS
+    log "bench: section $s"
+    python3 "$ROOT_DIR/bench/driver.py" "$s"
+    log "bench: section $s done ($((SECONDS - t0))s)"
+    assemble
+  done
+}
+
+main "$@"
