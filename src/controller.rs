@@ -90,7 +90,6 @@ struct Controller {
 
     live: Option<DaemonSet>,
     ds_listing: Listing<Option<DaemonSet>>,
-    state_restored: bool,
 
     pods: BTreeMap<String, PodHolders>,
     pod_listing: Listing<BTreeMap<String, PodHolders>>,
@@ -137,7 +136,6 @@ pub async fn run(
         owner,
         live: None,
         ds_listing: Listing::default(),
-        state_restored: false,
         pods: BTreeMap::new(),
         pod_listing: Listing::default(),
         tracker: ImageTracker::default(),
@@ -337,9 +335,14 @@ impl Controller {
                     Event::InitDone => {
                         self.live = self.ds_listing.buffer.take().flatten();
                         self.ds_listing.synced = true;
-                        self.restore_state();
+                        self.adopt_state();
                     }
-                    Event::Apply(ds) => self.live = Some(ds),
+                    Event::Apply(ds) => {
+                        self.live = Some(ds);
+                        if !self.leader {
+                            self.adopt_state();
+                        }
+                    }
                     Event::Delete(_) => {
                         tracing::info!(daemonset = %self.config().daemonset_name, "DaemonSet deleted; restoring it");
                         self.live = None;
@@ -494,18 +497,15 @@ impl Controller {
         }
     }
 
-    /// On the first sync, continue from the state the last manager left on the DaemonSet, so a
-    /// restart renders the same DaemonSet and changes nothing.
-    fn restore_state(&mut self) {
-        if self.state_restored {
-            return;
-        }
-        self.state_restored = true;
+    /// Takes over the state the leader keeps on the DaemonSet (retained and quarantined images,
+    /// last refresh): at start, so a restart renders the same DaemonSet and changes nothing, and
+    /// on every change while following, so a takeover continues where the last leader stopped.
+    fn adopt_state(&mut self) {
         let Some(live) = &self.live else { return };
         if let Some(state) = live.annotations().get(STATE_ANNOTATION) {
             match serde_json::from_str::<PersistedState>(state) {
                 Ok(state) => {
-                    self.tracker = ImageTracker::with_released(state.retained_times());
+                    self.tracker.restore_released(state.retained_times());
                     self.quarantine = Quarantine::restore(state.quarantined);
                 }
                 Err(e) => tracing::warn!(error = %e, "Ignoring unreadable kwarm.io/state annotation"),

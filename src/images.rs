@@ -104,9 +104,11 @@ pub struct ImageTracker {
 }
 
 impl ImageTracker {
-    /// Starts from released images remembered on the DaemonSet (so a restart keeps them).
-    pub fn with_released(released: BTreeMap<String, SystemTime>) -> ImageTracker {
-        ImageTracker { deployments: BTreeMap::new(), released }
+    /// Takes released images remembered on the DaemonSet, keeping the Deployments already seen;
+    /// an image some Deployment uses is not released.
+    pub fn restore_released(&mut self, released: BTreeMap<String, SystemTime>) {
+        let in_use = self.in_use();
+        self.released = released.into_iter().filter(|(image, _)| !in_use.contains(image)).collect();
     }
 
     /// Records a Deployment's current images. Returns whether the set of images in use or the

@@ -16,7 +16,7 @@ use kwarm_e2e::{
     Check, client, containerd_has_image, containerd_remove_image, create_namespace, delete_namespace,
     wait_until,
 };
-use support::{Manager, base_env};
+use support::{Manager, base_env, holder_images};
 
 const DS: &str = "kwarm-holders";
 const FIELD_MANAGER: &str = "kwarm.io/manager";
@@ -42,14 +42,6 @@ fn deployment(name: &str, images: &[&str], labelled: bool) -> Result<Deployment>
             "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": containers}}
         }
     }))?)
-}
-
-fn holder_images(ds: &DaemonSet) -> Vec<String> {
-    ds.spec
-        .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .map(|p| p.containers.iter().filter_map(|c| c.image.clone()).collect())
-        .unwrap_or_default()
 }
 
 async fn wait_daemonset_images(

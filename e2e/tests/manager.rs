@@ -16,19 +16,11 @@ use kube::runtime::watcher::{self, watcher};
 use kwarm_e2e::{
     Check, REAL_NODE, client, containerd_has_image, containerd_remove_image, delete_namespace, wait_until,
 };
-use support::{Manager, base_env, holder_pod_uids, restricted_namespace, wait_holders_ready};
+use support::{Manager, base_env, holder_images, holder_pod_uids, restricted_namespace, wait_holders_ready};
 
 const SMALL: &str = "127.0.0.1:5000/test/small:v1";
 const OTHER: &str = "127.0.0.1:5000/test/other:v1";
 const DS: &str = "kwarm-holders";
-
-fn holder_images(ds: &DaemonSet) -> Vec<String> {
-    ds.spec
-        .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .map(|p| p.containers.iter().filter_map(|c| c.image.clone()).collect())
-        .unwrap_or_default()
-}
 
 #[tokio::test]
 async fn manager_warms_heals_and_survives_restart() -> Result<()> {

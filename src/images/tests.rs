@@ -400,14 +400,16 @@ fn replace_all_after_a_relist() {
 fn restored_released_images_survive_a_restart() {
     let retention = Duration::from_secs(3600);
     let old = canonical("nginx:1.25");
-    let mut t = ImageTracker::with_released(BTreeMap::from([(old.clone(), at(0))]));
+    let mut t = ImageTracker::default();
+    t.restore_released(BTreeMap::from([(old.clone(), at(0))]));
     assert_eq!(t.wanted(), set(&[&old]));
     assert_eq!(t.next_expiry(retention), Some(at(3600)));
     // The first list after the restart: the Deployments do not use it, so it keeps its time.
     t.replace_all(BTreeMap::from([(key("shop", "web"), uses(&["nginx:1.26"]))]), at(100));
     assert_eq!(t.released().get(&old), Some(&at(0)));
     // An image remembered as released but in use after all is not released.
-    let mut t = ImageTracker::with_released(BTreeMap::from([(old.clone(), at(0))]));
+    let mut t = ImageTracker::default();
+    t.restore_released(BTreeMap::from([(old.clone(), at(0))]));
     t.replace_all(BTreeMap::from([(key("shop", "web"), uses(&["nginx:1.25"]))]), at(100));
     assert!(t.released().is_empty());
     assert!(!t.expire(at(100_000), retention));
@@ -544,4 +546,16 @@ fn planning_is_deterministic() {
         plan_holders(&configured, &watched, &quarantined, 3),
         plan_holders(&configured, &watched, &quarantined, 3)
     );
+}
+
+#[test]
+fn restoring_released_images_keeps_the_deployments_already_seen() {
+    let (old, used) = (canonical("nginx:1.25"), canonical("nginx:1.26"));
+    let mut t = ImageTracker::default();
+    t.upsert(key("shop", "web"), uses(&["nginx:1.26"]), at(0));
+    // The leader's state arrives after the Deployments were listed (a follower taking over).
+    t.restore_released(BTreeMap::from([(old.clone(), at(5)), (used.clone(), at(5))]));
+    assert_eq!(t.deployments().len(), 1, "Deployments seen before are kept");
+    assert_eq!(t.released().keys().collect::<Vec<_>>(), vec![&old], "an image in use is not released");
+    assert_eq!(t.wanted(), set(&[&old, &used]));
 }

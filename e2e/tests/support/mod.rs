@@ -219,6 +219,15 @@ pub async fn wait_holders_ready(
     .await
 }
 
+/// Images of the holder containers of a DaemonSet, in order.
+pub fn holder_images(ds: &DaemonSet) -> Vec<String> {
+    ds.spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .map(|p| p.containers.iter().filter_map(|c| c.image.clone()).collect())
+        .unwrap_or_default()
+}
+
 /// Pod name → UID of the holder pods (not those being deleted).
 pub async fn holder_pod_uids(client: &Client, ns: &str) -> Result<BTreeMap<String, String>> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
