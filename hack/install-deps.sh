@@ -18,6 +18,7 @@ REQUIRED=(
   iproute2                   # ip link: deleting the CNI bridge on teardown
   apache2-utils              # htpasswd, for registry auth tests
   jq                         # JSON in scripts
+  python3-yaml               # hack/process-template.py (OpenShift templates without oc)
   curl                       # health endpoints
   util-linux                 # setsid, mount/umount, nsenter
   procps                     # ps, pgrep for teardown checks
