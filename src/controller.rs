@@ -107,6 +107,7 @@ struct Controller {
     /// Images in the last DaemonSet kwarm applied or found, to see which ones are new.
     applied_images: Option<BTreeSet<String>>,
     overflow_reported: BTreeSet<String>,
+    init_failure_reported: bool,
 
     mirrored_secrets: BTreeMap<String, String>,
     next_secret_sync: Instant,
@@ -149,6 +150,7 @@ pub async fn run(
         warming: BTreeMap::new(),
         applied_images: None,
         overflow_reported: BTreeSet::new(),
+        init_failure_reported: false,
         mirrored_secrets: BTreeMap::new(),
         next_secret_sync: Instant::now(),
         next_resync: Instant::now() + RESYNC,
@@ -616,6 +618,7 @@ impl Controller {
             let changes = self.quarantine.step(&statuses, self.quarantine_policy(), now);
             self.report_quarantine(&changes, &statuses).await;
         }
+        self.report_init_failures();
         self.report_progress(&statuses).await;
         self.update_image_metrics(&statuses);
 
@@ -752,6 +755,21 @@ impl Controller {
         }
         for image in &changes.recovered {
             tracing::info!(image = %image, "Quarantined image recovered");
+        }
+    }
+
+    /// A failing init container (bad `KIP_IMAGE`) keeps every holder from starting: say so once.
+    fn report_init_failures(&mut self) {
+        let failing: Vec<&(String, String)> =
+            self.pods.values().filter_map(|p| p.init_failure.as_ref()).collect();
+        match failing.first() {
+            Some((reason, message)) if !self.init_failure_reported => {
+                self.init_failure_reported = true;
+                tracing::error!(nodes = failing.len(), %reason, %message, kip_image = %self.config().kip_image,
+                    "Init container failing: holders cannot start; check KIP_IMAGE and its pull secrets");
+            }
+            None => self.init_failure_reported = false,
+            _ => {}
         }
     }
 

@@ -43,6 +43,9 @@ pub struct PodHolders {
     pub generation: Option<i64>,
     /// Canonical image reference → state.
     pub images: BTreeMap<String, HolderState>,
+    /// The init container (`KIP_IMAGE`) failing: reason and message. Holders cannot start then,
+    /// which is not the fault of their images.
+    pub init_failure: Option<(String, String)>,
 }
 
 /// Reduces a holder pod to its node and the state of each holder image.
@@ -60,6 +63,15 @@ pub fn pod_holders(pod: &Pod) -> Option<PodHolders> {
         .and_then(|l| l.get("pod-template-generation"))
         .and_then(|g| g.parse().ok());
     let statuses = pod.status.as_ref().and_then(|s| s.container_statuses.as_ref());
+    let init_failure = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.init_container_statuses.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.state.as_ref()?.waiting.as_ref())
+        .find(|w| w.reason.as_deref().is_some_and(|r| FAILURE_REASONS.contains(&r)))
+        .map(|w| (w.reason.clone().unwrap_or_default(), w.message.clone().unwrap_or_default()));
     let mut images = BTreeMap::new();
     for container in &spec.containers {
         let Some(image) = container.image.clone() else { continue };
@@ -81,7 +93,7 @@ pub fn pod_holders(pod: &Pod) -> Option<PodHolders> {
         };
         images.insert(parse_image_reference(&image).unwrap_or(image), state);
     }
-    Some(PodHolders { node, generation, images })
+    Some(PodHolders { node, generation, images, init_failure })
 }
 
 /// Node counts of one image.
@@ -386,6 +398,8 @@ pub struct StatusReport {
     pub nodes: usize,
     pub images: Vec<ImageStatus>,
     pub quarantined: BTreeMap<String, QuarantineEntry>,
+    /// Init-container (`KIP_IMAGE`) failure reason → node count.
+    pub init_failures: BTreeMap<String, usize>,
 }
 
 impl StatusReport {
@@ -408,6 +422,10 @@ impl StatusReport {
             .and_then(|s| serde_json::from_str::<PersistedState>(s).ok())
             .map(|s| s.quarantined)
             .unwrap_or_default();
+        let mut init_failures = BTreeMap::new();
+        for (reason, message) in pods.iter().filter_map(|p| p.init_failure.as_ref()) {
+            *init_failures.entry(format!("{reason}: {message}")).or_insert(0) += 1;
+        }
         StatusReport {
             namespace: namespace.into(),
             daemonset: daemonset.into(),
@@ -415,6 +433,7 @@ impl StatusReport {
             nodes,
             images: statuses,
             quarantined,
+            init_failures,
         }
     }
 
@@ -461,6 +480,12 @@ impl StatusReport {
                     let message = s.messages.get(reason).map(String::as_str).unwrap_or_default();
                     let _ = writeln!(out, "  {} {reason} on {}{more}: {message}", s.image, shown.join(", "));
                 }
+            }
+        }
+        if !self.init_failures.is_empty() {
+            let _ = writeln!(out, "\nInit container (KIP_IMAGE) failing, holders cannot start:");
+            for (reason, nodes) in &self.init_failures {
+                let _ = writeln!(out, "  on {nodes} nodes: {reason}");
             }
         }
         if !self.quarantined.is_empty() {

@@ -237,6 +237,7 @@ fn holders(node: &str, generation: Option<i64>, images: &[(&str, HolderState)]) 
         node: node.into(),
         generation,
         images: images.iter().map(|(i, s)| (i.to_string(), s.clone())).collect(),
+        init_failure: None,
     }
 }
 
@@ -739,4 +740,31 @@ fn an_image_that_left_the_daemonset_has_no_deadline() {
     assert!(q.failing().is_empty());
     assert_eq!(q.next_deadline(POLICY), None);
     assert_eq!(q.step(&[status(NGINX_CANONICAL, 3, 3, 0)], POLICY, at(700)), none());
+}
+
+#[test]
+fn a_failing_init_container_is_reported_apart_from_the_images() {
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "h-1", "labels": {"pod-template-generation": "1"}},
+        "spec": {"nodeName": "n1", "containers": [{"name": "a", "image": "example.com/a:1"}]},
+        "status": {
+            "initContainerStatuses": [{"name": "kip", "image": "example.com/sleep:bad", "imageID": "", "ready": false,
+                "restartCount": 0, "state": {"waiting": {"reason": "ImagePullBackOff", "message": "not found"}}}],
+            "containerStatuses": [{"name": "a", "image": "example.com/a:1", "imageID": "", "ready": false,
+                "restartCount": 0, "state": {"waiting": {"reason": "PodInitializing"}}}]
+        }
+    }))
+    .expect("pod JSON");
+    let holders = pod_holders(&pod).expect("scheduled pod");
+    assert_eq!(holders.init_failure, Some(("ImagePullBackOff".to_string(), "not found".to_string())));
+    assert_eq!(
+        holders.images.values().next(),
+        Some(&HolderState::Pulling),
+        "the image itself is not at fault"
+    );
+    let report =
+        StatusReport::build("ns", "ds", Some(Some(1)), &["example.com/a:1".to_string()], &[holders], None);
+    let text = report.to_text();
+    assert!(text.contains("Init container (KIP_IMAGE) failing"), "{text}");
+    assert!(text.contains("on 1 nodes: ImagePullBackOff: not found"), "{text}");
 }
