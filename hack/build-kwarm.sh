@@ -8,5 +8,7 @@ cd "$root"
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked \
   --target x86_64-unknown-linux-gnu --target-dir target/static --bin kwarm
 mkdir -p _output/bin
-cp target/static/x86_64-unknown-linux-gnu/release/kwarm _output/bin/kwarm
+# copy then rename: the old binary may be running (a cp over it fails with "Text file busy")
+cp target/static/x86_64-unknown-linux-gnu/release/kwarm _output/bin/.kwarm.new
+mv -f _output/bin/.kwarm.new _output/bin/kwarm
 echo "_output/bin/kwarm: $(stat -c %s _output/bin/kwarm) bytes"
