@@ -135,11 +135,31 @@ pub async fn containerd_has_image(reference: &str) -> Result<bool> {
     Ok(containerd_images().await?.iter().any(|r| r == reference))
 }
 
-/// Remove `reference` from the real node's containerd (no error when it is absent), so that a
-/// test can show that something pulled it.
+/// Removes `reference` from the real node's containerd, with every digest reference of the same
+/// content (`repo@sha256:...`) that no other tag of the repository uses: with only the tag gone,
+/// the kubelet may still find the image and start it without a pull, proving nothing.
 pub async fn containerd_remove_image(reference: &str) -> Result<()> {
-    if containerd_has_image(reference).await? {
-        ctr(&["images", "rm", "--sync", reference]).await?;
+    let repo = reference.rsplit_once(':').map_or(reference, |(r, _)| r);
+    let listing = ctr(&["images", "ls"]).await?;
+    let rows: Vec<(String, String)> = listing
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let mut cols = l.split_whitespace();
+            Some((cols.next()?.to_owned(), cols.nth(1)?.to_owned()))
+        })
+        .collect();
+    let kept_digests: Vec<&str> = rows
+        .iter()
+        .filter(|(r, _)| r.starts_with(&format!("{repo}:")) && r != reference)
+        .map(|(_, d)| d.as_str())
+        .collect();
+    for (r, digest) in &rows {
+        let ours = r == reference
+            || (r.starts_with(&format!("{repo}@")) && !kept_digests.contains(&digest.as_str()));
+        if ours {
+            ctr(&["images", "rm", "--sync", r]).await?;
+        }
     }
     Ok(())
 }

@@ -26,7 +26,7 @@ use kwarm_e2e::{
     create_namespace, delete_namespace, describe_events, kubeconfig_path, wait_until,
 };
 use serde_json::{Value, json};
-use support::wait_holders_ready;
+use support::{holder_images, wait_holders_ready};
 
 const RELEASE: &str = "kwarm";
 const LOCAL_VALUES: &str = "deploy/helm/ci/local-cluster-values.yaml";
@@ -204,43 +204,6 @@ fn ready_holders_of(pods: &BTreeMap<String, Pod>, image: &str) -> usize {
         .filter(|p| p.metadata.deletion_timestamp.is_none() && is_ready(p))
         .filter(|p| pod_images(p).iter().any(|i| i == image))
         .count()
-}
-
-/// Removes `reference` from the real node's containerd with every digest reference of the same
-/// content (`repo@sha256:...`) that no other tag of the repository uses: with only the tag gone, the
-/// kubelet may still find the image and start it without a pull, proving nothing.
-async fn forget_image(reference: &str) -> Result<()> {
-    let (repo, _) = reference.rsplit_once(':').context("reference without a tag")?;
-    let listing = kwarm_e2e::ctr(&["images", "ls"]).await?;
-    let rows: Vec<(String, String)> = listing
-        .lines()
-        .skip(1)
-        .filter_map(|l| {
-            let mut cols = l.split_whitespace();
-            Some((cols.next()?.to_owned(), cols.nth(1)?.to_owned()))
-        })
-        .collect();
-    let kept_digests: Vec<&str> = rows
-        .iter()
-        .filter(|(r, _)| r.starts_with(&format!("{repo}:")) && r != reference)
-        .map(|(_, d)| d.as_str())
-        .collect();
-    for (r, digest) in &rows {
-        let ours = r == reference
-            || (r.starts_with(&format!("{repo}@")) && !kept_digests.contains(&digest.as_str()));
-        if ours {
-            containerd_remove_image(r).await?;
-        }
-    }
-    Ok(())
-}
-
-fn holder_images(ds: &DaemonSet) -> Vec<String> {
-    ds.spec
-        .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .map(|p| p.containers.iter().filter_map(|c| c.image.clone()).collect())
-        .unwrap_or_default()
 }
 
 async fn wait_gone<K>(api: &Api<K>, name: &str, what: &str, timeout: Duration) -> Result<()>
@@ -466,7 +429,7 @@ async fn helm_lifecycle(client: &Client, ns: &str) -> Result<()> {
     const DS: &str = "kubernetes-image-puller";
     let (kept, dropped, added) = (image("layers:v1"), image("small:v2"), image("small:v3"));
     for i in [&kept, &dropped, &added] {
-        forget_image(i).await?;
+        containerd_remove_image(i).await?;
     }
     let dir = tempdir("helm")?;
     let values = dir.join("values.yaml");
@@ -732,7 +695,7 @@ async fn processor_semantics() -> Result<()> {
 
 async fn openshift_apply(client: &Client, ns: &str) -> Result<()> {
     let held = image("large:v1");
-    forget_image(&held).await?;
+    containerd_remove_image(&held).await?;
     let images = format!("large={held}");
     let node_selector = r#"{"kubernetes.io/hostname":"127.0.0.1"}"#;
     let ns_param = format!("NAMESPACE={ns}");
