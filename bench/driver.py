@@ -748,7 +748,7 @@ def section_warmup():
     check_cluster()
     m = env_int("BENCH_IMAGES", 20)
     sizes = env_list("BENCH_NODES", "100 500 1000")
-    seed_sizes = set(env_list("BENCH_SEED_MODEL_NODES", "100 500"))
+    seed_sizes = set(env_list("BENCH_SEED_MODEL_NODES", "100"))
     results = {"kwarm": {}, "seed_model": {}, "stopped": None}
     try:
         for n in sizes:
@@ -1156,6 +1156,12 @@ def create_deployments(ns, start, end, pool):
 
 
 def footprint_run(ns, count, pool, idle, binary=None, wrap=None, name=None):
+    # each run starts from no DaemonSet, so that it lists, computes and applies
+    kube.delete(f"/apis/apps/v1/namespaces/{ns}/daemonsets/bench-fp")
+    for _ in range(60):
+        if kube.get(f"/apis/apps/v1/namespaces/{ns}/daemonsets/bench-fp", allow=(404,)) is None:
+            break
+        time.sleep(0.5)
     proxy = CountingProxy(name or f"fp-{count}")
     km = Kwarm(name or f"fp-{count}", {"NAMESPACE": ns, "DAEMONSET_NAME": "bench-fp", "WATCH_DEPLOYMENTS": "true",
                                        "WATCH_NAMESPACES": ns, "NODE_SELECTOR": json.dumps({"kwarm-bench": "no-such-node"})},
@@ -1180,11 +1186,24 @@ def footprint_run(ns, count, pool, idle, binary=None, wrap=None, name=None):
         if synced is None:
             raise RuntimeError(f"kwarm did not sync {count} Deployments; log:\n{km.tail()}")
         cpu_sync = proc_cpu_seconds(km.pid)
-        time.sleep(5)
+        # after the sync the manager may still be writing (Events): wait until the proxy has seen
+        # no request for 3 s (at most 10 min) and count everything up to then
+        n_req, last_change, quiet = -1, time.monotonic(), None
+        while time.monotonic() - km.t_start < synced + 600:
+            n = len(proxy.requests())
+            if n != n_req:
+                n_req, last_change = n, time.monotonic()
+            elif time.monotonic() - last_change >= 3:
+                quiet = last_change - km.t_start
+                break
+            time.sleep(0.5)
         st = proc_status(km.pid)
+        reqs = proxy.requests()
         res.update({"seconds_to_sync": synced, "cpu_s_to_sync": cpu_sync, "rss": st.get("VmRSS"),
                     "peak_rss": st.get("VmHWM"), "rss_anon": st.get("RssAnon"),
-                    "requests_to_sync": count_verbs(proxy.requests())})
+                    "seconds_to_quiet": quiet, "cpu_s_to_quiet": proc_cpu_seconds(km.pid),
+                    "requests_to_quiet": count_verbs(reqs),
+                    "event_posts": sum(1 for r in reqs if r[0] == "POST" and "/events" in r[1])})
         if idle:
             log(f"  idle window: {idle}s")
             mark = proxy.mark()
@@ -1221,7 +1240,7 @@ def section_footprint():
             created = count
             runs.append(footprint_run(ns, count, pool, idle if i == 0 else 0))
             log(f"  -> sync {runs[-1]['seconds_to_sync']:.1f}s, CPU {runs[-1]['cpu_s_to_sync']:.2f}s, "
-                f"RSS {runs[-1]['rss'] / 1e6:.1f} MB")
+                f"quiet {runs[-1]['seconds_to_quiet']}s, RSS {runs[-1]['rss'] / 1e6:.1f} MB")
         if KWARM_PROFILE and os.path.exists(KWARM_PROFILE) and perf_available() and os.environ.get("BENCH_PROFILE", "1") == "1":
             data = os.path.join(WORK, "perf-footprint.data")
             log(f"profile: perf record of the initial sync of {created} Deployments")
@@ -1230,18 +1249,20 @@ def section_footprint():
             rep = subprocess.run(["perf", "report", "-i", data, "--no-children", "--stdio", "--percent-limit", "1.5",
                                   "--sort", "symbol", "-g", "none"], capture_output=True, text=True)
             prof["perf_top"] = [line for line in rep.stdout.splitlines() if line.strip() and not line.startswith("#")][:30]
-            rep = subprocess.run(["perf", "report", "-i", data, "--children", "--stdio", "--percent-limit", "4",
+            rep = subprocess.run(["perf", "report", "-i", data, "--children", "--stdio", "--percent-limit", "2",
                                   "--sort", "symbol", "-g", "none"], capture_output=True, text=True)
-            prof["perf_children"] = [line for line in rep.stdout.splitlines() if line.strip() and not line.startswith("#")][:40]
+            prof["perf_children"] = [line for line in rep.stdout.splitlines() if line.strip() and not line.startswith("#")][:400]
     finally:
         delete_ns(ns, wait=900)
     rows = []
     for r in runs:
-        reqs = r["requests_to_sync"]
+        reqs = r["requests_to_quiet"]
+        q = r["seconds_to_quiet"]
         rows.append([f"{r['count']:,}", f"{r['seconds_to_sync']:.1f} s", f"{r['cpu_s_to_sync']:.2f} s",
-                     fmt_bytes(r["rss"]), fmt_bytes(r["peak_rss"]), fmt_bytes(r["rss_anon"]),
-                     ", ".join(f"{k} {v}" for k, v in sorted(reqs.items()))])
-        rows.append([f"{r['count']:,}", "seed's Go manager: not built", "", "", "", "", ""])
+                     f"{q:.1f} s" if q is not None else "> 10 min", f"{r['cpu_s_to_quiet']:.2f} s",
+                     fmt_bytes(r["rss"]), fmt_bytes(r["peak_rss"]),
+                     ", ".join(f"{k} {v}" for k, v in sorted(reqs.items())), r["event_posts"]])
+        rows.append([f"{r['count']:,}", "seed's Go manager: not built", "", "", "", "", "", "", ""])
     md = [
         "## 5. Manager footprint",
         "",
@@ -1252,7 +1273,11 @@ def section_footprint():
         f" and the DaemonSet holding all {pool} images. CPU is user+system time of the manager process"
         " from start to synced; RSS read 5 s after sync.",
         "",
-        table(["Deployments", "start → synced", "CPU to sync", "RSS", "peak RSS", "anonymous", "manager requests to sync"], rows),
+        table(["Deployments", "start → synced", "CPU to sync", "start → quiet", "CPU to quiet", "RSS at quiet",
+               "peak RSS", "manager requests to quiet", "of which Event POSTs"], rows),
+        "",
+        "\"Quiet\" is when the manager's last request of the start-up went through the counting proxy"
+        " (no request for 3 s after it).",
         "",
     ]
     idle_run = next((r for r in runs if "idle" in r), None)
@@ -1275,7 +1300,10 @@ def section_footprint():
                "", f"`perf record -g` (DWARF unwinding) of a symbolized build of the same source during the sync"
                f" of {prof['count']:,} Deployments ({prof['seconds_to_sync']:.1f} s, {prof['cpu_s_to_sync']:.2f} s CPU"
                " under perf). Self time by symbol (top):", "", "```",
-               *prof["perf_top"][:25], "```"]
+               *[l.rstrip(" -") for l in prof["perf_top"][:25]], "```", "",
+               "Inclusive time, frames of kwarm and of the libraries it calls directly:", "", "```",
+               *[l.rstrip(" -") for l in prof["perf_children"] if re.search(r"kwarm::|oci_spec|serde_json|kube_|k8s_openapi|regex::", l)][:25],
+               "```"]
     write_section("footprint", "\n".join(md), data)
 
 

@@ -11,7 +11,7 @@
 #   footprint  manager RSS/CPU with 1,000 and 10,000 watched Deployments, idle API writes, profile
 # Settings (environment):
 #   BENCH_NODES="100 500 1000"   KWOK node counts for warmup      BENCH_IMAGES=20  images held
-#   BENCH_SEED_MODEL_NODES="100 500"  node counts for the seed-design model (M x N Jobs)
+#   BENCH_SEED_MODEL_NODES="100"  node counts for the seed-design model (M x N Jobs)
 #   BENCH_REACTION_SAMPLES=200   Deployment changes               BENCH_PULL_SAMPLES=6 per size
 #   BENCH_DEPLOYMENTS="1000 10000"                                BENCH_IDLE=600   idle window (s)
 #   BENCH_HOLDER_SAMPLES=20      holders of each kind             BENCH_PROFILE=1  perf the 10k sync
