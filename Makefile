@@ -24,7 +24,7 @@ lint: ## cargo fmt --check, clippy -D warnings (manager, e2e, sleep), shellcheck
 	cargo fmt --manifest-path sleep/Cargo.toml -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy --manifest-path sleep/Cargo.toml --all-targets -- -D warnings
-	@if command -v shellcheck >/dev/null; then shellcheck -x hack/*.sh .ci/run; fi
+	@if command -v shellcheck >/dev/null; then shellcheck -x -S warning hack/*.sh .ci/run; fi
 
 .PHONY: unit
 unit: ## Unit tests: config, rendering (golden files), image set, status, sleep
