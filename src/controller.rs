@@ -48,6 +48,8 @@ const RESYNC: Duration = Duration::from_secs(300);
 /// Inherited pull secrets are re-read from their source this often.
 const SECRET_SYNC: Duration = Duration::from_secs(60);
 const PROGRESS_LOG_EVERY: Duration = Duration::from_secs(5);
+/// At most this many Deployments get an Event about one image change.
+const EVENT_FANOUT: usize = 20;
 
 /// Long-lived handles the controller needs.
 pub struct Context {
@@ -815,7 +817,8 @@ impl Controller {
         if !self.leader {
             return;
         }
-        let users: Vec<DeploymentKey> = self.tracker.users_of(image).cloned().collect();
+        // Bounded: an image shared by thousands of Deployments must not cost thousands of writes.
+        let users: Vec<DeploymentKey> = self.tracker.users_of(image).take(EVENT_FANOUT).cloned().collect();
         for (namespace, name) in users {
             let reference = ObjectReference {
                 api_version: Some("apps/v1".into()),
