@@ -110,6 +110,11 @@ def ratio(a, b):
     return f"{r:,.0f}×" if r >= 10 else f"{r:,.1f}×"
 
 
+def trunc(line, width=150):
+    line = line.rstrip(" -")
+    return line if len(line) <= width else line[:width - 1] + "…"
+
+
 def table(header, rows):
     out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for r in rows:
@@ -669,17 +674,28 @@ def count_objects(ns):
     return out
 
 
-def warmup_kwarm(n, m):
-    ns = f"kwarm-bench-warmup-{n}"
+def perf_reports(data):
+    out = {}
+    rep = subprocess.run(["perf", "report", "-i", data, "--no-children", "--stdio", "--percent-limit", "1.5",
+                          "--sort", "symbol", "-g", "none"], capture_output=True, text=True)
+    out["perf_top"] = [line for line in rep.stdout.splitlines() if line.strip() and not line.startswith("#")][:30]
+    rep = subprocess.run(["perf", "report", "-i", data, "--children", "--stdio", "--percent-limit", "2",
+                          "--sort", "symbol", "-g", "none"], capture_output=True, text=True)
+    out["perf_children"] = [line for line in rep.stdout.splitlines() if line.strip() and not line.startswith("#")][:400]
+    return out
+
+
+def warmup_kwarm(n, m, binary=None, wrap=None, tag=""):
+    ns = f"kwarm-bench-warmup-{n}{tag}"
     ensure_ns(ns)
-    proxy = CountingProxy(f"warmup-{n}")
+    proxy = CountingProxy(f"warmup-{n}{tag}")
     km = None
     try:
         a0 = apiserver_counts()
-        km = Kwarm(f"warmup-{n}", {
+        km = Kwarm(f"warmup-{n}{tag}", {
             "NAMESPACE": ns, "DAEMONSET_NAME": "bench-warm", "IMAGES": ";".join(warm_images(m)),
             "WATCH_DEPLOYMENTS": "false", "NODE_SELECTOR": json.dumps({NODE_LABEL[0]: NODE_LABEL[1]}),
-        }, kubeconfig=proxy.kubeconfig)
+        }, kubeconfig=proxy.kubeconfig, binary=binary, wrap=wrap)
         created, ready = wait_ds_ready(ns, "bench-warm", n, env_int("BENCH_WARMUP_TIMEOUT", 900), km.t_start)
         a1 = apiserver_counts()
         cpu = proc_cpu_seconds(km.pid) if km.alive() else None
@@ -761,6 +777,13 @@ def section_warmup():
             log(f"warm-up: kwarm, {m} images on {n} nodes")
             results["kwarm"][n] = warmup_kwarm(n, m)
             log(f"  -> {results['kwarm'][n]['seconds_to_ready']}s, {results['kwarm'][n]['requests_total']} requests")
+            if n == max(sizes) and KWARM_PROFILE and os.path.exists(KWARM_PROFILE) and perf_available() \
+                    and os.environ.get("BENCH_PROFILE", "1") == "1":
+                data = os.path.join(WORK, "perf-warmup.data")
+                log(f"profile: perf record of the manager during a {n}-node warm-up")
+                r = warmup_kwarm(n, m, binary=KWARM_PROFILE, tag="-perf",
+                                 wrap=["perf", "record", "-F", "499", "-g", "--call-graph", "dwarf,16384", "-o", data])
+                results["profile"] = {"nodes": n, "cpu_s": r["cpu_s"] or 0, **perf_reports(data)}
             if n in seed_sizes:
                 log(f"warm-up: seed model ({n * m} Jobs), {m} images on {n} nodes")
                 results["seed_model"][n] = warmup_seed_model(n, m)
@@ -771,7 +794,8 @@ def section_warmup():
     rows = []
     for n, r in results["kwarm"].items():
         o = r["objects"]
-        rows.append([n, "kwarm", f"{r['seconds_to_ready']:.1f} s" if r["seconds_to_ready"] else "timed out",
+        rows.append([n, "kwarm", f"{r['seconds_to_ds']:.2f} s" if r["seconds_to_ds"] else "–",
+                     f"{r['seconds_to_ready']:.1f} s" if r["seconds_to_ready"] else "timed out",
                      f"{o['daemonsets']} DaemonSet + {o['controllerrevisions']} ControllerRevision + {o['pods']} Pods",
                      f"{r['requests_total']} ({', '.join(f'{k} {v}' for k, v in sorted(r['requests'].items()))})",
                      f"{r['apiserver_all']:,.0f} ({r['apiserver_writes']:,.0f} writes)",
@@ -779,11 +803,11 @@ def section_warmup():
         s = results["seed_model"].get(n)
         if s:
             o = s["objects"]
-            rows.append([n, "seed design (model, see below)",
+            rows.append([n, "seed design (model, see below)", f"{s['seconds_to_created']:.1f} s (Jobs created)",
                          f"{s['seconds_to_done']:.1f} s" if s["seconds_to_done"] else "timed out",
                          f"{o['jobs']} Jobs + {o['pods']} Pods", f"≥ {s['requests_total']:,} (Job creates only)",
                          f"{s['apiserver_all']:,.0f} ({s['apiserver_writes']:,.0f} writes)", "not run", "not run"])
-        rows.append([n, "kubernetes-image-puller", "not built", "1 DaemonSet + N Pods (by design)", "–", "–", "–", "–"])
+        rows.append([n, "kubernetes-image-puller", "not built", "–", "1 DaemonSet + N Pods (by design)", "–", "–", "–", "–"])
     ratios = []
     for n, s in results["seed_model"].items():
         k = results["kwarm"].get(n)
@@ -804,14 +828,32 @@ def section_warmup():
         " cluster at that moment, so read it as an upper bound). Objects are counted in the namespace"
         " at the end (Events excluded).",
         "",
-        table(["nodes", "tool", "time to held", "objects", "manager requests", "API server requests",
-               "manager CPU", "manager peak RSS"], rows),
+        table(["nodes", "tool", "start → DaemonSet written", "start → all held", "objects", "manager requests",
+               "API server requests", "manager CPU", "manager peak RSS"], rows),
+        "",
+        "From the DaemonSet on, the time is the DaemonSet controller's: it creates the pods (in"
+        " slow-start batches, through the controller-manager's client rate limit, 20 requests/s by"
+        " default), the scheduler binds them and KWOK marks them Ready. kwarm's own share is the"
+        " \"start → DaemonSet written\" column and its handful of requests.",
         "",
     ]
     if results["stopped"]:
         md += [f"Stopped {results['stopped']}.", ""]
     if ratios:
         md += ["Ratios: " + "; ".join(ratios) + ".", ""]
+    skipped = [n for n in results["kwarm"] if n not in results["seed_model"]]
+    if skipped and results["seed_model"]:
+        md += [f"The seed-design model was not run at {', '.join(map(str, skipped))} nodes"
+               f" ({', '.join(f'{n * m:,}' for n in skipped)} Jobs): on this shared 2-core cluster it would"
+               " take tens of minutes and slow everyone's tests (set `BENCH_SEED_MODEL_NODES` to run it).", ""]
+    if results.get("profile"):
+        pr = results["profile"]
+        md += [f"**Profile** of the manager during a {pr['nodes']}-node warm-up (symbolized build, `perf record -g`;"
+               f" {pr['cpu_s']:.2f} s CPU under perf). Self time by symbol (top):", "", "```",
+               *[trunc(l) for l in pr["perf_top"][:20]], "```", "",
+               "Inclusive time, frames of kwarm and of the libraries it calls directly:", "", "```",
+               *[trunc(l) for l in pr["perf_children"] if re.search(r"kwarm::|serde|kube_|k8s_openapi", l)][:25],
+               "```", ""]
     md += [
         "**kubernetes-image-puller** was not run: the Go module proxy refuses"
         " `github.com/che-incubator/kubernetes-image-puller` (403, \"This module version is not"
@@ -896,6 +938,57 @@ class ObjWatcher(threading.Thread):
                     return None
                 self.cond.wait(left)
             return self.seen[value]
+
+
+class PodTimeline(threading.Thread):
+    """First arrival time of each stage of every pod in a namespace (watch)."""
+
+    def __init__(self, ns):
+        super().__init__(daemon=True)
+        self.ns = ns
+        self.first = {}  # pod name -> {stage: monotonic time}
+        self.lock = threading.Lock()
+
+    @staticmethod
+    def stages(pod):
+        st = pod.get("status") or {}
+        out = ["created"]
+        if (pod.get("spec") or {}).get("nodeName"):
+            out.append("bound")
+        for c in st.get("conditions") or []:
+            if c.get("type") == "PodReadyToStartContainers" and c.get("status") == "True":
+                out.append("sandbox")
+        for c in st.get("initContainerStatuses") or []:
+            state = c.get("state") or {}
+            if "running" in state or "terminated" in state:
+                out.append("init started")
+            if "terminated" in state:
+                out.append("init done")
+        for c in st.get("containerStatuses") or []:
+            state = c.get("state") or {}
+            if "running" in state:
+                out.append("holder running")
+        return out
+
+    def run(self):
+        while True:
+            try:
+                for typ, obj, t in kube.watch(f"/api/v1/namespaces/{self.ns}/pods"):
+                    if typ in ("ADDED", "MODIFIED"):
+                        with self.lock:
+                            d = self.first.setdefault(obj["metadata"]["name"], {})
+                            for s in self.stages(obj):
+                                d.setdefault(s, t)
+            except Exception as e:  # noqa: BLE001
+                log(f"pod watch ended ({e}); restarting")
+                time.sleep(0.5)
+
+    def new_pod_since(self, t0):
+        with self.lock:
+            for name, d in self.first.items():
+                if d.get("created", 0) >= t0:
+                    return dict(d)
+        return {}
 
 
 class CtrEvents(threading.Thread):
@@ -1027,6 +1120,8 @@ def reaction_pull():
         kube.post(f"/apis/apps/v1/namespaces/{ns}/deployments", deployment("pull", KIP_IMAGE), allow=(409,))
         watcher = DsWatcher(ns, "bench-pull")
         watcher.start()
+        pods = PodTimeline(ns)
+        pods.start()
         km = Kwarm("pull", {"NAMESPACE": ns, "DAEMONSET_NAME": "bench-pull", "WATCH_DEPLOYMENTS": "true",
                             "WATCH_NAMESPACES": ns, "IMAGE_RETENTION": "0s", "MAX_CONCURRENT_NODES": "1",
                             "NODE_SELECTOR": json.dumps({"kubernetes.io/hostname": REAL_NODE})})
@@ -1067,6 +1162,10 @@ def reaction_pull():
                       "ds_ms": (ev_ds[0] - t0) * 1000 if ev_ds else None,
                       "present_ms": (t_img - w0) * 1000 if t_img else None,
                       "held_ms": (ev_held[0] - t0) * 1000 if ev_held else None}
+            tl = pods.new_pod_since(t0)
+            sample["stages_ms"] = {k: (v - t0) * 1000 for k, v in tl.items()}
+            if t_img:
+                sample["stages_ms"]["image present"] = sample["present_ms"]
             out.append(sample)
             log(f"  {size}: floor {floor_ms:.0f} ms, kwarm present {sample['present_ms']} ms, held {sample['held_ms']} ms")
             if not ev_held:
@@ -1080,6 +1179,23 @@ def reaction_pull():
         time.sleep(2)
         for _, ref in pulls:
             remove_image(ref, digests[ref])
+
+
+STAGE_ORDER = ["DaemonSet updated", "created", "bound", "sandbox", "init started", "init done", "image present",
+               "holder running", "held (DaemonSet Ready)"]
+
+
+def stage_table(pull):
+    vals = {}
+    for p in pull:
+        st = dict(p.get("stages_ms") or {})
+        if p.get("ds_ms") is not None:
+            st["DaemonSet updated"] = p["ds_ms"]
+        if p.get("held_ms") is not None:
+            st["held (DaemonSet Ready)"] = p["held_ms"]
+        for k, v in st.items():
+            vals.setdefault(k, []).append(v)
+    return [(k, vals[k]) for k in STAGE_ORDER if k in vals]
 
 
 def section_reaction():
@@ -1135,6 +1251,13 @@ def section_reaction():
             table(["image data", "samples", "floor: ctr pull p50 (ms)", "→ DaemonSet p50 (ms)",
                    "→ present p50 (ms)", "→ present max (ms)", "overhead over floor p50 (ms)", "→ held p50 (ms)"], rows),
             "",
+            "Where the time goes (p50 over all samples, ms after the Deployment PATCH; pod stages are"
+            " the arrival of the first pod watch event showing them, so a stage the kubelet reports"
+            " together with the next one shows the same time):",
+            "",
+            table(["stage", "p50 (ms)", "max (ms)"], [
+                [k, fmt_ms(summary(v)["p50"]), fmt_ms(summary(v)["max"])] for k, v in stage_table(pull)]),
+            "",
             "Between the DaemonSet update and the pull sit the DaemonSet controller (creates the surge"
             " pod), the scheduler, the kubelet's pod sync (sandbox, then the init container copying"
             " `/sleep`), and only then the image pull: kwarm's own share is the \"→ DaemonSet\" column.",
@@ -1186,6 +1309,20 @@ def footprint_run(ns, count, pool, idle, binary=None, wrap=None, name=None):
         if synced is None:
             raise RuntimeError(f"kwarm did not sync {count} Deployments; log:\n{km.tail()}")
         cpu_sync = proc_cpu_seconds(km.pid)
+        # a user changes one Deployment right after the sync: how long until the DaemonSet has it
+        # (the manager may still be busy with its start-up writes)
+        probe_image = f"{REG}/kwarm-bench/fp-probe:{int(time.time())}"
+        tp = time.monotonic()
+        kube.merge_patch(f"/apis/apps/v1/namespaces/{ns}/deployments/d00000",
+                         {"spec": {"template": {"spec": {"containers": [{"name": "app", "image": probe_image}]}}}})
+        change_ms = None
+        while time.monotonic() - tp < 600:
+            ds = kube.get(f"/apis/apps/v1/namespaces/{ns}/daemonsets/bench-fp", allow=(404,))
+            if ds and probe_image in ds_images(ds):
+                change_ms = (time.monotonic() - tp) * 1000
+                break
+            time.sleep(0.05)
+        res["change_after_sync_ms"] = change_ms
         # after the sync the manager may still be writing (Events): wait until the proxy has seen
         # no request for 3 s (at most 10 min) and count everything up to then
         n_req, last_change, quiet = -1, time.monotonic(), None
@@ -1218,6 +1355,8 @@ def footprint_run(ns, count, pool, idle, binary=None, wrap=None, name=None):
     finally:
         km.stop()
         proxy.stop()
+        kube.merge_patch(f"/apis/apps/v1/namespaces/{ns}/deployments/d00000",
+                         {"spec": {"template": {"spec": {"containers": [{"name": "app", "image": f"{REG}/kwarm-bench/fp-00:v1"}]}}}})
     return res
 
 
@@ -1261,8 +1400,9 @@ def section_footprint():
         rows.append([f"{r['count']:,}", f"{r['seconds_to_sync']:.1f} s", f"{r['cpu_s_to_sync']:.2f} s",
                      f"{q:.1f} s" if q is not None else "> 10 min", f"{r['cpu_s_to_quiet']:.2f} s",
                      fmt_bytes(r["rss"]), fmt_bytes(r["peak_rss"]),
-                     ", ".join(f"{k} {v}" for k, v in sorted(reqs.items())), r["event_posts"]])
-        rows.append([f"{r['count']:,}", "seed's Go manager: not built", "", "", "", "", "", "", ""])
+                     ", ".join(f"{k} {v}" for k, v in sorted(reqs.items())), r["event_posts"],
+                     f"{fmt_ms(r['change_after_sync_ms'])} ms" if r.get("change_after_sync_ms") else "> 10 min"])
+        rows.append([f"{r['count']:,}", "seed's Go manager: not built", "", "", "", "", "", "", "", ""])
     md = [
         "## 5. Manager footprint",
         "",
@@ -1271,13 +1411,15 @@ def section_footprint():
         f"Deployments (replicas 0, `kwarm.io/enabled=true`, images from a pool of {pool}) created"
         " first, then the manager started; \"synced\" is `kwarm_watched_deployments` reaching the count"
         f" and the DaemonSet holding all {pool} images. CPU is user+system time of the manager process"
-        " from start to synced; RSS read 5 s after sync.",
+        " from start to synced (and to quiet); RSS read at quiet.",
         "",
         table(["Deployments", "start → synced", "CPU to sync", "start → quiet", "CPU to quiet", "RSS at quiet",
-               "peak RSS", "manager requests to quiet", "of which Event POSTs"], rows),
+               "peak RSS", "manager requests to quiet", "of which Event POSTs", "a change right after sync → DaemonSet"], rows),
         "",
         "\"Quiet\" is when the manager's last request of the start-up went through the counting proxy"
-        " (no request for 3 s after it).",
+        " (no request for 3 s after it). The last column: one Deployment's image is changed as soon as"
+        " the sync is seen; time until the DaemonSet carries the new image (compare with section 4's"
+        " p50 on an idle manager).",
         "",
     ]
     idle_run = next((r for r in runs if "idle" in r), None)
@@ -1300,9 +1442,9 @@ def section_footprint():
                "", f"`perf record -g` (DWARF unwinding) of a symbolized build of the same source during the sync"
                f" of {prof['count']:,} Deployments ({prof['seconds_to_sync']:.1f} s, {prof['cpu_s_to_sync']:.2f} s CPU"
                " under perf). Self time by symbol (top):", "", "```",
-               *[l.rstrip(" -") for l in prof["perf_top"][:25]], "```", "",
+               *[trunc(l) for l in prof["perf_top"][:25]], "```", "",
                "Inclusive time, frames of kwarm and of the libraries it calls directly:", "", "```",
-               *[l.rstrip(" -") for l in prof["perf_children"] if re.search(r"kwarm::|oci_spec|serde_json|kube_|k8s_openapi|regex::", l)][:25],
+               *[trunc(l) for l in prof["perf_children"] if re.search(r"kwarm::|oci_spec|serde_json|kube_|k8s_openapi|regex::", l)][:25],
                "```"]
     write_section("footprint", "\n".join(md), data)
 
