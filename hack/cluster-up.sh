@@ -155,11 +155,9 @@ KWOK_PORT=10247
 
 # --- components ---
 
-start_registry() {
-  is_running registry || {
-    check_port_free registry 5000
-    mkdir -p "$REGISTRY_DATA" "$CONF_DIR"
-    cat >"$CONF_DIR/registry.yml" <<EOF
+# registry_config ADDR DATA_DIR [HTPASSWD_FILE]: a docker-registry config on stdout
+registry_config() {
+  cat <<EOF
 version: 0.1
 log:
   level: warn
@@ -167,12 +165,22 @@ log:
     disabled: true
 storage:
   filesystem:
-    rootdirectory: $REGISTRY_DATA
+    rootdirectory: $2
   delete:
     enabled: true
 http:
-  addr: $REGISTRY
+  addr: $1
 EOF
+  if [ -n "${3:-}" ]; then
+    printf 'auth:\n  htpasswd:\n    realm: kwarm-private\n    path: %s\n' "$3"
+  fi
+}
+
+start_registry() {
+  is_running registry || {
+    check_port_free registry 5000
+    mkdir -p "$REGISTRY_DATA" "$CONF_DIR"
+    registry_config "$REGISTRY" "$REGISTRY_DATA" >"$CONF_DIR/registry.yml"
     log "registry: starting on $REGISTRY"
     start_bg registry docker-registry serve "$CONF_DIR/registry.yml"
   }
@@ -188,22 +196,8 @@ start_private_registry() {
     check_port_free private-registry "${PRIVATE_REGISTRY##*:}"
     mkdir -p "$PRIVATE_REGISTRY_DATA" "$CONF_DIR"
     htpasswd -Bbn "$PRIVATE_REGISTRY_USER" "$PRIVATE_REGISTRY_PASSWORD" >"$CONF_DIR/private-registry.htpasswd"
-    cat >"$CONF_DIR/private-registry.yml" <<EOF
-version: 0.1
-log:
-  level: warn
-  accesslog:
-    disabled: true
-storage:
-  filesystem:
-    rootdirectory: $PRIVATE_REGISTRY_DATA
-auth:
-  htpasswd:
-    realm: kwarm-private
-    path: $CONF_DIR/private-registry.htpasswd
-http:
-  addr: $PRIVATE_REGISTRY
-EOF
+    registry_config "$PRIVATE_REGISTRY" "$PRIVATE_REGISTRY_DATA" "$CONF_DIR/private-registry.htpasswd" \
+      >"$CONF_DIR/private-registry.yml"
     log "private registry: starting on $PRIVATE_REGISTRY (login required)"
     start_bg private-registry docker-registry serve "$CONF_DIR/private-registry.yml"
   }
