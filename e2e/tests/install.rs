@@ -517,16 +517,7 @@ async fn helm_lifecycle(client: &Client, ns: &str) -> Result<()> {
             .await
             .with_context(|| format!("the holders did not follow the upgrade within 180 s; pods {seen:?}"))?
             .context("watch ended")??;
-        match event {
-            watcher::Event::Init => seen.clear(),
-            watcher::Event::InitApply(p) | watcher::Event::Apply(p) => {
-                seen.insert(p.metadata.name.clone().unwrap_or_default(), p);
-            }
-            watcher::Event::Delete(p) => {
-                seen.remove(&p.metadata.name.clone().unwrap_or_default());
-            }
-            watcher::Event::InitDone => {}
-        }
+        support::track_pod(&mut seen, event);
         events += 1;
         ensure!(
             ready_holders_of(&seen, &kept) >= 1,

@@ -189,16 +189,7 @@ async fn refresh_rolls_holders_without_a_gap() -> Result<()> {
             .await
             .with_context(|| format!("no two refreshes within 150 s; saw {refreshes:?}"))?;
         let event = next.context("watch ended")??;
-        match event {
-            watcher::Event::Init => seen.clear(),
-            watcher::Event::InitApply(p) | watcher::Event::Apply(p) => {
-                seen.insert(p.metadata.name.clone().unwrap_or_default(), p);
-            }
-            watcher::Event::Delete(p) => {
-                seen.remove(&p.metadata.name.clone().unwrap_or_default());
-            }
-            watcher::Event::InitDone => synced = true,
-        }
+        synced |= support::track_pod(&mut seen, event);
         if !synced {
             continue;
         }

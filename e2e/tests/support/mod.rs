@@ -219,6 +219,22 @@ pub async fn wait_holders_ready(
     .await
 }
 
+/// Applies one watch event to a map of pods by name; returns true when it ends the initial list.
+pub fn track_pod(seen: &mut BTreeMap<String, Pod>, event: kube::runtime::watcher::Event<Pod>) -> bool {
+    use kube::runtime::watcher::Event;
+    match event {
+        Event::Init => seen.clear(),
+        Event::InitApply(p) | Event::Apply(p) => {
+            seen.insert(p.metadata.name.clone().unwrap_or_default(), p);
+        }
+        Event::Delete(p) => {
+            seen.remove(&p.metadata.name.clone().unwrap_or_default());
+        }
+        Event::InitDone => return true,
+    }
+    false
+}
+
 /// Images of the holder containers of a DaemonSet, in order.
 pub fn holder_images(ds: &DaemonSet) -> Vec<String> {
     ds.spec
