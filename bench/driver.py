@@ -134,7 +134,9 @@ def write_section(name, md, data):
 
 def stamp():
     load = open("/proc/loadavg").read().split()[:3]
-    return f"_Measured {time.strftime('%Y-%m-%d %H:%M %Z')}, load average at start {' '.join(load)}._"
+    build = os.environ.get("KWARM_BUILD", "")
+    return (f"_Measured {time.strftime('%Y-%m-%d %H:%M %Z')}, load average at start {' '.join(load)}"
+            + (f"; kwarm {build}" if build else "") + "._")
 
 
 # ---------------------------------------------------------------- processes

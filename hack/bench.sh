@@ -123,7 +123,7 @@ and noisy, so read ratios, not absolute numbers. Raw numbers: \`bench/sections/*
 |---|---|
 | assembled | $(date -u '+%Y-%m-%d %H:%M UTC') |
 | machine | $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')), $(free -g | awk '/Mem:/{print $2}') GiB RAM, Linux $(uname -r) |
-| kwarm | $rev${dirty:+ (+ uncommitted changes in src/)}, manager $(stat -c %s "$ROOT_DIR/_output/bin/kwarm") bytes, sleep $(stat -c %s "$ROOT_DIR/_output/bin/sleep") bytes |
+| kwarm (at assembly; each section names the build it measured) | $rev${dirty:+ (+ uncommitted changes in src/)}, manager $(stat -c %s "$ROOT_DIR/_output/bin/kwarm") bytes, sleep $(stat -c %s "$ROOT_DIR/_output/bin/sleep") bytes |
 | toolchains | $(rustc --version), $(go_version) |
 | cluster | Kubernetes $kube_ver (kube-apiserver, controller-manager, scheduler, kubelet), containerd ${ctr_ver:-?}, etcd $ETCD_VERSION, KWOK $KWOK_VERSION (one real node + fake nodes) |
 | tools | $(skopeo --version), $(buildah --version | cut -d' ' -f1-3), $(perf --version 2>/dev/null || echo "perf: none") |
@@ -164,6 +164,12 @@ main() {
   log "bench: building kwarm and sleep"
   "$HACK_DIR/build-kwarm.sh" >&2
   "$HACK_DIR/build-sleep.sh" >&2
+  KWARM_BUILD="$(git -C "$ROOT_DIR" rev-parse --short HEAD)"
+  if [ -n "$(git -C "$ROOT_DIR" status --porcelain -- src sleep Cargo.toml Cargo.lock | head -1)" ]; then
+    KWARM_BUILD="$KWARM_BUILD + uncommitted changes in src/"
+  fi
+  KWARM_BUILD="$KWARM_BUILD, manager sha256 $(sha256sum "$ROOT_DIR/_output/bin/kwarm" | cut -c1-12)"
+  export KWARM_BUILD
   build_gosleep
   bench_images
   # a symbolized build of the same source for perf (separate target dir; the release build is stripped)
