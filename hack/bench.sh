@@ -139,6 +139,7 @@ assemble() {
       if [ -f "$SECTIONS_DIR/$s.md" ]; then
         cat "$SECTIONS_DIR/$s.md"
       else
+        # shellcheck disable=SC2016 # the backquotes are Markdown
         printf '## %s\n\n_Not measured yet: `hack/bench.sh %s`._\n' "$s" "$s"
       fi
       echo
