@@ -50,6 +50,8 @@ const SECRET_SYNC: Duration = Duration::from_secs(60);
 const PROGRESS_LOG_EVERY: Duration = Duration::from_secs(5);
 /// At most this many Deployments get an Event about one image change.
 const EVENT_FANOUT: usize = 20;
+/// Events waiting to be sent; more are dropped (and logged at debug level).
+const EVENT_QUEUE: usize = 4096;
 
 /// Long-lived handles the controller needs.
 pub struct Context {
@@ -85,7 +87,8 @@ struct Warming {
 struct Controller {
     ctx: Context,
     ds_api: Api<DaemonSet>,
-    recorder: Recorder,
+    /// Events for user Deployments, sent by [`send_events`].
+    events: tokio::sync::mpsc::Sender<(KwarmEvent, ObjectReference)>,
     leader: bool,
     openshift: bool,
     owner: Option<OwnerReference>,
@@ -133,7 +136,11 @@ pub async fn run(
     let reporter = Reporter { controller: "kwarm".into(), instance: Some(ctx.identity.clone()) };
     let mut c = Controller {
         ds_api: Api::namespaced(ctx.client.clone(), &config.namespace),
-        recorder: Recorder::new(ctx.client.clone(), reporter),
+        events: {
+            let (tx, rx) = tokio::sync::mpsc::channel(EVENT_QUEUE);
+            tokio::spawn(send_events(Recorder::new(ctx.client.clone(), reporter), rx));
+            tx
+        },
         leader: *leader_rx.borrow(),
         openshift,
         owner,
@@ -691,7 +698,7 @@ impl Controller {
             );
             let nodes = self.pods.values().map(|p| p.node.as_str()).collect::<BTreeSet<_>>().len();
             let note = format!("Warming image {image} on {nodes} nodes");
-            self.publish_to_users(image, "WarmingStarted", EventType::Normal, note).await;
+            self.publish_to_users(image, "WarmingStarted", EventType::Normal, note);
         }
         self.warming.retain(|image, _| images.contains(image));
         Ok(())
@@ -723,7 +730,7 @@ impl Controller {
         for (image, note) in done {
             self.warming.remove(&image);
             if self.leader {
-                self.publish_to_users(&image, "ImageWarm", EventType::Normal, note).await;
+                self.publish_to_users(&image, "ImageWarm", EventType::Normal, note);
             }
         }
     }
@@ -750,7 +757,7 @@ impl Controller {
                 }
                 None => format!("Image {image} quarantined for good after repeated failures: {reasons}"),
             };
-            self.publish_to_users(image, "ImageQuarantined", EventType::Warning, note).await;
+            self.publish_to_users(image, "ImageQuarantined", EventType::Warning, note);
         }
         for image in &changes.released_for_retry {
             tracing::info!(image = %image, "Retrying quarantined image");
@@ -812,8 +819,9 @@ impl Controller {
         m.active_pulls.set(active as i64);
     }
 
-    /// Publishes an event on every watched Deployment that uses `image`. Never writes to them.
-    async fn publish_to_users(&self, image: &str, reason: &str, type_: EventType, note: String) {
+    /// Queues an event for every watched Deployment that uses `image` (never writing to them);
+    /// a separate task sends them in order, so the reconcile loop never waits for them.
+    fn publish_to_users(&self, image: &str, reason: &str, type_: EventType, note: String) {
         if !self.leader {
             return;
         }
@@ -823,8 +831,8 @@ impl Controller {
             let reference = ObjectReference {
                 api_version: Some("apps/v1".into()),
                 kind: Some("Deployment".into()),
-                namespace: Some(namespace.clone()),
-                name: Some(name.clone()),
+                namespace: Some(namespace),
+                name: Some(name),
                 ..Default::default()
             };
             let event = KwarmEvent {
@@ -834,8 +842,8 @@ impl Controller {
                 action: "Warm".into(),
                 secondary: None,
             };
-            if let Err(e) = with_timeout(API_TIMEOUT, self.recorder.publish(&event, &reference)).await {
-                tracing::warn!(error = %e, deployment = %format!("{namespace}/{name}"), reason, "Could not publish event");
+            if self.events.try_send((event, reference)).is_err() {
+                tracing::debug!(reason, "Event queue full; event dropped");
             }
         }
     }
@@ -923,6 +931,20 @@ impl Controller {
         }
         self.mirrored_secrets = synced;
         Ok(self.mirrored_secrets.keys().cloned().collect())
+    }
+}
+
+/// Sends queued events one after the other until the controller goes away.
+async fn send_events(
+    recorder: Recorder,
+    mut queue: tokio::sync::mpsc::Receiver<(KwarmEvent, ObjectReference)>,
+) {
+    while let Some((event, reference)) = queue.recv().await {
+        if let Err(e) = with_timeout(API_TIMEOUT, recorder.publish(&event, &reference)).await {
+            let deployment =
+                format!("{}/{}", reference.namespace.unwrap_or_default(), reference.name.unwrap_or_default());
+            tracing::warn!(error = %e, %deployment, reason = %event.reason, "Could not publish event");
+        }
     }
 }
 
