@@ -141,6 +141,12 @@ def stamp():
 
 # ---------------------------------------------------------------- processes
 
+def _die_with_parent():
+    """In the child: get SIGTERM when the driver dies, however it dies (no orphans)."""
+    import ctypes
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def free_port():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -192,7 +198,8 @@ class Kwarm:
             cmd = wrap + cmd
         self.logf = open(self.log_path, "w")
         self.t_start = time.monotonic()
-        self.p = subprocess.Popen(cmd, env=full, stdout=self.logf, stderr=subprocess.STDOUT)
+        self.p = subprocess.Popen(cmd, env=full, stdout=self.logf, stderr=subprocess.STDOUT,
+                                  preexec_fn=_die_with_parent)
         self.pid = self.p.pid
         if wrap:  # the manager is a child of the wrapper (perf): find it
             for _ in range(100):
@@ -265,7 +272,7 @@ class CountingProxy:
         self.logf = open(self.log_path, "w")
         self.p = subprocess.Popen(
             [KUBECTL, "--kubeconfig", KUBECONFIG, "proxy", "--address=127.0.0.1", f"--port={self.port}", "-v=6"],
-            stdout=self.logf, stderr=subprocess.STDOUT)
+            stdout=self.logf, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
         for _ in range(100):
             try:
                 socket.create_connection(("127.0.0.1", self.port), 0.2).close()
@@ -1000,7 +1007,8 @@ class CtrEvents(threading.Thread):
         super().__init__(daemon=True)
         self.created = {}
         self.cond = threading.Condition()
-        self.p = subprocess.Popen(["ctr", "-a", CTR_SOCK, "events"], stdout=subprocess.PIPE, text=True)
+        self.p = subprocess.Popen(["ctr", "-a", CTR_SOCK, "events"], stdout=subprocess.PIPE, text=True,
+                                  preexec_fn=_die_with_parent)
 
     def run(self):
         for line in self.p.stdout:
@@ -1452,6 +1460,9 @@ def section_footprint():
 
 
 def main():
+    # SIGTERM (make interrupted, a stopped session) ends the section through its finally blocks,
+    # which remove what it created in the cluster
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if len(sys.argv) != 2:
         sys.exit(__doc__)
     fn = {"holder": section_holder, "image": section_image, "warmup": section_warmup,
