@@ -24,10 +24,11 @@ lint: ## cargo fmt --check, clippy -D warnings (manager, e2e, sleep), shellcheck
 	cargo fmt --manifest-path sleep/Cargo.toml -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy --manifest-path sleep/Cargo.toml --all-targets -- -D warnings
-	@if command -v shellcheck >/dev/null; then shellcheck -x -S warning hack/*.sh .ci/run; fi
+	@if command -v shellcheck >/dev/null; then shellcheck -x -S warning hack/*.sh hack/tests/*.sh .ci/run; fi
 
 .PHONY: unit
-unit: ## Unit tests: config, rendering (golden files), image set, status, sleep
+unit: ## Unit tests: config, rendering (golden files), image set, status, sleep, hack/ scripts
+	hack/tests/run.sh
 	cargo test
 	hack/build-sleep.sh
 	cargo test --manifest-path sleep/Cargo.toml
@@ -59,7 +60,7 @@ e2e: ## End-to-end tests on the local cluster (started and stopped when it was n
 	hack/e2e.sh
 
 .PHONY: test
-test: lint unit e2e ## Everything CI runs: lint, unit tests, end-to-end tests on the real local cluster
+test: tools lint unit e2e ## Everything CI runs: OS packages and cluster binaries, lint, unit and end-to-end tests
 
 .PHONY: render
 render: ## Print the DaemonSet for the current environment (no cluster needed)

@@ -13,13 +13,13 @@
 kubepods_pids() {
   local d
   for d in /sys/fs/cgroup/pids/kubepods /sys/fs/cgroup/memory/kubepods /sys/fs/cgroup/unified/kubepods /sys/fs/cgroup/kubepods; do
-    [ -d "$d" ] && find "$d" -name cgroup.procs -exec cat {} + 2>/dev/null
+    if [ -d "$d" ]; then find "$d" -name cgroup.procs -exec cat {} + 2>/dev/null || true; fi
   done | sort -un
 }
 
 kill_containers() {
   local pids
-  mapfile -t pids < <(kubepods_pids)
+  lines pids kubepods_pids
   [ ${#pids[@]} -gt 0 ] || return 0
   log "killing ${#pids[@]} container processes"
   kill -KILL "${pids[@]}" 2>/dev/null || true
@@ -32,21 +32,24 @@ shim_pids() { pgrep -f -- "containerd-shim-runc-v2 .*-address $CONTAINERD_SOCK" 
 
 kill_shims() {
   local pids
-  mapfile -t pids < <(shim_pids)
+  lines pids shim_pids
   [ ${#pids[@]} -gt 0 ] || return 0
   log "stopping ${#pids[@]} containerd shims"
   kill -TERM "${pids[@]}" 2>/dev/null || true
   local deadline=$((SECONDS + 10))
   while [ -n "$(shim_pids)" ] && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.2; done
-  mapfile -t pids < <(shim_pids)
+  lines pids shim_pids
   [ ${#pids[@]} -eq 0 ] || kill -KILL "${pids[@]}" 2>/dev/null || true
 }
+
+# mounts_under DIR: mount points at or below DIR, deepest first
+mounts_under() { awk -v dir="$1" '$2 == dir || index($2, dir "/") == 1 {print $2}' /proc/mounts | sort -r; }
 
 # Everything mounted under CLUSTER_DIR (kubelet volumes, the kubelet's own bind mount, container
 # rootfs overlays, sandbox shm, netns bind mounts), deepest first; lazily when busy.
 unmount_all() {
   local mounts m
-  mapfile -t mounts < <(awk -v dir="$CLUSTER_DIR" '$2 == dir || index($2, dir "/") == 1 {print $2}' /proc/mounts | sort -r)
+  lines mounts mounts_under "$CLUSTER_DIR"
   [ ${#mounts[@]} -gt 0 ] || return 0
   log "unmounting ${#mounts[@]} mounts under $CLUSTER_DIR"
   for m in "${mounts[@]}"; do
@@ -62,7 +65,7 @@ unmount_all() {
 # kubepods cgroups in every v1 hierarchy and the unified one: children before parents.
 remove_cgroups() {
   local dirs
-  mapfile -t dirs < <(find /sys/fs/cgroup -maxdepth 2 -type d -name 'kubepods*' 2>/dev/null)
+  lines dirs find /sys/fs/cgroup -maxdepth 2 -type d -name 'kubepods*'
   [ ${#dirs[@]} -gt 0 ] || return 0
   log "removing kubepods cgroups"
   local d

@@ -508,7 +508,7 @@ kwok_ready_count() {
 ensure_kwok_nodes() {
   local want="$KWOK_NODES" have i batch=()
   [ "$want" -gt 0 ] || return 0
-  mapfile -t have < <(kubectl_ get nodes -l type=kwok -o jsonpath='{range .items[*]}{.metadata.name}{"\n"}{end}')
+  lines have kubectl_ get nodes -l type=kwok -o jsonpath='{range .items[*]}{.metadata.name}{"\n"}{end}'
   local -A exists=()
   for i in "${have[@]}"; do [ -n "$i" ] && exists[$i]=1; done
   for ((i = 0; i < want; i++)); do [ -n "${exists[kwok-node-$i]:-}" ] || batch+=("kwok-node-$i"); done

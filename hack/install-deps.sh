@@ -28,11 +28,17 @@ REQUIRED=(
 # nice to have: lint passes without it (the Makefile skips shellcheck when it is absent)
 OPTIONAL=(shellcheck)
 
-missing() { # prints the packages in "$@" that are not installed (one dpkg-query for all: fast)
-  local installed
-  installed="$(dpkg-query -W -f='${Package} ${db:Status-Status}\n' "$@" 2>/dev/null | awk '$2 == "installed" {print $1}')"
-  local p
-  for p in "$@"; do grep -qx "$p" <<<"$installed" || echo "$p"; done
+# Prints the packages in "$@" that are not installed, one per line. dpkg-query exits 1 when some
+# package is unknown to dpkg (the usual case on a fresh machine): that is an answer, not an error.
+# Any other failure (no dpkg database, a crash) stops here: better than reporting "all present"
+# and failing twenty minutes later.
+missing() {
+  local status=0 out p
+  out="$(dpkg-query -W -f='${Package} ${db:Status-Status}\n' "$@" 2>/dev/null)" || status=$?
+  [ "$status" -le 1 ] || die "dpkg-query failed (exit $status) while checking: $*"
+  for p in "$@"; do
+    awk -v p="$p" '$1 == p && $2 == "installed" {found = 1} END {exit !found}' <<<"$out" || echo "$p"
+  done
 }
 
 APT_UPDATED=0
@@ -48,18 +54,43 @@ apt_install() {
   "${sudo[@]}" apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
+usage() {
+  cat <<EOF
+Usage: hack/install-deps.sh [--check]
+  (none)   install the missing OS packages with apt-get, then check with dpkg that all are there
+  --check  only report the missing packages; exit 1 when a required one is missing
+EOF
+}
+
 main() {
+  local mode=install
+  case "${1:-}" in
+    "") ;;
+    --check) mode=check ;;
+    -h | --help) usage; return 0 ;;
+    *) usage >&2; die "unknown argument: $1" ;;
+  esac
   command -v dpkg-query >/dev/null || die "install-deps.sh expects a Debian-like system (dpkg, apt-get)"
   local need opt
-  mapfile -t need < <(missing "${REQUIRED[@]}")
-  mapfile -t opt < <(missing "${OPTIONAL[@]}")
+  lines need missing "${REQUIRED[@]}"
+  lines opt missing "${OPTIONAL[@]}"
   if [ ${#need[@]} -eq 0 ] && [ ${#opt[@]} -eq 0 ]; then
     log "OS packages: all present"
+    return
+  fi
+  if [ "$mode" = check ]; then
+    [ ${#need[@]} -eq 0 ] || log "OS packages missing: ${need[*]}"
+    [ ${#opt[@]} -eq 0 ] || log "optional OS packages missing: ${opt[*]}"
+    [ ${#need[@]} -eq 0 ]
     return
   fi
   if [ ${#need[@]} -gt 0 ]; then
     log "OS packages: installing ${need[*]}"
     apt_install "${need[@]}" || die "apt-get could not install: ${need[*]}"
+    # dpkg has the last word, not apt-get's exit code: anything still missing stops here
+    local still
+    lines still missing "${need[@]}"
+    [ ${#still[@]} -eq 0 ] || die "still not installed after apt-get install: ${still[*]}"
   fi
   if [ ${#opt[@]} -gt 0 ]; then
     log "OS packages: installing optional ${opt[*]}"

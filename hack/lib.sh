@@ -3,6 +3,8 @@
 # Its variables are used by the scripts that source it:
 # shellcheck disable=SC2034
 set -euo pipefail
+# errexit inside $(...) too: a failing step in a command substitution fails it, not only its last.
+shopt -s inherit_errexit
 
 HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT_DIR="$(cd "$HACK_DIR/.." && pwd)"
@@ -26,3 +28,15 @@ die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 # bin NAME VERSION -> path of a cached binary
 bin_path() { echo "$BIN_DIR/$1-$2"; }
+
+# lines ARRAY CMD... : the output lines of CMD into ARRAY (empty output: no element). CMD's failure
+# is the caller's failure. Use it instead of `mapfile -t ARRAY < <(CMD)`: bash drops the status of
+# a process substitution, so a producer that dies under `set -e` silently yields "nothing".
+lines() {
+  local -n lines_out="$1"
+  shift
+  local lines_text
+  lines_text="$("$@")" || return
+  lines_out=()
+  [ -z "$lines_text" ] || mapfile -t lines_out <<<"$lines_text"
+}

@@ -1,0 +1,153 @@
+#!/usr/bin/env bash
+# Tests of the hack/ scripts themselves, with fake system tools on PATH (no root, no network, no
+# package is really installed). Part of `make unit`. Prints one line per test and "N passed, N failed".
+#   hack/tests/run.sh [NAME-FILTER]
+set -uo pipefail
+HACK_DIR="$(cd "$(dirname "$0")/.." && pwd)"
+FILTER="${1:-}"
+PASSED=0
+FAILED=0
+WORK="$(mktemp -d)"
+trap 'rm -rf "$WORK"' EXIT
+
+# --- fakes ----------------------------------------------------------------------------------------
+# dpkg-query: every package is installed except those listed in $FAKE/missing; like the real one,
+# an unknown package is reported on stderr and makes the exit status 1. $FAKE/dpkg-status forces
+# another exit status (a broken dpkg database).
+# apt-get: logs its arguments to $FAKE/apt.log; `install` removes the named packages from
+# $FAKE/missing, except those listed in $FAKE/broken (apt-get says yes, dpkg says no).
+make_fakes() {
+  FAKE="$WORK/$1"
+  mkdir -p "$FAKE/bin"
+  : >"$FAKE/missing"
+  : >"$FAKE/broken"
+  : >"$FAKE/apt.log"
+  cat >"$FAKE/bin/dpkg-query" <<EOF
+#!/usr/bin/env bash
+if [ -s "$FAKE/dpkg-status" ]; then echo "dpkg-query: database is broken" >&2; exit "\$(cat "$FAKE/dpkg-status")"; fi
+status=0
+for a in "\$@"; do
+  case "\$a" in -*) continue ;; esac
+  if grep -qx -- "\$a" "$FAKE/missing"; then
+    echo "dpkg-query: no packages found matching \$a" >&2; status=1
+  else
+    echo "\$a installed"
+  fi
+done
+exit \$status
+EOF
+  cat >"$FAKE/bin/apt-get" <<EOF
+#!/usr/bin/env bash
+echo "\$*" >>"$FAKE/apt.log"
+[ "\$1" = install ] || exit 0
+for a in "\$@"; do
+  case "\$a" in -* | install) continue ;; esac
+  grep -qx -- "\$a" "$FAKE/broken" && continue
+  grep -vx -- "\$a" "$FAKE/missing" >"$FAKE/missing.new"; mv "$FAKE/missing.new" "$FAKE/missing"
+done
+EOF
+  printf '#!/usr/bin/env bash\nexec "$@"\n' >"$FAKE/bin/sudo"
+  chmod +x "$FAKE/bin/"*
+}
+
+# install-deps ARGS... : runs hack/install-deps.sh with the fakes first on PATH; sets OUT and STATUS
+install_deps() {
+  STATUS=0
+  OUT="$(PATH="$FAKE/bin:$PATH" "$HACK_DIR/install-deps.sh" "$@" 2>&1)" || STATUS=$?
+}
+
+# --- assertions -----------------------------------------------------------------------------------
+fail() { printf '    %s\n' "$@"; return 1; }
+expect_status() { [ "$STATUS" -eq "$1" ] || fail "exit status $STATUS, expected $1" "output: $OUT"; }
+expect_output() { grep -qF -- "$1" <<<"$OUT" || fail "output lacks: $1" "output: $OUT"; }
+expect_apt() { grep -qE -- "$1" "$FAKE/apt.log" || fail "apt-get was not called with /$1/" "calls: $(cat "$FAKE/apt.log")"; }
+expect_no_apt() { [ ! -s "$FAKE/apt.log" ] || fail "apt-get was called: $(cat "$FAKE/apt.log")"; }
+
+# --- tests ----------------------------------------------------------------------------------------
+test_all_present_installs_nothing() {
+  make_fakes all-present
+  install_deps
+  expect_status 0 && expect_output "OS packages: all present" && expect_no_apt
+}
+
+test_missing_package_is_installed() {
+  make_fakes missing
+  printf 'containerd\nshellcheck\n' >"$FAKE/missing"
+  install_deps
+  expect_status 0 &&
+    expect_output "installing containerd" &&
+    expect_apt '^update' &&
+    expect_apt '^install .*containerd' &&
+    expect_apt '^install .*shellcheck' &&
+    { [ ! -s "$FAKE/missing" ] || fail "still missing: $(cat "$FAKE/missing")"; }
+}
+
+test_check_reports_missing_and_fails() {
+  make_fakes check
+  echo docker-registry >"$FAKE/missing"
+  install_deps --check
+  expect_status 1 && expect_output "OS packages missing: docker-registry" && expect_no_apt
+}
+
+test_check_optional_missing_passes() {
+  make_fakes check-optional
+  echo shellcheck >"$FAKE/missing"
+  install_deps --check
+  expect_status 0 && expect_output "optional OS packages missing: shellcheck" && expect_no_apt
+}
+
+test_install_that_did_not_install_fails() {
+  make_fakes broken
+  echo runc >"$FAKE/missing"
+  echo runc >"$FAKE/broken"
+  install_deps
+  [ "$STATUS" -ne 0 ] || fail "exit status 0 although runc is still missing" "output: $OUT"
+  expect_output "still not installed after apt-get install: runc"
+}
+
+test_broken_dpkg_stops() {
+  make_fakes broken-dpkg
+  echo 2 >"$FAKE/dpkg-status"
+  install_deps
+  [ "$STATUS" -ne 0 ] || fail "exit status 0 although dpkg-query failed" "output: $OUT"
+  expect_output "dpkg-query failed (exit 2)" && expect_no_apt
+}
+
+test_lines_propagates_failure() {
+  local out status=0
+  out="$(
+    # shellcheck source=hack/lib.sh
+    . "$HACK_DIR/lib.sh"
+    producer() { echo partial; false; }
+    local -a got=()
+    lines got producer || { echo "failed as it should"; exit 0; }
+    echo "no failure, got ${#got[@]} lines"
+  )" || status=$?
+  [ "$status" -eq 0 ] && [ "$out" = "failed as it should" ] || fail "lines with a failing producer: $out (status $status)"
+}
+
+test_lines_splits_output() {
+  local out
+  out="$(
+    # shellcheck source=hack/lib.sh
+    . "$HACK_DIR/lib.sh"
+    local -a two=() none=(x)
+    lines two printf 'a b\nc\n'
+    lines none true
+    echo "${#two[@]} ${two[0]}|${two[1]} ${#none[@]}"
+  )"
+  [ "$out" = "2 a b|c 0" ] || fail "got: $out"
+}
+
+for t in $(declare -F | awk '$3 ~ /^test_/ {print $3}'); do
+  [ -z "$FILTER" ] || [[ "$t" == *"$FILTER"* ]] || continue
+  if ( "$t" ); then
+    echo "ok   ${t#test_}"
+    PASSED=$((PASSED + 1))
+  else
+    echo "FAIL ${t#test_}"
+    FAILED=$((FAILED + 1))
+  fi
+done
+echo "hack tests: $PASSED passed, $FAILED failed"
+[ "$FAILED" -eq 0 ]
