@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::{Affinity, Toleration};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use crate::images::{Holder, derived_holder_name, parse_image_reference};
+use crate::images::{Holder, derived_holder_name, is_puller_image, parse_image_reference};
 use crate::labels::{self, LabelSelector};
 use crate::quantity::Quantity;
 
@@ -73,6 +73,20 @@ pub struct ConfigError {
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: invalid value {:?}: {}", self.variable, self.value, self.expected)
+    }
+}
+
+/// Something accepted but worth telling the user: `kwarm check` prints it, the manager logs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigWarning {
+    pub variable: &'static str,
+    pub value: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}={:?}: {}", self.variable, self.value, self.message)
     }
 }
 
@@ -240,6 +254,8 @@ pub struct Config {
     pub health_probe_bind_address: Option<SocketAddr>,
     pub leader_elect: bool,
     pub log_format: LogFormat,
+    /// Values that were accepted with a substitution or a caveat.
+    pub warnings: Vec<ConfigWarning>,
 }
 
 /// Collects problems while each variable is parsed.
@@ -329,7 +345,7 @@ impl Config {
                 Ok(v.to_string())
             });
         let daemonset_annotations =
-            c.parse("DAEMONSET_ANNOTATIONS", &raw.daemonset_annotations, BTreeMap::new(), |v| {
+            c.parse("DAEMONSET_ANNOTATIONS", &json_unset(&raw.daemonset_annotations), BTreeMap::new(), |v| {
                 let map: BTreeMap<String, String> = parse_json_value(v, "a JSON object of strings")?;
                 for key in map.keys() {
                     labels::check_qualified_name(key).map_err(|e| format!("annotation key {key:?}: {e}"))?;
@@ -357,7 +373,7 @@ impl Config {
 
         let resources = parse_resources(&mut c, &raw);
 
-        let node_selector = c.parse("NODE_SELECTOR", &raw.node_selector, BTreeMap::new(), |v| {
+        let node_selector = c.parse("NODE_SELECTOR", &json_unset(&raw.node_selector), BTreeMap::new(), |v| {
             let mut map: BTreeMap<String, String> =
                 parse_json_value(v, "a JSON object of label keys to values")?;
             for (k, val) in &map {
@@ -374,12 +390,12 @@ impl Config {
         } else {
             node_selector
         };
-        let affinity = c.parse("AFFINITY", &raw.affinity, None, |v| {
+        let affinity = c.parse("AFFINITY", &json_unset(&raw.affinity), None, |v| {
             let affinity: Affinity = parse_k8s_json(v, "a JSON Affinity object")?;
             check_affinity(&affinity)?;
             Ok((affinity != Affinity::default()).then_some(affinity))
         });
-        let tolerations = c.parse("TOLERATIONS", &raw.tolerations, Vec::new(), |v| {
+        let tolerations = c.parse("TOLERATIONS", &json_unset(&raw.tolerations), Vec::new(), |v| {
             let tolerations: Vec<Toleration> = parse_k8s_json(v, "a JSON array of Toleration objects")?;
             tolerations
                 .iter()
@@ -397,13 +413,22 @@ impl Config {
             }
             Ok(names)
         });
+        let mut warnings = Vec::new();
         let kip_image = c.parse("KIP_IMAGE", &raw.kip_image, DEFAULT_KIP_IMAGE.to_string(), |v| {
-            let canonical = parse_image_reference(v)?;
-            // The puller's own image has no `/sleep --copy-to`; a puller ConfigMap that names it
-            // must still work, so kwarm's holder image takes its place.
-            let repository = canonical.split(['@']).next().unwrap_or_default();
-            let repository = repository.rsplit_once(':').map_or(repository, |(r, _)| r);
-            if repository.ends_with("/kubernetes-image-puller") {
+            parse_image_reference(v)?;
+            // The puller's own image has no `/sleep --copy-to` (its init container runs a shell
+            // copying /bin/sleep); a puller ConfigMap that names it must still work, so kwarm's
+            // holder image takes its place, and the user is told which image that is.
+            if is_puller_image(v) {
+                warnings.push(ConfigWarning {
+                    variable: "KIP_IMAGE",
+                    value: v.to_string(),
+                    message: format!(
+                        "kubernetes-image-puller's image has no /sleep for kwarm's init container; \
+                         kwarm uses its own {DEFAULT_KIP_IMAGE} instead (air-gapped clusters: mirror \
+                         that image and set KIP_IMAGE to the mirror)"
+                    ),
+                });
                 return Ok(DEFAULT_KIP_IMAGE.to_string());
             }
             Ok(v.to_string())
@@ -515,6 +540,7 @@ impl Config {
             health_probe_bind_address,
             leader_elect,
             log_format,
+            warnings,
         })
     }
 }
@@ -815,6 +841,12 @@ fn parse_bind_address(v: &str) -> Result<Option<SocketAddr>, String> {
     full.parse::<SocketAddr>()
         .map(Some)
         .map_err(|_| "an address such as :8080 or 127.0.0.1:8080, or 0 to turn it off".into())
+}
+
+/// JSON `null` means "not set", as it did for kubernetes-image-puller (Go's `json.Unmarshal`
+/// leaves the value empty), so a ConfigMap written with `null` keeps working.
+fn json_unset(raw: &Option<String>) -> Option<String> {
+    raw.clone().filter(|v| v.trim() != "null")
 }
 
 fn parse_json_value<T: DeserializeOwned>(v: &str, expected: &str) -> Result<T, String> {

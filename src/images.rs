@@ -27,6 +27,17 @@ pub fn parse_image_reference(image: &str) -> Result<String, String> {
     })
 }
 
+/// Whether `image` is kubernetes-image-puller's own image, from any registry or mirror and with
+/// any tag or digest: the last path segment of its repository names the puller
+/// (`quay.io/eclipse/kubernetes-image-puller:next`, `mirror.corp/che/kubernetes-image-puller@sha256:…`,
+/// `registry.local/eclipse-kubernetes-image-puller:7.9`).
+pub fn is_puller_image(image: &str) -> bool {
+    let repository = image.split('@').next().unwrap_or(image);
+    let last = repository.rsplit('/').next().unwrap_or(repository);
+    let last = last.split(':').next().unwrap_or(last);
+    last.to_ascii_lowercase().contains("kubernetes-image-puller")
+}
+
 /// A container name derived from the image alone, so it never changes while other images come and
 /// go: readable stem (last path segment and tag) plus a hash of the canonical reference.
 pub fn derived_holder_name(canonical: &str) -> String {

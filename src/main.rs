@@ -53,6 +53,9 @@ enum StatusFormat {
     Json,
 }
 
+/// Set by the Helm chart when a puller values file named kubernetes-image-puller's image for the
+/// manager and the chart ran kwarm's instead: the manager says so in its log.
+const REPLACED_IMAGE_VARIABLE: &str = "KWARM_REPLACED_IMAGE";
 /// Exit code for an invalid environment.
 const EXIT_CONFIG: u8 = 2;
 const SERVICE_ACCOUNT_NAMESPACE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
@@ -79,6 +82,9 @@ fn main() -> ExitCode {
     };
     let result = match cli.command.unwrap_or(Command::Run) {
         Command::Check => {
+            for w in &config.warnings {
+                println!("warning: {w}");
+            }
             println!(
                 "Configuration is valid: {} images from IMAGES, Deployment watching {}",
                 config.images.len(),
@@ -141,6 +147,16 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let identity = identity();
     tracing::info!(version = env!("CARGO_PKG_VERSION"), namespace = %config.namespace,
         daemonset = %config.daemonset_name, %identity, "Starting kwarm");
+    for w in &config.warnings {
+        tracing::warn!(variable = w.variable, value = %w.value, "{}", w.message);
+    }
+    if let Some(replaced) = std::env::var(REPLACED_IMAGE_VARIABLE).ok().filter(|v| !v.is_empty()) {
+        tracing::warn!(
+            replaced = %replaced,
+            "The chart was given kubernetes-image-puller's image for the manager (image.repository); \
+             it runs kwarm's own image instead"
+        );
+    }
 
     let shared = Arc::new(Shared::default());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);

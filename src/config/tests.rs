@@ -1204,13 +1204,59 @@ fn affinity_operators_are_checked() {
 }
 
 #[test]
-fn the_pullers_own_kip_image_is_replaced_by_kwarms_sleep_image() {
-    // A kubernetes-image-puller ConfigMap names its own image, which has no `/sleep --copy-to`.
-    for puller in ["quay.io/eclipse/kubernetes-image-puller:next", "quay.io/eclipse/kubernetes-image-puller"]
-    {
-        let c = valid(&[("IMAGES", "nginx:1"), ("KIP_IMAGE", puller)]);
+fn the_pullers_own_kip_image_is_replaced_by_kwarms_sleep_image_with_a_warning() {
+    // A kubernetes-image-puller ConfigMap names its own image, which has no `/sleep --copy-to`:
+    // from its registry, from a mirror (also a renamed one), with a tag or a digest.
+    let digest = format!("sha256:{}", "a".repeat(64));
+    for puller in [
+        "quay.io/eclipse/kubernetes-image-puller:next".to_string(),
+        "quay.io/eclipse/kubernetes-image-puller".to_string(),
+        format!("mirror.corp:5000/quay.io/eclipse/kubernetes-image-puller@{digest}"),
+        "registry.local/che/eclipse-kubernetes-image-puller:7.90".to_string(),
+        "kubernetes-image-puller:next".to_string(),
+    ] {
+        let c = valid(&[("IMAGES", "nginx:1"), ("KIP_IMAGE", &puller)]);
         assert_eq!(c.kip_image, DEFAULT_KIP_IMAGE, "{puller}");
+        assert_eq!(c.warnings.len(), 1, "{puller}: one warning");
+        let w = &c.warnings[0];
+        assert_eq!((w.variable, w.value.as_str()), ("KIP_IMAGE", puller.as_str()));
+        assert!(w.message.contains(DEFAULT_KIP_IMAGE), "names the image used instead: {w}");
+        assert!(w.message.contains("mirror"), "tells air-gapped users what to do: {w}");
     }
     let own = valid(&[("IMAGES", "nginx:1"), ("KIP_IMAGE", "registry.example.com/kwarm/sleep:1")]);
     assert_eq!(own.kip_image, "registry.example.com/kwarm/sleep:1");
+    assert!(own.warnings.is_empty());
+    // a repository that merely has the name in a parent path is not the puller's image
+    let other = valid(&[("IMAGES", "nginx:1"), ("KIP_IMAGE", "mirror/kubernetes-image-puller/sleep:1")]);
+    assert_eq!(other.kip_image, "mirror/kubernetes-image-puller/sleep:1");
+}
+
+#[test]
+fn json_null_means_unset_as_for_the_puller() {
+    let c = valid(&[
+        ("IMAGES", "nginx:1"),
+        ("NODE_SELECTOR", "null"),
+        ("AFFINITY", " null "),
+        ("TOLERATIONS", "null"),
+        ("DAEMONSET_ANNOTATIONS", "null"),
+    ]);
+    assert_eq!(c.node_selector, linux());
+    assert_eq!(c.affinity, None);
+    assert!(c.tolerations.is_empty());
+    assert!(c.daemonset_annotations.is_empty());
+    assert!(c.warnings.is_empty());
+    // other JSON that is not the expected shape stays an error naming the variable
+    assert_eq!(problem(&[("IMAGES", "nginx:1"), ("NODE_SELECTOR", "[]")]).variable, "NODE_SELECTOR");
+    assert_eq!(problem(&[("IMAGES", "nginx:1"), ("TOLERATIONS", "{}")]).variable, "TOLERATIONS");
+}
+
+#[test]
+fn images_with_the_pullers_separators_and_whitespace() {
+    // empty entries, a trailing `;`, whitespace and newlines (a YAML folded scalar) are accepted
+    let c = valid(&[("IMAGES", " \n a=nginx:1 ;; b = redis:7 ;\n ; ")]);
+    let got: Vec<(&str, &str)> = c.images.iter().map(|h| (h.name.as_str(), h.image.as_str())).collect();
+    assert_eq!(got, vec![("a", "nginx:1"), ("b", "redis:7")]);
+    // an entry with two `=` is ambiguous: an error naming it
+    let e = problem(&[("IMAGES", "a=b=nginx:1")]);
+    assert_eq!((e.variable, e.value.as_str()), ("IMAGES", "a=b=nginx:1"));
 }
