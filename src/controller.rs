@@ -25,7 +25,7 @@ use tokio::sync::watch;
 use crate::config::{Config, Namespaces};
 use crate::daemonset::{
     IDLE_HOLDER_NAME, REFRESHED_AT_ANNOTATION, RenderInput, STATE_ANNOTATION, daemonset_matches,
-    refresh_would_repull, render_daemonset, selector_labels, selector_string,
+    foreign_daemonset, refresh_would_repull, render_daemonset, selector_labels, selector_string,
 };
 use crate::error::{Error, Result, with_timeout};
 use crate::http::Shared;
@@ -113,6 +113,8 @@ struct Controller {
     applied_images: Option<BTreeSet<String>>,
     overflow_reported: BTreeSet<String>,
     init_failure_reported: bool,
+    /// UID of a foreign DaemonSet holding kwarm's name, once reported.
+    name_in_use_reported: Option<String>,
 
     mirrored_secrets: BTreeMap<String, String>,
     next_secret_sync: Instant,
@@ -160,6 +162,7 @@ pub async fn run(
         applied_images: None,
         overflow_reported: BTreeSet::new(),
         init_failure_reported: false,
+        name_in_use_reported: None,
         mirrored_secrets: BTreeMap::new(),
         next_secret_sync: Instant::now(),
         next_resync: Instant::now() + RESYNC,
@@ -666,6 +669,15 @@ impl Controller {
                 .map_err(|source| Error::Encode { what: "kwarm.io/state", source })?,
         };
         let desired = render_daemonset(&config, &input);
+        if let Some(live) = &self.live
+            && let Some(why) = foreign_daemonset(&desired, live)
+        {
+            self.report_name_in_use(why);
+            return Ok(());
+        }
+        if self.name_in_use_reported.take().is_some() {
+            tracing::info!(daemonset = %config.daemonset_name, "The DaemonSet name is free: creating kwarm's own");
+        }
         if self.live.as_ref().is_some_and(|live| daemonset_matches(&desired, live)) {
             return Ok(());
         }
@@ -764,6 +776,34 @@ impl Controller {
         }
         for image in &changes.recovered {
             tracing::info!(image = %image, "Quarantined image recovered");
+        }
+    }
+
+    /// A DaemonSet of kwarm's name that kwarm may not change: said once per object (log and an
+    /// Event on it), then kwarm waits for the name to become free (the DaemonSet watch sees it).
+    fn report_name_in_use(&mut self, why: String) {
+        let uid = self.live.as_ref().and_then(|l| l.metadata.uid.clone()).unwrap_or_default();
+        if self.name_in_use_reported.as_deref() == Some(uid.as_str()) {
+            return;
+        }
+        self.name_in_use_reported = Some(uid);
+        tracing::error!(daemonset = %self.config().daemonset_name, "{why}");
+        let reference = ObjectReference {
+            api_version: Some("apps/v1".into()),
+            kind: Some("DaemonSet".into()),
+            namespace: Some(self.config().namespace.clone()),
+            name: Some(self.config().daemonset_name.clone()),
+            ..Default::default()
+        };
+        let event = KwarmEvent {
+            type_: EventType::Warning,
+            reason: "NameInUse".into(),
+            note: Some(truncate(&why, 1000)),
+            action: "Apply".into(),
+            secondary: None,
+        };
+        if self.events.try_send((event, reference)).is_err() {
+            tracing::debug!("Event queue full; event dropped");
         }
     }
 

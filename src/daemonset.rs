@@ -97,6 +97,48 @@ pub fn daemonset_matches(desired: &DaemonSet, live: &DaemonSet) -> bool {
     json_contains(&d, &l, false)
 }
 
+/// Why an existing DaemonSet of kwarm's name is not kwarm's to change, or `None` when it is.
+/// A selector is immutable: a DaemonSet that selects other pods (kubernetes-image-puller's, or
+/// anyone's) can never become kwarm's by an apply, so kwarm must leave it alone and say why.
+pub fn foreign_daemonset(desired: &DaemonSet, live: &DaemonSet) -> Option<String> {
+    let selector =
+        |d: &DaemonSet| d.spec.as_ref().map(|s| s.selector.match_labels.clone().unwrap_or_default());
+    let live_selector = selector(live).unwrap_or_default();
+    if selector(desired).unwrap_or_default() == live_selector {
+        return None;
+    }
+    let namespace = live.metadata.namespace.as_deref().unwrap_or_default();
+    let name = live.metadata.name.as_deref().unwrap_or_default();
+    let shown = if live_selector.is_empty() {
+        "matchExpressions only".to_string()
+    } else {
+        live_selector.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+    };
+    let owner = live
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))
+        .or_else(|| live.metadata.owner_references.iter().flatten().next())
+        .map(|o| format!(", owned by {} {}", o.kind, o.name))
+        .unwrap_or_default();
+    let puller = live_selector.get("app.kubernetes.io/name").is_some_and(|v| v == "image-puller")
+        || live_selector.get("test").is_some_and(|v| v == "daemonset-test");
+    let whose = if puller { "kubernetes-image-puller's DaemonSet" } else { "not kwarm's" };
+    let stop = if puller {
+        "uninstall kubernetes-image-puller (it deletes its DaemonSet when it stops)"
+    } else {
+        "delete that DaemonSet"
+    };
+    Some(format!(
+        "DaemonSet {namespace}/{name} exists and is {whose} (selector {shown}{owner}; a selector \
+         cannot be changed). kwarm leaves it alone and creates its own as soon as the name is free: \
+         {stop}, or, to keep the cache warm throughout, set DAEMONSET_NAME to another name, let \
+         kwarm warm the images, then remove the old one"
+    ))
+}
+
 /// `quantities`: inside `resources` or `sizeLimit`, where the API server rewrites amounts.
 fn json_contains(desired: &serde_json::Value, live: &serde_json::Value, quantities: bool) -> bool {
     use serde_json::Value;

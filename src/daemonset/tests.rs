@@ -670,3 +670,62 @@ fn nothing_to_warm_renders_one_idle_holder_of_the_sleep_image() {
     assert_eq!(pod.containers[0].name, IDLE_HOLDER_NAME);
     assert_eq!(pod.containers[0].image.as_deref(), Some("registry.example.com/kwarm/sleep:1"));
 }
+
+// ---------------------------------------------------------------------------------------------
+// A DaemonSet of the same name that is not kwarm's
+
+/// The DaemonSet kubernetes-image-puller creates (its selector, labels and owner).
+fn pullers_daemonset() -> DaemonSet {
+    serde_json::from_value(json!({
+        "apiVersion": "apps/v1",
+        "kind": "DaemonSet",
+        "metadata": {
+            "name": "kubernetes-image-puller",
+            "namespace": "k8s-image-puller",
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment",
+                "name": "kubernetes-image-puller", "uid": "1", "controller": true}]
+        },
+        "spec": {
+            "selector": {"matchLabels": {"test": "daemonset-test", "app.kubernetes.io/name": "image-puller"}},
+            "template": {"metadata": {"labels": {"test": "daemonset-test", "app.kubernetes.io/name": "image-puller"}},
+                "spec": {"containers": [{"name": "che-code", "image": "quay.io/che-incubator/che-code:next"}]}}
+        }
+    }))
+    .expect("a DaemonSet")
+}
+
+#[test]
+fn the_pullers_daemonset_is_foreign_and_the_message_says_what_to_do() {
+    let c = config(&[("IMAGES", "nginx:1"), ("NAMESPACE", "k8s-image-puller")]);
+    let why = foreign_daemonset(&render(&c), &pullers_daemonset()).expect("foreign");
+    for part in [
+        "k8s-image-puller/kubernetes-image-puller",
+        "kubernetes-image-puller's DaemonSet",
+        "app.kubernetes.io/name=image-puller,test=daemonset-test",
+        "owned by Deployment kubernetes-image-puller",
+        "uninstall kubernetes-image-puller",
+        "DAEMONSET_NAME",
+    ] {
+        assert!(why.contains(part), "{part:?} missing in: {why}");
+    }
+}
+
+#[test]
+fn another_selector_is_foreign_and_kwarms_own_is_not() {
+    let c = config(&[("IMAGES", "nginx:1")]);
+    let desired = render(&c);
+    assert_eq!(foreign_daemonset(&desired, &desired), None, "kwarm's own DaemonSet");
+    // a live copy with other content (images, labels) but kwarm's selector is kwarm's to fix
+    let mut drifted = render(&config(&[("IMAGES", "redis:7")]));
+    drifted.metadata.labels = None;
+    assert_eq!(foreign_daemonset(&desired, &drifted), None, "drift is not foreignness");
+    let mut other = desired.clone();
+    if let Some(spec) = other.spec.as_mut() {
+        spec.selector.match_labels = Some(BTreeMap::from([("app".to_string(), "cache".to_string())]));
+    }
+    let why = foreign_daemonset(&desired, &other).expect("foreign");
+    assert!(
+        why.contains("is not kwarm's") && why.contains("app=cache") && why.contains("delete that DaemonSet"),
+        "{why}"
+    );
+}
