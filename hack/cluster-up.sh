@@ -331,22 +331,33 @@ write_cni_config() {
 EOF
 }
 
-start_containerd() {
-  is_running containerd || {
-    log "containerd: starting (socket $CONTAINERD_SOCK)"
-    mkdir -p "$CONTAINERD_ROOT" "$CONTAINERD_STATE"
-    # our registries speak plain HTTP
-    local r
-    for r in "$REGISTRY" "$PRIVATE_REGISTRY"; do
-      mkdir -p "$CONTAINERD_DIR/certs.d/$r"
-      cat >"$CONTAINERD_DIR/certs.d/$r/hosts.toml" <<EOF
-server = "http://$r"
+# hosts.toml per registry name (containerd reads them at every pull, so a running containerd sees
+# changes). Our registries speak plain HTTP. The registries kubernetes-image-puller's own files name
+# (MIRRORED_REGISTRIES) are served by the local registry, so the puller's values and templates are
+# used as they are and nothing leaves the machine: quay.io/che-incubator/che-code:next is pulled
+# from 127.0.0.1:5000/che-incubator/che-code:next (hack/test-images.sh pushes it).
+MIRRORED_REGISTRIES=(quay.io)
+write_registry_hosts() {
+  local r
+  for r in "$REGISTRY" "$PRIVATE_REGISTRY" "${MIRRORED_REGISTRIES[@]}"; do
+    local target="$r"
+    [ "$r" = "$REGISTRY" ] || [ "$r" = "$PRIVATE_REGISTRY" ] || target="$REGISTRY"
+    mkdir -p "$CONTAINERD_DIR/certs.d/$r"
+    cat >"$CONTAINERD_DIR/certs.d/$r/hosts.toml" <<EOF
+server = "http://$target"
 
-[host."http://$r"]
+[host."http://$target"]
   capabilities = ["pull", "resolve", "push"]
   skip_verify = true
 EOF
-    done
+  done
+}
+
+start_containerd() {
+  write_registry_hosts
+  is_running containerd || {
+    log "containerd: starting (socket $CONTAINERD_SOCK)"
+    mkdir -p "$CONTAINERD_ROOT" "$CONTAINERD_STATE"
     # Everything (root, state, sockets, runc state, netns mounts, /opt) under CLUSTER_DIR so that
     # it cannot collide with a system containerd and cluster-down finds all of it.
     # restrict_oom_score_adj: this VM lacks CAP_SYS_RESOURCE; without it every sandbox fails with

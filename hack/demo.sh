@@ -44,7 +44,7 @@ main() {
   # The exact manager image just pushed (by digest), so a rebuilt kwarm:dev is rolled out.
   local digest args=()
   digest="$(image_digest kwarm/kwarm dev || true)"
-  [ -n "$digest" ] && args+=(--set "image.digest=$digest")
+  [ -n "$digest" ] && args+=(--set "kwarmImage.digest=$digest")
   (
     set -x
     helm upgrade --install "$RELEASE" deploy/helm --namespace "$NS" --create-namespace \

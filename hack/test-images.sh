@@ -14,6 +14,9 @@
 #   127.0.0.1:5000/test/large:v1    8 MiB   1  a bigger pull (disk accounting, slow pulls)
 #   127.0.0.1:5000/test/layers:v1   768 KiB 3  several layers (3 x 256 KiB)
 #   127.0.0.1:5001/private/secret:v1  4 KiB 1  in the registry that requires a login (pull secrets)
+#   127.0.0.1:5000/che-incubator/che-code:next              4 KiB 1  the images kubernetes-image-puller's
+#   127.0.0.1:5000/devfile/base-developer-image:ubi9-latest 4 KiB 1  own values and templates name; the
+#     real node's containerd serves quay.io/... from here (hack/cluster-up.sh MIRRORED_REGISTRIES)
 # Every image has /label (its own reference) and /data/* (the random files).
 # shellcheck source=hack/lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -29,6 +32,8 @@ IMAGES=(
   "test/medium:v1 1048576"
   "test/large:v1 8388608"
   "test/layers:v1 262144 262144 262144"
+  "che-incubator/che-code:next 4096"
+  "devfile/base-developer-image:ubi9-latest 4096"
 )
 
 # SEED SIZE -> deterministic pseudo-random bytes on stdout (AES-CTR keystream of a fixed key)

@@ -979,11 +979,26 @@ async fn send_events(
     recorder: Recorder,
     mut queue: tokio::sync::mpsc::Receiver<(KwarmEvent, ObjectReference)>,
 ) {
+    // Without the right to write Events (a namespace-admin install cannot grant events.k8s.io),
+    // kwarm says so once and drops them, instead of one warning per Event.
+    let mut forbidden = false;
     while let Some((event, reference)) = queue.recv().await {
+        if forbidden {
+            continue;
+        }
         if let Err(e) = with_timeout(API_TIMEOUT, recorder.publish(&event, &reference)).await {
-            let deployment =
-                format!("{}/{}", reference.namespace.unwrap_or_default(), reference.name.unwrap_or_default());
-            tracing::warn!(error = %e, %deployment, reason = %event.reason, "Could not publish event");
+            let object = format!(
+                "{} {}/{}",
+                reference.kind.unwrap_or_default(),
+                reference.namespace.unwrap_or_default(),
+                reference.name.unwrap_or_default()
+            );
+            if e.category() == "forbidden" {
+                forbidden = true;
+                tracing::warn!(error = %e, %object, "Events may not be written (RBAC): kwarm goes on without them");
+            } else {
+                tracing::warn!(error = %e, %object, reason = %event.reason, "Could not publish event");
+            }
         }
     }
 }

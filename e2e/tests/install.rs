@@ -10,10 +10,9 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
@@ -22,11 +21,12 @@ use kube::Client;
 use kube::api::{Api, ListParams};
 use kube::runtime::watcher::{self, watcher};
 use kwarm_e2e::{
-    Check, REAL_NODE, REGISTRY, SLEEP_IMAGE, client, containerd_has_image, containerd_remove_image,
-    create_namespace, delete_namespace, describe_events, kubeconfig_path, wait_until,
+    REGISTRY, SLEEP_IMAGE, client, containerd_has_image, containerd_remove_image, create_namespace,
+    delete_namespace,
 };
 use serde_json::{Value, json};
-use support::{holder_images, wait_holders_ready};
+use support::holder_images;
+use support::tools::*;
 
 const RELEASE: &str = "kwarm";
 const LOCAL_VALUES: &str = "deploy/helm/ci/local-cluster-values.yaml";
@@ -35,236 +35,9 @@ const LOCAL_OVERLAY: &str = "deploy/kustomize/overlays/local-cluster";
 const OVERLAY_NS: &str = "kwarm-local";
 /// Every holder pod carries this label (and `app.kubernetes.io/instance=<DaemonSet name>`).
 const HOLDER_LABEL: &str = "app.kubernetes.io/name=kwarm";
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(240);
 
 fn image(name: &str) -> String {
     format!("{REGISTRY}/test/{name}")
-}
-
-// --- tools ---------------------------------------------------------------------------------------
-
-fn root() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    dir.canonicalize().unwrap_or(dir)
-}
-
-fn cache_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("KWARM_CACHE_DIR") {
-        return PathBuf::from(dir);
-    }
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache"));
-    base.join("kwarm")
-}
-
-/// A version from hack/versions.sh (`NAME="${NAME:-v1.2.3}"`), the environment winning as there.
-fn pinned_version(name: &str) -> Result<String> {
-    if let Ok(v) = std::env::var(name)
-        && !v.is_empty()
-    {
-        return Ok(v);
-    }
-    let text =
-        std::fs::read_to_string(root().join("hack/versions.sh")).context("reading hack/versions.sh")?;
-    let prefix = format!("{name}=\"${{{name}:-");
-    text.lines()
-        .find_map(|l| l.trim().strip_prefix(&prefix).and_then(|r| r.strip_suffix("}\"")).map(str::to_owned))
-        .with_context(|| format!("no {name} in hack/versions.sh"))
-}
-
-/// The cached build of helm or kubectl (hack/build-bins.sh), else the one on PATH.
-fn tool(name: &str) -> Result<PathBuf> {
-    let version = pinned_version(if name == "helm" { "HELM_VERSION" } else { "KUBE_VERSION" })?;
-    let cached = cache_dir().join("bin").join(format!("{name}-{version}"));
-    Ok(if cached.exists() { cached } else { PathBuf::from(name) })
-}
-
-/// Runs a program from the repository root with the cluster's KUBECONFIG and the cached tools on
-/// PATH; returns stdout, or an error with the command line and stderr.
-async fn run(program: &Path, args: &[&str], stdin: Option<&str>) -> Result<String> {
-    use tokio::io::AsyncWriteExt;
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let mut dirs = vec![cache_dir().join("path")];
-    dirs.extend(std::env::split_paths(&path));
-    let shown = format!("{} {}", program.display(), args.join(" "));
-    let mut child = tokio::process::Command::new(program)
-        .args(args)
-        .current_dir(root())
-        .env("KUBECONFIG", kubeconfig_path())
-        .env("PATH", std::env::join_paths(dirs)?)
-        .stdin(if stdin.is_some() { std::process::Stdio::piped() } else { std::process::Stdio::null() })
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("starting {shown}"))?;
-    if let Some(text) = stdin {
-        let mut pipe = child.stdin.take().context("stdin")?;
-        pipe.write_all(text.as_bytes()).await?;
-        drop(pipe);
-    }
-    let output = tokio::time::timeout(COMMAND_TIMEOUT, child.wait_with_output())
-        .await
-        .with_context(|| format!("{shown}: still running after {}s", COMMAND_TIMEOUT.as_secs()))??;
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    if !output.status.success() {
-        bail!(
-            "{shown} failed ({}):\n{}\n{}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim(),
-            stdout.trim()
-        );
-    }
-    Ok(stdout)
-}
-
-async fn helm(args: &[&str]) -> Result<String> {
-    run(&tool("helm")?, args, None).await
-}
-
-async fn kubectl(args: &[&str], stdin: Option<&str>) -> Result<String> {
-    run(&tool("kubectl")?, args, stdin).await
-}
-
-/// `hack/process-template.py ARGS...` → the processed v1 List.
-async fn process_template(args: &[&str]) -> Result<Value> {
-    let mut full = vec!["hack/process-template.py"];
-    full.extend_from_slice(args);
-    let out = run(Path::new("python3"), &full, None).await?;
-    serde_json::from_str(&out).context("the processor's output is not JSON")
-}
-
-/// The processor's exit failure text (for the cases that must fail).
-async fn process_template_error(args: &[&str]) -> Result<String> {
-    let mut full = vec!["hack/process-template.py"];
-    full.extend_from_slice(args);
-    match run(Path::new("python3"), &full, None).await {
-        Ok(out) => bail!("processing {args:?} should have failed; it printed:\n{out}"),
-        Err(e) => Ok(format!("{e:#}")),
-    }
-}
-
-/// YAML documents (e.g. `helm template` output) → JSON values, through PyYAML as the processor.
-async fn yaml_documents(yaml: &str) -> Result<Vec<Value>> {
-    let script = "import sys, json, yaml\nprint(json.dumps([d for d in yaml.safe_load_all(sys.stdin) if d]))";
-    let out = run(Path::new("python3"), &["-c", script], Some(yaml)).await?;
-    Ok(serde_json::from_str(&out)?)
-}
-
-fn find<'a>(objects: &'a [Value], kind: &str) -> Result<&'a Value> {
-    objects.iter().find(|o| o["kind"] == kind).with_context(|| format!("no {kind} among the objects"))
-}
-
-/// Whether a key appears anywhere in a JSON tree.
-fn has_key(value: &Value, key: &str) -> bool {
-    match value {
-        Value::Object(map) => map.iter().any(|(k, v)| k == key || has_key(v, key)),
-        Value::Array(items) => items.iter().any(|v| has_key(v, key)),
-        _ => false,
-    }
-}
-
-/// ConfigMap data → environment, then `kwarm check` on it: the manager accepts what was rendered.
-async fn kwarm_check(config_map: &Value) -> Result<String> {
-    let data = config_map["data"].as_object().context("ConfigMap without data")?;
-    let output = tokio::process::Command::new(support::kwarm_bin())
-        .arg("check")
-        .env_clear()
-        .envs(data.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned())))
-        .output()
-        .await
-        .context("running kwarm check (make build)")?;
-    let text =
-        format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    ensure!(output.status.success(), "kwarm check refused the rendered ConfigMap {data:?}:\n{text}");
-    Ok(text)
-}
-
-// --- holder pods --------------------------------------------------------------------------------
-
-fn is_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-fn pod_images(pod: &Pod) -> Vec<String> {
-    pod.spec
-        .as_ref()
-        .map(|s| s.containers.iter().filter_map(|c| c.image.clone()).collect())
-        .unwrap_or_default()
-}
-
-/// Holder pods on the real node, ready, not being deleted, holding `image`.
-fn ready_holders_of(pods: &BTreeMap<String, Pod>, image: &str) -> usize {
-    pods.values()
-        .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(REAL_NODE))
-        .filter(|p| p.metadata.deletion_timestamp.is_none() && is_ready(p))
-        .filter(|p| pod_images(p).iter().any(|i| i == image))
-        .count()
-}
-
-async fn wait_gone<K>(api: &Api<K>, name: &str, what: &str, timeout: Duration) -> Result<()>
-where
-    K: kube::Resource + Clone + k8s_openapi::serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    wait_until(what, timeout, || async {
-        Ok(match api.get_opt(name).await? {
-            None => Check::Done(()),
-            Some(_) => Check::Pending(format!("{name} still there")),
-        })
-    })
-    .await
-}
-
-/// UIDs of the manager's running pods (not being deleted).
-async fn manager_pod_uids(client: &Client, ns: &str) -> Result<Vec<String>> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let list = pods.list(&ListParams::default().labels("app.kubernetes.io/name=kwarm-manager")).await?;
-    Ok(list
-        .items
-        .into_iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .filter_map(|p| p.metadata.uid)
-        .collect())
-}
-
-async fn wait_no_pods(client: &Client, ns: &str, selector: &str, timeout: Duration) -> Result<()> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    wait_until(&format!("no pods {selector} in {ns}"), timeout, || async {
-        let list = pods.list(&ListParams::default().labels(selector)).await?;
-        Ok(if list.items.is_empty() {
-            Check::Done(())
-        } else {
-            Check::Pending(format!("{} pods left", list.items.len()))
-        })
-    })
-    .await
-}
-
-/// Waits for the holders, or fails with the namespace's pods, events and the manager's log.
-async fn holders_ready_or_explain(
-    client: &Client,
-    ns: &str,
-    ds: &str,
-    holders: usize,
-    manager: &str,
-) -> Result<DaemonSet> {
-    match wait_holders_ready(client, ns, ds, holders, Duration::from_secs(150)).await {
-        Ok(d) => Ok(d),
-        Err(e) => {
-            let pods = kubectl(&["-n", ns, "get", "pods", "-o", "wide"], None).await.unwrap_or_default();
-            let logs =
-                kubectl(&["-n", ns, "logs", &format!("deployment/{manager}"), "--tail=40"], None).await;
-            bail!(
-                "{e:#}\npods:\n{pods}\nevents:\n{}\nmanager log:\n{}",
-                describe_events(client, ns).await,
-                logs.unwrap_or_else(|e| format!("{e:#}"))
-            )
-        }
-    }
 }
 
 // --- Helm --------------------------------------------------------------------------------------
@@ -565,33 +338,8 @@ const TEMPLATES: [&str; 3] =
 #[tokio::test]
 async fn openshift_templates_process_and_apply() -> Result<()> {
     let started = Instant::now();
-    // Parameters: the puller's names are all there, across the three templates.
-    let mut names = String::new();
-    for t in TEMPLATES {
-        names += &run(Path::new("python3"), &["hack/process-template.py", t, "--parameters"], None).await?;
-    }
-    for p in [
-        "SERVICEACCOUNT_NAME",
-        "IMAGE",
-        "IMAGE_TAG",
-        "DEPLOYMENT_NAME",
-        "DAEMONSET_NAME",
-        "CACHING_INTERVAL_HOURS",
-        "CACHING_MEMORY_REQUEST",
-        "CACHING_MEMORY_LIMIT",
-        "CACHING_CPU_REQUEST",
-        "CACHING_CPU_LIMIT",
-        "NAMESPACE",
-        "NODE_SELECTOR",
-        "IMAGE_PULL_SECRETS",
-        "AFFINITY",
-        "KIP_IMAGE",
-        "TOLERATIONS",
-        "IMAGES",
-    ] {
-        ensure!(names.lines().any(|l| l.split_whitespace().next() == Some(p)), "no parameter {p}:\n{names}");
-    }
-
+    // (That every parameter of kubernetes-image-puller's templates is accepted, with its default,
+    // is checked against the puller's own templates in puller.rs.)
     // Defaults: every template processes with no parameter; typed values from ${{...}}; no UIDs.
     let mut defaults = Vec::new();
     for t in TEMPLATES {
@@ -604,8 +352,15 @@ async fn openshift_templates_process_and_apply() -> Result<()> {
     }
     let deployment = find(&defaults, "Deployment")?;
     let spec = &deployment["spec"]["template"]["spec"];
-    assert_eq!(deployment["metadata"]["name"], "kwarm");
-    assert_eq!(deployment["metadata"]["namespace"], "kwarm");
+    // the puller's names and defaults; nothing pinned to a namespace (the current project decides)
+    assert_eq!(deployment["metadata"]["name"], "kubernetes-image-puller");
+    assert_eq!(spec["serviceAccountName"], "k8s-image-puller");
+    assert_eq!(spec["containers"][0]["envFrom"][0]["configMapRef"]["name"], "k8s-image-puller");
+    assert_eq!(spec["containers"][0]["resources"]["limits"]["cpu"], "200m");
+    ensure!(
+        !defaults.iter().any(|o| o["metadata"].get("namespace").is_some()),
+        "a template pins metadata.namespace"
+    );
     assert_eq!(deployment["spec"]["replicas"], json!(1), "${{{{REPLICAS}}}} gives a number");
     assert_eq!(spec["hostNetwork"], json!(false), "${{{{HOST_NETWORK}}}} gives a boolean");
     assert_eq!(spec["containers"][0]["image"], "ghcr.io/kwarm/kwarm:v0.1.0");
@@ -613,12 +368,16 @@ async fn openshift_templates_process_and_apply() -> Result<()> {
     assert_eq!(spec["containers"][0]["env"][4]["value"], ":8080");
     assert_eq!(deployment["metadata"]["labels"]["app.kubernetes.io/part-of"], "kwarm", "template labels");
     let cm = find(&defaults, "ConfigMap")?;
+    assert_eq!(cm["metadata"]["name"], "k8s-image-puller");
     assert_eq!(cm["data"]["CACHING_INTERVAL_HOURS"], "1");
     assert_eq!(cm["data"]["NODE_SELECTOR"], "{}");
+    assert_eq!(cm["data"]["NAMESPACE"], "k8s-image-puller");
+    assert_eq!(cm["data"]["DAEMONSET_NAME"], "kubernetes-image-puller");
+    assert_eq!(cm["data"]["CACHING_MEMORY_REQUEST"], "10Mi");
     kwarm_check(cm).await?;
 
     // Required parameters cannot be emptied; unknown ones are refused.
-    let err = process_template_error(&["openshift/app.yaml", "-p", "NAMESPACE="]).await?;
+    let err = process_template_error(&["openshift/configmap.yaml", "-p", "NAMESPACE="]).await?;
     ensure!(err.contains("parameter NAMESPACE is required and must be specified"), "{err}");
     let err = process_template_error(&["openshift/configmap.yaml", "-p", "NO_SUCH=1"]).await?;
     ensure!(err.contains(r#"unknown parameter name "NO_SUCH""#), "{err}");
@@ -628,7 +387,7 @@ async fn openshift_templates_process_and_apply() -> Result<()> {
     let client = client().await?;
     let ns = create_namespace(&client, "kwarm-e2e-openshift-").await?;
     let result = openshift_apply(&client, &ns).await;
-    let cluster_name = format!("kwarm-{ns}-kwarm");
+    let cluster_name = format!("kwarm-{ns}-k8s-image-puller");
     let _ = kubectl(&["delete", "clusterrole,clusterrolebinding", &cluster_name, "--ignore-not-found"], None)
         .await;
     delete_namespace(&client, &ns, Duration::from_secs(120)).await?;
@@ -710,8 +469,6 @@ async fn openshift_apply(client: &Client, ns: &str) -> Result<()> {
             process_template(&[
                 "openshift/app.yaml",
                 "-p",
-                &ns_param,
-                "-p",
                 &format!("IMAGE={REGISTRY}/kwarm/kwarm"),
                 "-p",
                 "IMAGE_TAG=dev",
@@ -728,17 +485,23 @@ async fn openshift_apply(client: &Client, ns: &str) -> Result<()> {
         )?,
     ];
     let t = Instant::now();
+    // `oc apply` puts the objects into the current project; `kubectl apply -n` does the same.
     for list in &processed {
         let text = serde_json::to_string(list)?;
-        kubectl(&["apply", "--server-side", "--dry-run=server", "-f", "-"], Some(&text)).await?;
+        kubectl(&["apply", "-n", ns, "--server-side", "--dry-run=server", "-f", "-"], Some(&text)).await?;
     }
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
-    ensure!(deployments.get_opt("kwarm").await?.is_none(), "the dry-run created the Deployment");
+    ensure!(
+        deployments.get_opt("kubernetes-image-puller").await?.is_none(),
+        "the dry-run created the Deployment"
+    );
     println!("server-side dry-run of the processed templates: {} ms", t.elapsed().as_millis());
     for list in &processed {
-        kubectl(&["apply", "--server-side", "-f", "-"], Some(&serde_json::to_string(list)?)).await?;
+        kubectl(&["apply", "-n", ns, "--server-side", "-f", "-"], Some(&serde_json::to_string(list)?))
+            .await?;
     }
-    let ds = holders_ready_or_explain(client, ns, "kwarm", 1, "kwarm").await?;
+    let ds =
+        holders_ready_or_explain(client, ns, "kubernetes-image-puller", 1, "kubernetes-image-puller").await?;
     assert_eq!(holder_images(&ds), vec![held.clone()]);
     ensure!(
         containerd_has_image(&held).await?,
@@ -750,19 +513,6 @@ async fn openshift_apply(client: &Client, ns: &str) -> Result<()> {
         "off OpenShift the holders keep kwarm's fixed UID (the route.openshift.io API is absent)"
     );
     Ok(())
-}
-
-/// The local cluster's knobs on the processed app template (as the local-cluster overlay does):
-/// the API server on the host (no kube-proxy) and the real node only.
-fn local_cluster_knobs(mut list: Value) -> Result<Value> {
-    let items = list["items"].as_array_mut().context("no items")?;
-    let deployment = items.iter_mut().find(|o| o["kind"] == "Deployment").context("no Deployment")?;
-    let pod = &mut deployment["spec"]["template"]["spec"];
-    pod["nodeSelector"] = json!({"kubernetes.io/hostname": REAL_NODE});
-    let env = pod["containers"][0]["env"].as_array_mut().context("no env")?;
-    env.push(json!({"name": "KUBERNETES_SERVICE_HOST", "value": "127.0.0.1"}));
-    env.push(json!({"name": "KUBERNETES_SERVICE_PORT", "value": "6443"}));
-    Ok(list)
 }
 
 // --- kustomize --------------------------------------------------------------------------------
@@ -836,11 +586,4 @@ async fn kustomize_apply_then_delete_leaves_nothing() -> Result<()> {
     println!("kubectl delete -k → nothing left: {} ms", t.elapsed().as_millis());
     println!("kustomize apply/delete: {} s", started.elapsed().as_secs());
     Ok(())
-}
-
-/// A fresh directory under _output for the test's files.
-fn tempdir(name: &str) -> Result<PathBuf> {
-    let dir = root().join("_output/e2e-install").join(format!("{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    Ok(dir)
 }

@@ -42,12 +42,27 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: manager
 {{- end -}}
 
-{{/* The manager's image reference. */}}
+{{/* Whether image.repository names kubernetes-image-puller's image (any registry or mirror). */}}
+{{- define "kwarm.pullerImage" -}}
+{{- $last := .Values.image.repository | default "" | splitList "/" | last | default "" -}}
+{{- if contains "kubernetes-image-puller" ($last | lower) }}true{{ end -}}
+{{- end -}}
+
+{{/* The image image.* names, as the puller chart writes it (for NOTES and the log). */}}
+{{- define "kwarm.givenImage" -}}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default "latest" | toString) -}}
+{{- end -}}
+
+{{/* The manager's image reference: image.*, or kwarmImage.* when that is empty or the puller's. */}}
 {{- define "kwarm.image" -}}
-{{- if .Values.image.digest -}}
-{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- $i := .Values.image -}}
+{{- if or (not $i.repository) (include "kwarm.pullerImage" .) -}}
+{{- $i = .Values.kwarmImage -}}
+{{- end -}}
+{{- if $i.digest -}}
+{{- printf "%s@%s" $i.repository $i.digest -}}
 {{- else -}}
-{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default (printf "v%s" .Chart.AppVersion) | toString) -}}
+{{- printf "%s:%s" $i.repository ($i.tag | default (printf "v%s" .Chart.AppVersion) | toString) -}}
 {{- end -}}
 {{- end -}}
 
@@ -92,4 +107,14 @@ the default. Arguments: (list VALUE DEFAULT).
 {{/* Whether the DaemonSet lives in the release namespace (then the Deployment can own it). */}}
 {{- define "kwarm.sameNamespace" -}}
 {{- if eq (include "kwarm.targetNamespace" .) .Release.Namespace -}}true{{- end -}}
+{{- end -}}
+
+{{/* WATCH_NAMESPACES: configMap.watchNamespaces; "*" is the release namespace without cluster-wide RBAC. */}}
+{{- define "kwarm.watchNamespaces" -}}
+{{- $list := include "kwarm.list" (list .Values.configMap.watchNamespaces ",") | trim -}}
+{{- if and (not .Values.rbac.clusterWide) (or (eq $list "*") (eq $list "")) -}}
+{{- .Release.Namespace -}}
+{{- else -}}
+{{- $list -}}
+{{- end -}}
 {{- end -}}

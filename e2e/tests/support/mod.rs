@@ -15,6 +15,8 @@ use kube::api::{Api, ListParams};
 use kwarm_e2e::{Check, SLEEP_IMAGE, kubeconfig_path, wait_until};
 use tokio::process::{Child, Command};
 
+pub mod tools;
+
 /// The manager binary: `KWARM_BIN`, else the static build that also goes into the image.
 pub fn kwarm_bin() -> PathBuf {
     std::env::var_os("KWARM_BIN")
