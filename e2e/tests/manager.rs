@@ -311,3 +311,76 @@ fn dynamic_api(client: &kube::Client, ns: &str, kind: &str) -> Result<Api<kube::
     };
     Ok(Api::namespaced_with(client.clone(), ns, &resource))
 }
+
+/// A DaemonSet of kwarm's name that selects other pods (kubernetes-image-puller's) can never be
+/// applied to: kwarm leaves it alone, says why once (log and an Event on it), and creates its own
+/// as soon as the name is free.
+#[tokio::test]
+async fn a_daemonset_of_the_same_name_that_is_not_kwarms_is_left_alone_until_the_name_is_free() -> Result<()>
+{
+    const NAME: &str = "kubernetes-image-puller";
+    let client = client().await?;
+    let ns = restricted_namespace(&client, "kwarm-e2e-nameinuse-").await?;
+    let daemonsets: Api<DaemonSet> = Api::namespaced(client.clone(), &ns);
+    let labels = serde_json::json!({"test": "daemonset-test", "app.kubernetes.io/name": "image-puller"});
+    let pullers: DaemonSet = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": NAME},
+        "spec": {
+            "selector": {"matchLabels": labels},
+            "template": {"metadata": {"labels": labels}, "spec": {
+                "nodeSelector": {"kubernetes.io/hostname": REAL_NODE},
+                "containers": [{"name": "sleep", "image": kwarm_e2e::SLEEP_IMAGE, "command": ["/sleep"]}]}}
+        }
+    }))?;
+    let created = daemonsets.create(&PostParams::default(), &pullers).await?;
+
+    let mut env = base_env(&ns);
+    env.insert("DAEMONSET_NAME".into(), NAME.into());
+    env.insert("IMAGES".into(), SMALL.into());
+    let mut manager = Manager::start("kwarm-nameinuse", &env).await?;
+    let result = async {
+        manager.wait_ready(Duration::from_secs(30)).await?;
+        let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), &ns);
+        let params = kube::api::ListParams::default().fields(&format!("involvedObject.name={NAME}"));
+        let note =
+            wait_until("a NameInUse Event on the puller's DaemonSet", Duration::from_secs(30), || async {
+                let list = events.list(&params).await?;
+                Ok(match list.items.into_iter().find(|e| e.reason.as_deref() == Some("NameInUse")) {
+                    Some(e) => Check::Done(e.message.unwrap_or_default()),
+                    None => Check::Pending("no NameInUse event yet".into()),
+                })
+            })
+            .await?;
+        ensure!(
+            note.contains("kubernetes-image-puller's DaemonSet") && note.contains("DAEMONSET_NAME"),
+            "{note}"
+        );
+        // A few reconciles later (a resync, a pod change) nothing was written and nothing failed.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let live = daemonsets.get(NAME).await?;
+        assert_eq!(
+            live.metadata.generation, created.metadata.generation,
+            "kwarm changed the foreign DaemonSet"
+        );
+        let log = manager.log_text();
+        ensure!(!log.contains("Reconcile failed"), "the manager keeps failing:\n{log}");
+        ensure!(
+            log.matches("exists and is kubernetes-image-puller's DaemonSet").count() == 1,
+            "said more than once:\n{log}"
+        );
+
+        // The name becomes free: kwarm's own DaemonSet follows at once.
+        let freed = Instant::now();
+        daemonsets.delete(NAME, &DeleteParams::foreground()).await?;
+        let ds = wait_holders_ready(&client, &ns, NAME, 1, Duration::from_secs(120)).await?;
+        assert_eq!(holder_images(&ds), vec![SMALL.to_string()]);
+        ensure!(containerd_has_image(SMALL).await?, "{SMALL} is not in containerd");
+        println!("name free → kwarm's DaemonSet ready: {} ms", freed.elapsed().as_millis());
+        ensure!(manager.log_text().contains("The DaemonSet name is free"), "{}", manager.log_text());
+        Ok(())
+    }
+    .await;
+    let _ = manager.stop().await;
+    delete_namespace(&client, &ns, Duration::from_secs(120)).await?;
+    result
+}
