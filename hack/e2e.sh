@@ -3,7 +3,8 @@
 # End-to-end tests on the real local cluster.
 #   - starts the cluster when it is not up, and then stops it at the end (also on failure or ^C);
 #     a cluster that was already up is left running
-#   - pushes the test images (hack/test-images.sh) and the kwarm images (make images)
+#   - pushes the test images (hack/test-images.sh), the kwarm images (make images) and the peers'
+#     (hack/peers.sh: kubernetes-image-puller built from its source archive, when present)
 #   - runs `cargo test -p kwarm-e2e -- --test-threads=1 ARGS...` and exits with its status
 # Usage: hack/e2e.sh [extra cargo test args, e.g. a test name filter]
 #   KEEP_CLUSTER=1   do not stop a cluster this script started
@@ -73,6 +74,9 @@ main() {
   fi
   phase "test images" "$HACK_DIR/test-images.sh"
   phase "kwarm images" push_kwarm_images
+  # the peers' binaries and images (kubernetes-image-puller), for the compatibility tests; without
+  # their sources those tests report themselves skipped
+  phase "peer images" "$HACK_DIR/peers.sh"
   phase "cargo test -p kwarm-e2e" run_tests "$@"
   log "e2e: tests $([ "$TEST_STATUS" -eq 0 ] && echo passed || echo "FAILED (status $TEST_STATUS)") in $((SECONDS - t0))s"
   exit "$TEST_STATUS"

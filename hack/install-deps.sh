@@ -19,6 +19,7 @@ REQUIRED=(
   apache2-utils              # htpasswd, for registry auth tests
   jq                         # JSON in scripts
   python3-yaml               # hack/process-template.py (OpenShift templates without oc)
+  busybox-static             # a static /bin/sh for kubernetes-image-puller's image (hack/peers.sh)
   curl                       # health endpoints
   util-linux                 # setsid, mount/umount, nsenter
   procps                     # ps, pgrep for teardown checks

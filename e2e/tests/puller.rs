@@ -427,3 +427,262 @@ async fn namespace_admin_install(client: &Client, ns: &str) -> Result<()> {
 async fn kubectl_as(kubeconfig: &std::path::Path, args: &[&str], stdin: Option<&str>) -> Result<String> {
     run_as(kubeconfig, &tool("kubectl")?, args, stdin).await
 }
+
+// --- migration from the real puller --------------------------------------------------------------
+
+/// What the sampler saw: for every node × image, how many running holders there were.
+#[derive(Debug, Default)]
+struct CoverageReport {
+    samples: usize,
+    /// The smallest number of running holders of one image on one node, over all samples.
+    min: usize,
+    /// The first sample where some node held no running holder of an image.
+    first_gap: Option<String>,
+    errors: usize,
+}
+
+/// Running holders per (node, container name) in the pods given.
+fn running_holders(
+    pods: &[k8s_openapi::api::core::v1::Pod],
+) -> std::collections::BTreeMap<(String, String), usize> {
+    let mut count = std::collections::BTreeMap::new();
+    for pod in pods.iter().filter(|p| p.metadata.deletion_timestamp.is_none()) {
+        let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) else { continue };
+        for status in pod.status.iter().flat_map(|s| s.container_statuses.iter().flatten()) {
+            if status.state.as_ref().is_some_and(|s| s.running.is_some()) {
+                *count.entry((node.clone(), status.name.clone())).or_insert(0) += 1;
+            }
+        }
+    }
+    count
+}
+
+/// Every 200 ms until `stop`: every node in `nodes` must run a holder of every container name in
+/// `holders`, counting the pods of both DaemonSets (the puller's and kwarm's).
+async fn sample_coverage(
+    client: Client,
+    sources: Vec<(String, String)>,
+    nodes: Vec<String>,
+    holders: Vec<String>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> CoverageReport {
+    let mut report = CoverageReport { min: usize::MAX, ..Default::default() };
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let started = Instant::now();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => break,
+        }
+        let mut pods = Vec::new();
+        let mut failed = false;
+        for (ns, selector) in &sources {
+            let api: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), ns);
+            match api.list(&kube::api::ListParams::default().labels(selector)).await {
+                Ok(list) => pods.extend(list.items),
+                Err(_) => failed = true,
+            }
+        }
+        if failed {
+            report.errors += 1;
+            continue;
+        }
+        let count = running_holders(&pods);
+        report.samples += 1;
+        for node in &nodes {
+            for holder in &holders {
+                let n = count.get(&(node.clone(), holder.clone())).copied().unwrap_or(0);
+                if n < report.min {
+                    report.min = n;
+                }
+                if n == 0 && report.first_gap.is_none() {
+                    report.first_gap =
+                        Some(format!("{holder} on {node} at {} ms", started.elapsed().as_millis()));
+                }
+            }
+        }
+    }
+    report
+}
+
+#[tokio::test]
+async fn migrating_from_the_real_puller_never_leaves_a_node_without_its_images() -> Result<()> {
+    let test = "migrating_from_the_real_puller_never_leaves_a_node_without_its_images";
+    let Some(archive) = puller_archive(test) else { return Ok(()) };
+    let manifest = format!("http://{REGISTRY}/v2/eclipse/kubernetes-image-puller/manifests/next");
+    let accept = "Accept: application/vnd.oci.image.manifest.v1+json";
+    if run(std::path::Path::new("curl"), &["-fsS", "-o", "/dev/null", "-H", accept, &manifest], None)
+        .await
+        .is_err()
+    {
+        println!(
+            "SKIPPED {test}: no kubernetes-image-puller image in the local registry (hack/peers.sh builds it; hack/e2e.sh runs it)"
+        );
+        return Ok(());
+    }
+    let client = client().await?;
+    let nodes = kwarm_e2e::create_kwok_nodes(
+        &client,
+        "kwok-migration",
+        3,
+        &Default::default(),
+        Duration::from_secs(60),
+    )
+    .await?;
+    let kwarm_ns = create_namespace(&client, "kwarm-e2e-migration-").await?;
+    let result = migrate(&client, &archive, &kwarm_ns, &nodes).await;
+    let _ = helm(&[
+        "uninstall",
+        "kubernetes-image-puller",
+        "-n",
+        "k8s-image-puller",
+        "--wait",
+        "--timeout",
+        "90s",
+    ])
+    .await;
+    let _ =
+        helm(&["uninstall", "kubernetes-image-puller", "-n", &kwarm_ns, "--wait", "--timeout", "90s"]).await;
+    delete_namespace(&client, "k8s-image-puller", Duration::from_secs(120)).await?;
+    delete_namespace(&client, &kwarm_ns, Duration::from_secs(120)).await?;
+    kwarm_e2e::delete_nodes(&client, &nodes).await?;
+    result
+}
+
+async fn migrate(client: &Client, archive: &std::path::Path, kwarm_ns: &str, kwok: &[String]) -> Result<()> {
+    const NAME: &str = "kubernetes-image-puller";
+    const PULLER_NS: &str = "k8s-image-puller";
+    let dir = tempdir("migration")?;
+    let dir_str = dir.to_str().context("path")?;
+    let archive_str = archive.to_str().context("path")?;
+    run(std::path::Path::new("tar"), &["-xzf", archive_str, "-C", dir_str, "deploy/helm"], None).await?;
+    let chart = dir.join("deploy/helm");
+    let values = chart.join("values.yaml");
+    let (chart, values) = (chart.to_str().context("path")?, values.to_str().context("path")?);
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    if namespaces.get_opt(PULLER_NS).await?.is_some() {
+        delete_namespace(client, PULLER_NS, Duration::from_secs(120)).await?;
+    }
+    for image in PULLER_IMAGES {
+        containerd_remove_image(image).await?;
+    }
+
+    // 1. The puller, installed with its own chart and values (the local cluster's knobs come from
+    //    a post-renderer: host network and the API server's address, nothing else).
+    let t = Instant::now();
+    helm(&[
+        "install",
+        NAME,
+        chart,
+        "-n",
+        PULLER_NS,
+        "--create-namespace",
+        "-f",
+        values,
+        "--post-renderer",
+        "hack/local-cluster-post-renderer.py",
+        "--wait",
+        "--timeout",
+        "180s",
+    ])
+    .await?;
+    let puller_ds: Api<k8s_openapi::api::apps::v1::DaemonSet> = Api::namespaced(client.clone(), PULLER_NS);
+    let all_nodes: Vec<String> =
+        std::iter::once(kwarm_e2e::REAL_NODE.to_string()).chain(kwok.iter().cloned()).collect();
+    kwarm_e2e::wait_until("the puller's DaemonSet ready on every node", Duration::from_secs(180), || async {
+        let Some(ds) = puller_ds.get_opt(NAME).await? else {
+            return Ok(kwarm_e2e::Check::Pending("no DaemonSet".into()));
+        };
+        let s = ds.status.unwrap_or_default();
+        Ok(
+            if s.desired_number_scheduled as usize >= all_nodes.len()
+                && s.number_ready == s.desired_number_scheduled
+            {
+                kwarm_e2e::Check::Done(())
+            } else {
+                kwarm_e2e::Check::Pending(format!("ready {}/{}", s.number_ready, s.desired_number_scheduled))
+            },
+        )
+    })
+    .await?;
+    for image in PULLER_IMAGES {
+        ensure!(containerd_has_image(image).await?, "the puller did not pull {image} on the real node");
+    }
+    println!(
+        "the real puller: installed and warm on {} nodes in {} s",
+        all_nodes.len(),
+        t.elapsed().as_secs()
+    );
+
+    // The sampler watches both DaemonSets' pods from here to the end.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let sampler = tokio::spawn(sample_coverage(
+        client.clone(),
+        vec![
+            (PULLER_NS.to_string(), "app.kubernetes.io/name=image-puller".to_string()),
+            (kwarm_ns.to_string(), "app.kubernetes.io/name=kwarm".to_string()),
+        ],
+        all_nodes.clone(),
+        vec!["che-code".to_string(), "base-developer-image".to_string()],
+        stop_rx,
+    ));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // 2. README's migration: kwarm with the same values file, in a namespace of its own, until warm.
+    let migration = Instant::now();
+    helm(&[
+        "upgrade",
+        "--install",
+        NAME,
+        "deploy/helm",
+        "-n",
+        kwarm_ns,
+        "-f",
+        LOCAL_VALUES,
+        "-f",
+        values,
+        "--wait",
+        "--timeout",
+        "120s",
+    ])
+    .await?;
+    holders_ready_or_explain(client, kwarm_ns, NAME, PULLER_IMAGES.len(), NAME).await?;
+    let warm = migration.elapsed();
+    // 3. Then the puller goes (on SIGTERM it deletes its DaemonSet; its pods go with it).
+    helm(&["uninstall", NAME, "-n", PULLER_NS, "--wait", "--timeout", "90s"]).await?;
+    wait_no_pods(client, PULLER_NS, "app.kubernetes.io/name=image-puller", Duration::from_secs(90)).await?;
+    let took = migration.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop_tx.send_replace(true);
+    let report = sampler.await?;
+    println!(
+        "migration sampler: {} samples every 200 ms over {} nodes x {} images, min running holders {} \
+         (API errors {}); kwarm warm after {} ms, puller gone after {} ms",
+        report.samples,
+        all_nodes.len(),
+        PULLER_IMAGES.len(),
+        report.min,
+        report.errors,
+        warm.as_millis(),
+        took.as_millis()
+    );
+    ensure!(report.samples >= 10, "too few samples: {report:?}");
+    ensure!(report.first_gap.is_none() && report.min >= 1, "a node was without a holder: {report:?}");
+    // kwarm holds the images alone now, and they are still in containerd on the real node.
+    let kwarm_pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), kwarm_ns);
+    let pods =
+        kwarm_pods.list(&kube::api::ListParams::default().labels("app.kubernetes.io/name=kwarm")).await?;
+    let count = running_holders(&pods.items);
+    for node in &all_nodes {
+        for holder in ["che-code", "base-developer-image"] {
+            ensure!(
+                count.get(&(node.clone(), holder.to_string())).is_some_and(|n| *n >= 1),
+                "kwarm holds no {holder} on {node}"
+            );
+        }
+    }
+    for image in PULLER_IMAGES {
+        ensure!(containerd_has_image(image).await?, "{image} is gone from containerd on the real node");
+    }
+    Ok(())
+}
