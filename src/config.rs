@@ -22,6 +22,9 @@ pub const INIT_CONTAINER_NAME: &str = "kip";
 /// The default image that holds `/sleep`, overridable with `KIP_IMAGE`.
 pub const DEFAULT_KIP_IMAGE: &str = concat!("ghcr.io/kwarm/sleep:v", env!("CARGO_PKG_VERSION"));
 
+/// The shortest refresh interval accepted.
+const MIN_CACHING_INTERVAL: Duration = Duration::from_secs(60);
+
 /// The environment as strings, exactly as given. `envy` maps `IMAGES` to `images` and so on;
 /// everything is optional text so that our own checks, not serde's, produce the messages.
 #[derive(Debug, Default, Deserialize)]
@@ -369,7 +372,14 @@ impl Config {
                     _ => Err("a positive whole number of hours, e.g. 1 or 6".into()),
                 }
             });
-        let caching_interval = c.parse("CACHING_INTERVAL", &raw.caching_interval, hours, positive_duration);
+        // Each refresh may roll every holder pod: an interval of seconds would roll all the time.
+        let caching_interval = c.parse("CACHING_INTERVAL", &raw.caching_interval, hours, |v| {
+            let d = positive_duration(v)?;
+            if d < MIN_CACHING_INTERVAL {
+                return Err("a duration of at least 1m (each refresh may roll every holder pod)".into());
+            }
+            Ok(d)
+        });
 
         let resources = parse_resources(&mut c, &raw);
 

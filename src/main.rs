@@ -82,15 +82,13 @@ fn main() -> ExitCode {
     };
     let result = match cli.command.unwrap_or(Command::Run) {
         Command::Check => {
-            for w in &config.warnings {
-                println!("warning: {w}");
-            }
-            println!(
-                "Configuration is valid: {} images from IMAGES, Deployment watching {}",
+            let mut text: String = config.warnings.iter().map(|w| format!("warning: {w}\n")).collect();
+            text += &format!(
+                "Configuration is valid: {} images from IMAGES, Deployment watching {}\n",
                 config.images.len(),
                 if config.watch.enabled { "on" } else { "off" }
             );
-            Ok(())
+            write_stdout(&text)
         }
         Command::Render { output, openshift } => render(&config, output, openshift),
         Command::Status { output } => runtime().and_then(|rt| rt.block_on(status(config, output))),
@@ -116,18 +114,28 @@ fn render(config: &Config, output: Format, openshift: bool) -> anyhow::Result<()
         Format::Yaml => serde_yaml::to_string(&ds).context("encoding YAML")?,
         Format::Json => serde_json::to_string_pretty(&ds).context("encoding JSON")? + "\n",
     };
-    print!("{text}");
-    Ok(())
+    write_stdout(&text)
+}
+
+/// Writes command output. A reader that went away (`kwarm render | head`) ends the command
+/// quietly; any other write error (a full disk) is reported, never a panic.
+fn write_stdout(text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(e).context("writing the output"),
+    }
 }
 
 async fn status(config: Config, output: StatusFormat) -> anyhow::Result<()> {
     let client = kube::Client::try_default().await.context("connecting to Kubernetes")?;
     let report = controller::fetch_status(client, &config).await?;
     match output {
-        StatusFormat::Text => print!("{}", report.to_text()),
-        StatusFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        StatusFormat::Text => write_stdout(&report.to_text()),
+        StatusFormat::Json => write_stdout(&format!("{}\n", serde_json::to_string_pretty(&report)?)),
     }
-    Ok(())
 }
 
 fn init_logging(format: LogFormat) {

@@ -381,8 +381,13 @@ fn parse_go_duration(text: &str) -> Option<Duration> {
         total += number * scale;
         rest = &rest[unit.len()..];
     }
-    Some(Duration::from_secs_f64(total))
+    // The text comes from an Event anyone with create rights in the namespace can write: a number
+    // too large for a Duration (or a day, for a pull) is not a pull report, and never a panic.
+    Duration::try_from_secs_f64(total).ok().filter(|d| *d <= MAX_PULL_DURATION)
 }
+
+/// Longer than any real pull: a report beyond it is not believed.
+const MAX_PULL_DURATION: Duration = Duration::from_secs(24 * 3600);
 
 #[cfg(test)]
 mod tests;

@@ -275,3 +275,38 @@ fn variables_that_are_not_utf8_do_not_crash_kwarm() {
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn render_into_a_closed_pipe_ends_quietly_and_a_full_disk_is_an_error() {
+    use std::io::Read as _;
+    use std::process::Stdio;
+    // 400 images: far more output than a pipe buffer holds, so the write meets the closed pipe
+    let images: Vec<String> = (0..400).map(|i| format!("registry.example.com/team/app-{i}:1")).collect();
+    let env = vars(&[("IMAGES", &images.join(";")), ("MAX_IMAGES", "1000")]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kwarm"))
+        .arg("render")
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kwarm render");
+    let mut head = [0u8; 10];
+    child.stdout.take().expect("stdout").read_exact(&mut head).expect("the first bytes");
+    // the reader goes away, as `kwarm render | head -c10` does
+    let output = child.wait_with_output().expect("exit");
+    assert_eq!(output.status.code(), Some(0), "stderr: {}", text(&output.stderr));
+    assert!(output.stderr.is_empty(), "no panic, no message: {}", text(&output.stderr));
+
+    let full = std::fs::File::create("/dev/full").expect("/dev/full");
+    let output = Command::new(env!("CARGO_BIN_EXE_kwarm"))
+        .arg("render")
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdout(full)
+        .output()
+        .expect("kwarm render");
+    assert_eq!(output.status.code(), Some(1), "stderr: {}", text(&output.stderr));
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("writing the output") && !stderr.contains("panicked"), "{stderr}");
+}

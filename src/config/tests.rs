@@ -551,6 +551,11 @@ fn bad_caching_interval() {
         assert!(!rejects("CACHING_INTERVAL", bad).is_empty());
     }
     assert!(rejects("CACHING_INTERVAL", "0s").contains("greater than zero"));
+    // shorter than a minute would roll the holders all the time
+    for short in ["1ns", "1s", "59s"] {
+        assert!(rejects("CACHING_INTERVAL", short).contains("at least 1m"), "{short}");
+    }
+    assert_eq!(valid(&[("CACHING_INTERVAL", "1m")]).caching_interval, Duration::from_secs(60));
 }
 
 #[test]

@@ -628,6 +628,11 @@ fn other_kubelet_messages_are_not_pulls() {
         r#"Successfully pulled image "nginx:1.25" in soon"#,
         r#"Successfully pulled image "nginx:1.25" in 3parsecs"#,
         r#"Successfully pulled image "nginx:1.25" in "#,
+        // crafted Events: numbers no Duration can hold, or no pull takes, are not reports (no panic)
+        &format!(r#"Successfully pulled image "x" in {}s"#, "9".repeat(400)),
+        r#"Successfully pulled image "x" in 99999999999999999999h"#,
+        r#"Successfully pulled image "x" in 25h"#,
+        r#"Successfully pulled image "x" in 1.2.3s"#,
         "Created container: small",
         "",
     ] {
