@@ -82,14 +82,18 @@ impl fmt::Display for ConfigError {
 /// Something accepted but worth telling the user: `kwarm check` prints it, the manager logs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigWarning {
-    pub variable: &'static str,
+    pub variable: String,
     pub value: String,
     pub message: String,
 }
 
 impl fmt::Display for ConfigWarning {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}={:?}: {}", self.variable, self.value, self.message)
+        if self.value.is_empty() {
+            write!(f, "{}: {}", self.variable, self.message)
+        } else {
+            write!(f, "{}={:?}: {}", self.variable, self.value, self.message)
+        }
     }
 }
 
@@ -302,6 +306,10 @@ impl Config {
         let mut vars = Vec::new();
         for (key, value) in std::env::vars_os() {
             let Some(variable) = key.to_str().and_then(|k| KNOWN_VARIABLES.iter().find(|v| **v == k)) else {
+                // only the name matters (a likely typo of one of ours is worth a warning)
+                if let Some(name) = key.to_str() {
+                    vars.push((name.to_string(), String::new()));
+                }
                 continue;
             };
             match value.into_string() {
@@ -326,7 +334,18 @@ impl Config {
         own_namespace: Option<String>,
     ) -> Result<Config, ConfigErrors> {
         // Only our variables reach envy, so unrelated variables can never fail deserialisation.
-        let ours = vars.into_iter().filter(|(k, _)| KNOWN_VARIABLES.contains(&k.as_str()));
+        let (ours, others): (Vec<_>, Vec<_>) =
+            vars.into_iter().partition(|(k, _)| KNOWN_VARIABLES.contains(&k.as_str()));
+        let mut warnings: Vec<ConfigWarning> = others
+            .iter()
+            .filter_map(|(name, _)| {
+                likely_typo(name).map(|known| ConfigWarning {
+                    variable: name.clone(),
+                    value: String::new(),
+                    message: format!("not a kwarm variable, so it is ignored; did you mean {known}?"),
+                })
+            })
+            .collect();
         let raw: RawEnv = envy::from_iter(ours).map_err(|e| {
             ConfigErrors(vec![ConfigError {
                 variable: "environment",
@@ -423,7 +442,6 @@ impl Config {
             }
             Ok(names)
         });
-        let mut warnings = Vec::new();
         let kip_image = c.parse("KIP_IMAGE", &raw.kip_image, DEFAULT_KIP_IMAGE.to_string(), |v| {
             parse_image_reference(v)?;
             // The puller's own image has no `/sleep --copy-to` (its init container runs a shell
@@ -431,7 +449,7 @@ impl Config {
             // holder image takes its place, and the user is told which image that is.
             if is_puller_image(v) {
                 warnings.push(ConfigWarning {
-                    variable: "KIP_IMAGE",
+                    variable: "KIP_IMAGE".into(),
                     value: v.to_string(),
                     message: format!(
                         "kubernetes-image-puller's image has no /sleep for kwarm's init container; \
@@ -494,6 +512,20 @@ impl Config {
                 _ => Err("text or json".into()),
             }
         });
+
+        // EXCLUDE_IMAGES wins over IMAGES too: a matching image is never warmed, and the user is
+        // told which entries that drops.
+        let (images, excluded): (Vec<Holder>, Vec<Holder>) = images.into_iter().partition(|h| {
+            !(watch.image_excluded(&h.image)
+                || parse_image_reference(&h.image).is_ok_and(|canonical| watch.image_excluded(&canonical)))
+        });
+        for holder in excluded {
+            warnings.push(ConfigWarning {
+                variable: "IMAGES".into(),
+                value: format!("{}={}", holder.name, holder.image),
+                message: "matches EXCLUDE_IMAGES, so it is not warmed".into(),
+            });
+        }
 
         // Checks across variables, only when each side parsed.
         if images.is_empty() && !watch.enabled && !c.errors.iter().any(|e| e.variable == "IMAGES") {
@@ -592,6 +624,20 @@ pub const KNOWN_VARIABLES: &[&str] = &[
     "LEADER_ELECT",
     "LOG_FORMAT",
 ];
+
+/// The variable of kwarm's that `name` most likely misspells (one or two letters off), if any.
+fn likely_typo(name: &str) -> Option<&'static str> {
+    if name.len() < 5 {
+        return None;
+    }
+    KNOWN_VARIABLES
+        .iter()
+        .copied()
+        .map(|known| (strsim::osa_distance(name, known), known))
+        .filter(|(distance, _)| (1..=2).contains(distance))
+        .min()
+        .map(|(_, known)| known)
+}
 
 /// `name=image;image;...` → holders in order. Each bad entry is its own error.
 fn parse_images(c: &mut Checker, value: &str) -> Vec<Holder> {

@@ -156,7 +156,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(version = env!("CARGO_PKG_VERSION"), namespace = %config.namespace,
         daemonset = %config.daemonset_name, %identity, "Starting kwarm");
     for w in &config.warnings {
-        tracing::warn!(variable = w.variable, value = %w.value, "{}", w.message);
+        tracing::warn!(variable = %w.variable, value = %w.value, "{}", w.message);
     }
     if let Some(replaced) = std::env::var(REPLACED_IMAGE_VARIABLE).ok().filter(|v| !v.is_empty()) {
         tracing::warn!(

@@ -1224,7 +1224,7 @@ fn the_pullers_own_kip_image_is_replaced_by_kwarms_sleep_image_with_a_warning() 
         assert_eq!(c.kip_image, DEFAULT_KIP_IMAGE, "{puller}");
         assert_eq!(c.warnings.len(), 1, "{puller}: one warning");
         let w = &c.warnings[0];
-        assert_eq!((w.variable, w.value.as_str()), ("KIP_IMAGE", puller.as_str()));
+        assert_eq!((w.variable.as_str(), w.value.as_str()), ("KIP_IMAGE", puller.as_str()));
         assert!(w.message.contains(DEFAULT_KIP_IMAGE), "names the image used instead: {w}");
         assert!(w.message.contains("mirror"), "tells air-gapped users what to do: {w}");
     }
@@ -1264,4 +1264,48 @@ fn images_with_the_pullers_separators_and_whitespace() {
     // an entry with two `=` is ambiguous: an error naming it
     let e = problem(&[("IMAGES", "a=b=nginx:1")]);
     assert_eq!((e.variable, e.value.as_str()), ("IMAGES", "a=b=nginx:1"));
+}
+
+#[test]
+fn a_likely_typo_of_a_variable_is_a_warning() {
+    let c = valid(&[("IMAGES", "nginx:1"), ("CACHING_MEMORY_REQEST", "5Mi"), ("IMAGE_PULL_SECRET", "s")]);
+    let shown: Vec<String> = c.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        shown,
+        vec![
+            "CACHING_MEMORY_REQEST: not a kwarm variable, so it is ignored; did you mean CACHING_MEMORY_REQUEST?",
+            "IMAGE_PULL_SECRET: not a kwarm variable, so it is ignored; did you mean IMAGE_PULL_SECRETS?",
+        ]
+    );
+    // the rest of the environment is none of kwarm's business
+    let c = valid(&[
+        ("IMAGES", "nginx:1"),
+        ("PATH", "/bin"),
+        ("HOSTNAME", "x"),
+        ("POD_NAMESPACE", "ns"),
+        ("KUBERNETES_SERVICE_HOST", "10.0.0.1"),
+        ("RUST_LOG", "info"),
+    ]);
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+}
+
+#[test]
+fn exclude_images_applies_to_images_too() {
+    let c = valid(&[
+        ("IMAGES", "a=nginx:1;b=registry.example.com/team/debug:1;c=redis:7"),
+        ("EXCLUDE_IMAGES", "*/debug:*,docker.io/library/redis"),
+    ]);
+    let names: Vec<&str> = c.images.iter().map(|h| h.name.as_str()).collect();
+    assert_eq!(names, ["a"], "matching entries are not warmed");
+    let shown: Vec<String> = c.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        shown,
+        vec![
+            r#"IMAGES="b=registry.example.com/team/debug:1": matches EXCLUDE_IMAGES, so it is not warmed"#,
+            r#"IMAGES="c=redis:7": matches EXCLUDE_IMAGES, so it is not warmed"#,
+        ]
+    );
+    // nothing left to warm and no Deployment watching: the usual error
+    let e = problem(&[("IMAGES", "redis:7"), ("EXCLUDE_IMAGES", "redis"), ("WATCH_DEPLOYMENTS", "false")]);
+    assert_eq!(e.variable, "IMAGES");
 }
