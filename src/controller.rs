@@ -34,7 +34,7 @@ use crate::images::{
 };
 use crate::metrics::{CategoryLabel, StateLabel, StatusLabel, WatchLabel};
 use crate::status::{
-    ImageStatus, PersistedState, PodHolders, Quarantine, QuarantinePolicy, image_statuses,
+    ImageStatus, PersistedState, PodHolders, Quarantine, QuarantinePolicy, STATE_MAX_BYTES, image_statuses,
     parse_pulled_message, pod_holders,
 };
 
@@ -113,6 +113,8 @@ struct Controller {
     applied_images: Option<BTreeSet<String>>,
     overflow_reported: BTreeSet<String>,
     init_failure_reported: bool,
+    /// Whether trimming the state annotation to its budget was reported (until it fits again).
+    state_trimmed_reported: bool,
     /// UID of a foreign DaemonSet holding kwarm's name, once reported.
     name_in_use_reported: Option<String>,
 
@@ -163,6 +165,7 @@ pub async fn run(
         overflow_reported: BTreeSet::new(),
         init_failure_reported: false,
         name_in_use_reported: None,
+        state_trimmed_reported: false,
         mirrored_secrets: BTreeMap::new(),
         next_secret_sync: Instant::now(),
         next_resync: Instant::now() + RESYNC,
@@ -519,7 +522,7 @@ impl Controller {
         if let Some(state) = live.annotations().get(STATE_ANNOTATION) {
             match serde_json::from_str::<PersistedState>(state) {
                 Ok(state) => {
-                    self.tracker.restore_released(state.retained_times());
+                    self.tracker.restore_released(state.retained_times(SystemTime::now()));
                     self.quarantine = Quarantine::restore(state.quarantined);
                 }
                 Err(e) => tracing::warn!(error = %e, "Ignoring unreadable kwarm.io/state annotation"),
@@ -657,16 +660,25 @@ impl Controller {
         }
         let extra_pull_secrets = self.sync_pull_secrets().await?;
         let state = PersistedState::new(self.tracker.released(), &self.quarantine);
+        let state = (!state.is_empty()).then(|| {
+            let (text, dropped) = state.encode_bounded(STATE_MAX_BYTES);
+            if dropped > 0 && !self.state_trimmed_reported {
+                tracing::warn!(
+                    dropped,
+                    max_bytes = STATE_MAX_BYTES,
+                    "kwarm.io/state too large: the images released longest ago are not kept for retention"
+                );
+            }
+            self.state_trimmed_reported = dropped > 0;
+            text
+        });
         let input = RenderInput {
             holders: plan.holders,
             extra_pull_secrets,
             openshift: self.openshift,
             owner: self.owner.clone(),
             refreshed_at: self.refreshed_at.clone(),
-            state: (!state.is_empty())
-                .then(|| serde_json::to_string(&state))
-                .transpose()
-                .map_err(|source| Error::Encode { what: "kwarm.io/state", source })?,
+            state,
         };
         let desired = render_daemonset(&config, &input);
         if let Some(live) = &self.live

@@ -259,7 +259,8 @@ impl Quarantine {
             if s.failing_everywhere() {
                 let since = *self.failing_since.entry(s.image.clone()).or_insert(now);
                 if elapsed(since) >= policy.timeout {
-                    let attempt = self.entries.get(&s.image).map_or(0, |e| e.attempt) + 1;
+                    // the attempt may come from a stored annotation: saturate, never overflow
+                    let attempt = self.entries.get(&s.image).map_or(0, |e| e.attempt).saturating_add(1);
                     let retry_at = (attempt <= policy.max_retries).then(|| {
                         let factor = 1u32.checked_shl(attempt - 1).unwrap_or(u32::MAX);
                         now + policy.backoff.saturating_mul(factor)
@@ -343,13 +344,58 @@ impl PersistedState {
         self.retained.is_empty() && self.quarantined.is_empty()
     }
 
-    pub fn retained_times(&self) -> BTreeMap<String, SystemTime> {
+    /// When each retained image was released. A time in the future (a skewed clock, a hand-edited
+    /// annotation) counts as `now`, so retention still ends one `IMAGE_RETENTION` from now.
+    pub fn retained_times(&self, now: SystemTime) -> BTreeMap<String, SystemTime> {
         self.retained
             .iter()
-            .filter_map(|(i, t)| humantime::parse_rfc3339(t).ok().map(|t| (i.clone(), t)))
+            .filter_map(|(i, t)| humantime::parse_rfc3339(t).ok().map(|t| (i.clone(), t.min(now))))
             .collect()
     }
+
+    /// The JSON for the annotation, within `max_bytes` (annotations are capped at 256 KiB in all;
+    /// past that every apply fails). The images released longest ago are dropped first, then
+    /// quarantine entries (such an image is simply tried again). Returns the text and how many
+    /// entries were dropped.
+    pub fn encode_bounded(&self, max_bytes: usize) -> (String, usize) {
+        let mut state = self.clone();
+        let mut text = serde_json::to_string(&state).unwrap_or_default();
+        if text.len() <= max_bytes {
+            return (text, 0);
+        }
+        // Oldest first; each entry costs about its JSON (`"key":"value",`).
+        let mut oldest: Vec<(String, String)> =
+            state.retained.iter().map(|(i, t)| (t.clone(), i.clone())).collect();
+        oldest.sort();
+        let mut excess = text.len() - max_bytes;
+        let mut dropped = 0;
+        let mut queue = oldest.into_iter();
+        loop {
+            while excess > 0 {
+                let freed = match queue.next() {
+                    Some((time, image)) => {
+                        state.retained.remove(&image);
+                        image.len() + time.len() + 6
+                    }
+                    None => match state.quarantined.pop_last() {
+                        Some((image, _)) => image.len() + 60,
+                        None => return ("{}".to_string(), dropped),
+                    },
+                };
+                dropped += 1;
+                excess = excess.saturating_sub(freed);
+            }
+            text = serde_json::to_string(&state).unwrap_or_default();
+            if text.len() <= max_bytes {
+                return (text, dropped);
+            }
+            excess = text.len() - max_bytes;
+        }
+    }
 }
+
+/// The budget of the `kwarm.io/state` annotation: a quarter of what all annotations may take.
+pub const STATE_MAX_BYTES: usize = 64 * 1024;
 
 /// Kubelet `Pulled` event message → (pull duration, image size in bytes), when it reports a pull.
 /// Example: `Successfully pulled image "x" in 1.2s (1.2s including waiting). Image size: 123 bytes.`

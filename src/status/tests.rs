@@ -552,8 +552,53 @@ fn persisted_state_round_trips() {
     );
     let back: PersistedState = serde_json::from_str(&text).expect("parses");
     assert_eq!(back, state);
-    assert_eq!(back.retained_times(), retained);
+    assert_eq!(back.retained_times(at(100)), retained);
     assert_eq!(Quarantine::restore(back.quarantined).entries(), q.entries());
+}
+
+#[test]
+fn persisted_times_in_the_future_count_as_now() {
+    let retained = BTreeMap::from([(NGINX_CANONICAL.to_string(), at(1_000_000))]);
+    let state = PersistedState::new(&retained, &Quarantine::default());
+    assert_eq!(state.retained_times(at(50)), BTreeMap::from([(NGINX_CANONICAL.to_string(), at(50))]));
+}
+
+#[test]
+fn persisted_state_stays_within_its_budget_dropping_the_oldest_first() {
+    let mut q = Quarantine::default();
+    q.step(&[failing_everywhere(MISSING)], POLICY, at(0));
+    q.step(&[failing_everywhere(MISSING)], POLICY, at(600));
+    let retained: BTreeMap<String, SystemTime> =
+        (0..2000).map(|i| (format!("registry.example.com/team/app-{i:04}:1"), at(i))).collect();
+    let state = PersistedState::new(&retained, &q);
+    let (text, dropped) = state.encode_bounded(STATE_MAX_BYTES);
+    assert!(text.len() <= STATE_MAX_BYTES, "{} bytes", text.len());
+    assert!(dropped > 0);
+    let back: PersistedState = serde_json::from_str(&text).expect("valid JSON");
+    assert_eq!(back.retained.len() + dropped, 2000);
+    assert!(back.retained.contains_key("registry.example.com/team/app-1999:1"), "the newest stays");
+    assert!(!back.retained.contains_key("registry.example.com/team/app-0000:1"), "the oldest goes");
+    assert_eq!(back.quarantined.len(), 1, "quarantine entries go last");
+    // small state: unchanged
+    let (text, dropped) = PersistedState::new(&BTreeMap::new(), &q).encode_bounded(STATE_MAX_BYTES);
+    assert_eq!(
+        (serde_json::from_str::<PersistedState>(&text).expect("json").quarantined.len(), dropped),
+        (1, 0)
+    );
+    // not even one entry fits: an empty state, never a panic
+    let (text, _) = state.encode_bounded(10);
+    assert_eq!(text, "{}");
+}
+
+#[test]
+fn a_stored_attempt_counter_saturates() {
+    let stored =
+        BTreeMap::from([(MISSING.to_string(), QuarantineEntry { attempt: u32::MAX, retry_at: Some(at(0)) })]);
+    let mut q = Quarantine::restore(stored);
+    // back in the DaemonSet for its retry, failing again: quarantined again without overflow
+    q.step(&[failing_everywhere(MISSING)], POLICY, at(1));
+    q.step(&[failing_everywhere(MISSING)], POLICY, at(10_000));
+    assert_eq!(q.entries().get(MISSING).map(|e| e.attempt), Some(u32::MAX));
 }
 
 #[test]
@@ -568,8 +613,8 @@ fn persisted_state_is_stable_across_restarts_with_subsecond_clocks() {
     let first = serde_json::to_string(&PersistedState::new(&retained, &q)).expect("serializes");
     let back: PersistedState = serde_json::from_str(&first).expect("parses");
     let restored_q = Quarantine::restore(back.quarantined.clone());
-    let second =
-        serde_json::to_string(&PersistedState::new(&back.retained_times(), &restored_q)).expect("serializes");
+    let second = serde_json::to_string(&PersistedState::new(&back.retained_times(now), &restored_q))
+        .expect("serializes");
     assert_eq!(first, second);
 }
 
@@ -588,7 +633,7 @@ fn empty_state_serializes_to_an_empty_object_and_tolerates_missing_fields() {
     );
     // A retained time that does not parse is dropped rather than failing the whole state.
     let odd: PersistedState = serde_json::from_str(r#"{"retained":{"a:1":"yesterday"}}"#).expect("parses");
-    assert!(odd.retained_times().is_empty());
+    assert!(odd.retained_times(at(0)).is_empty());
 }
 
 // ---------------------------------------------------------------------------------------------
