@@ -37,8 +37,63 @@ pub struct Elector {
     name: String,
     identity: String,
     timing: Timing,
-    /// The last lease record seen (holder, renew time) and when it was seen to change.
-    observed: Option<(Option<String>, Option<MicroTime>, Instant)>,
+    /// The last lease record seen and when it was seen to change.
+    observed: Option<Observed>,
+}
+
+/// A lease record (holder, renew time) and when this replica saw it change.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observed {
+    holder: Option<String>,
+    renew: Option<MicroTime>,
+    at: Instant,
+}
+
+/// What to do with the lease as read now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Another replica holds a live lease.
+    Follow,
+    /// Ours: write a new renew time.
+    Renew,
+    /// Free, released or expired: take it over, counting one more transition.
+    Acquire { transitions: i32 },
+}
+
+/// Decides from the lease as read now (`spec`), what this replica saw before, and its own clock.
+/// Expiry is judged from when this replica last saw the record change, never from the renew
+/// time written by another node's clock, so clock skew cannot hand the lease over early.
+/// Returns the verdict and what to remember for the next call. Pure.
+pub fn decide(
+    spec: &LeaseSpec,
+    observed: Option<Observed>,
+    identity: &str,
+    default_duration: Duration,
+    now: Instant,
+) -> (Verdict, Observed) {
+    let observed = match observed {
+        Some(o) if o.holder == spec.holder_identity && o.renew == spec.renew_time => o,
+        _ => Observed { holder: spec.holder_identity.clone(), renew: spec.renew_time.clone(), at: now },
+    };
+    let held_by_us = spec.holder_identity.as_deref() == Some(identity);
+    let holder_empty = spec.holder_identity.as_deref().is_none_or(str::is_empty);
+    let duration =
+        spec.lease_duration_seconds.map_or(default_duration, |s| Duration::from_secs(s.max(0) as u64));
+    let expired = now.saturating_duration_since(observed.at) > duration;
+    let verdict = if held_by_us {
+        Verdict::Renew
+    } else if holder_empty || expired {
+        Verdict::Acquire { transitions: spec.lease_transitions.unwrap_or(0).max(0).saturating_add(1) }
+    } else {
+        Verdict::Follow
+    };
+    (verdict, observed)
+}
+
+/// Whether a leader whose last successful renewal was at `last_renewal` may still write: not
+/// once the renew deadline passed, which comes before the lease can expire for the others.
+pub fn may_lead(last_renewal: Instant, timing: Timing, now: Instant) -> bool {
+    now.saturating_duration_since(last_renewal) <= timing.renew_deadline
 }
 
 impl Elector {
@@ -67,7 +122,7 @@ impl Elector {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, lease = %self.name, "Could not renew the lease");
-                    if is_leader && last_renewal.elapsed() > self.timing.renew_deadline {
+                    if is_leader && !may_lead(last_renewal, self.timing, Instant::now()) {
                         tracing::warn!(lease = %self.name, "Stepping down: renew deadline passed");
                         leader.send_replace(false);
                     }
@@ -101,30 +156,18 @@ impl Elector {
             None => return self.create().await,
         };
         let spec = current.spec.clone().unwrap_or_default();
-        let record = (spec.holder_identity.clone(), spec.renew_time.clone());
-        let now = Instant::now();
-        let changed = match &self.observed {
-            Some((holder, renew, _)) => (holder, renew) != (&record.0, &record.1),
-            None => true,
-        };
-        if changed {
-            self.observed = Some((record.0.clone(), record.1.clone(), now));
-        }
-        let held_by_us = spec.holder_identity.as_deref() == Some(self.identity.as_str());
-        let holder_empty = spec.holder_identity.as_deref().is_none_or(str::is_empty);
-        let duration = spec
-            .lease_duration_seconds
-            .map_or(self.timing.lease_duration, |s| Duration::from_secs(s.max(0) as u64));
-        let seen_at = self.observed.as_ref().map_or(now, |(_, _, at)| *at);
-        let expired = now.duration_since(seen_at) > duration;
-        if !held_by_us && !holder_empty && !expired {
-            return Ok(false);
-        }
+        let (verdict, observed) =
+            decide(&spec, self.observed.take(), &self.identity, self.timing.lease_duration, Instant::now());
+        self.observed = Some(observed);
         let mut lease = current;
         let mut spec = lease.spec.take().unwrap_or_default();
-        if !held_by_us {
-            spec.acquire_time = Some(Self::now());
-            spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
+        match verdict {
+            Verdict::Follow => return Ok(false),
+            Verdict::Renew => {}
+            Verdict::Acquire { transitions } => {
+                spec.acquire_time = Some(Self::now());
+                spec.lease_transitions = Some(transitions);
+            }
         }
         spec.holder_identity = Some(self.identity.clone());
         spec.lease_duration_seconds = Some(self.timing.lease_duration.as_secs() as i32);
@@ -175,5 +218,91 @@ impl Elector {
         with_timeout(self.call_timeout(), self.api.replace(&self.name, &PostParams::default(), &lease))
             .await
             .map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ME: &str = "me";
+    const DURATION: Duration = Duration::from_secs(15);
+
+    fn lease(holder: Option<&str>, renew_secs: i64, transitions: Option<i32>) -> LeaseSpec {
+        LeaseSpec {
+            holder_identity: holder.map(str::to_string),
+            renew_time: Some(MicroTime(Timestamp::from_second(renew_secs).expect("a time"))),
+            lease_duration_seconds: Some(15),
+            lease_transitions: transitions,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_free_or_released_lease_is_acquired() {
+        let t0 = Instant::now();
+        for holder in [None, Some("")] {
+            let (verdict, _) = decide(&lease(holder, 100, Some(3)), None, ME, DURATION, t0);
+            assert_eq!(verdict, Verdict::Acquire { transitions: 4 }, "{holder:?}");
+        }
+    }
+
+    #[test]
+    fn our_lease_is_renewed_and_anothers_live_lease_followed() {
+        let t0 = Instant::now();
+        assert_eq!(decide(&lease(Some(ME), 100, Some(1)), None, ME, DURATION, t0).0, Verdict::Renew);
+        assert_eq!(decide(&lease(Some("other"), 100, Some(1)), None, ME, DURATION, t0).0, Verdict::Follow);
+    }
+
+    #[test]
+    fn expiry_is_judged_by_the_local_clock_from_the_last_change_seen() {
+        let t0 = Instant::now();
+        let other = lease(Some("other"), 100, Some(1));
+        let (_, seen) = decide(&other, None, ME, DURATION, t0);
+        // the same record, 14 s later: still live; 16 s later: expired
+        let (v, seen) = decide(&other, Some(seen), ME, DURATION, t0 + Duration::from_secs(14));
+        assert_eq!(v, Verdict::Follow);
+        let (v, _) = decide(&other, Some(seen.clone()), ME, DURATION, t0 + Duration::from_secs(16));
+        assert_eq!(v, Verdict::Acquire { transitions: 2 });
+        // a renewal (new renew time) restarts the clock, whatever that time says
+        let renewed = lease(Some("other"), 50, Some(1));
+        let (v, _) = decide(&renewed, Some(seen), ME, DURATION, t0 + Duration::from_secs(16));
+        assert_eq!(v, Verdict::Follow, "a renew time in the past (skewed clock) is still a renewal");
+    }
+
+    #[test]
+    fn a_renew_time_far_in_the_past_does_not_expire_a_lease_just_seen() {
+        // another node's clock is hours behind: the lease is live until we see it unchanged long enough
+        let t0 = Instant::now();
+        let (v, _) = decide(&lease(Some("other"), 0, None), None, ME, DURATION, t0);
+        assert_eq!(v, Verdict::Follow);
+    }
+
+    #[test]
+    fn transitions_never_overflow_and_negative_counts_restart() {
+        let t0 = Instant::now();
+        let (v, _) = decide(&lease(None, 100, Some(i32::MAX)), None, ME, DURATION, t0);
+        assert_eq!(v, Verdict::Acquire { transitions: i32::MAX });
+        let (v, _) = decide(&lease(None, 100, Some(-5)), None, ME, DURATION, t0);
+        assert_eq!(v, Verdict::Acquire { transitions: 1 });
+    }
+
+    #[test]
+    fn a_negative_lease_duration_counts_as_zero() {
+        let t0 = Instant::now();
+        let mut spec = lease(Some("other"), 100, Some(1));
+        spec.lease_duration_seconds = Some(-10);
+        let (_, seen) = decide(&spec, None, ME, DURATION, t0);
+        let (v, _) = decide(&spec, Some(seen), ME, DURATION, t0 + Duration::from_millis(1));
+        assert_eq!(v, Verdict::Acquire { transitions: 2 });
+    }
+
+    #[test]
+    fn a_leader_stops_writing_at_its_renew_deadline_before_the_lease_expires() {
+        let timing = Timing::default();
+        assert!(timing.renew_deadline < timing.lease_duration);
+        let t0 = Instant::now();
+        assert!(may_lead(t0, timing, t0 + timing.renew_deadline));
+        assert!(!may_lead(t0, timing, t0 + timing.renew_deadline + Duration::from_millis(1)));
     }
 }
