@@ -13,12 +13,13 @@ use k8s_openapi::api::core::v1::{Affinity, Toleration};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use crate::images::{Holder, derived_holder_name, is_puller_image, parse_image_reference};
+use crate::holder::{
+    Holder, IDLE_HOLDER_NAME, INIT_CONTAINER_NAME, derived_holder_name, is_puller_image, is_reserved_name,
+    parse_image_reference,
+};
 use crate::labels::{self, LabelSelector};
 use crate::quantity::Quantity;
 
-/// Name of the init container that copies `/sleep` into the pod; holder names may not take it.
-pub const INIT_CONTAINER_NAME: &str = "kip";
 /// The default image that holds `/sleep`, overridable with `KIP_IMAGE`.
 pub const DEFAULT_KIP_IMAGE: &str = concat!("ghcr.io/kwarm/sleep:v", env!("CARGO_PKG_VERSION"));
 
@@ -665,13 +666,12 @@ fn parse_images(c: &mut Checker, value: &str) -> Vec<Holder> {
             }
             None => derived_holder_name(&reference),
         };
-        if name == INIT_CONTAINER_NAME || name == crate::daemonset::IDLE_HOLDER_NAME {
+        if is_reserved_name(&name) {
             c.fail(
                 "IMAGES",
                 entry,
                 format!(
-                    "a container name other than {INIT_CONTAINER_NAME:?} or {:?} (kwarm's own)",
-                    crate::daemonset::IDLE_HOLDER_NAME
+                    "a container name other than {INIT_CONTAINER_NAME:?} or {IDLE_HOLDER_NAME:?} (kwarm's own)"
                 ),
             );
             continue;

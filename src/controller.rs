@@ -24,14 +24,13 @@ use tokio::sync::watch;
 
 use crate::config::{Config, Namespaces};
 use crate::daemonset::{
-    IDLE_HOLDER_NAME, REFRESHED_AT_ANNOTATION, RenderInput, STATE_ANNOTATION, daemonset_matches,
-    foreign_daemonset, refresh_would_repull, render_daemonset, selector_labels, selector_string,
+    REFRESHED_AT_ANNOTATION, RenderInput, STATE_ANNOTATION, daemonset_matches, foreign_daemonset,
+    refresh_would_repull, render_daemonset, selector_labels, selector_string,
 };
 use crate::error::{Error, Result, with_timeout};
+use crate::holder::{IDLE_HOLDER_NAME, derived_holder_name, parse_image_reference};
 use crate::http::Shared;
-use crate::images::{
-    DeploymentImages, DeploymentKey, ImageTracker, parse_image_reference, plan_holders, summarize_deployment,
-};
+use crate::images::{DeploymentImages, DeploymentKey, ImageTracker, plan_holders, summarize_deployment};
 use crate::metrics::{CategoryLabel, StateLabel, StatusLabel, WatchLabel};
 use crate::status::{
     ImageStatus, PersistedState, PodHolders, Quarantine, QuarantinePolicy, STATE_MAX_BYTES, image_statuses,
@@ -1017,7 +1016,7 @@ async fn send_events(
 
 /// Name of the mirror of `namespace/name`: readable, unique (hash), a valid secret name.
 pub fn mirror_name(namespace: &str, name: &str) -> String {
-    let hash = crate::images::derived_holder_name(&format!("{namespace}/{name}"));
+    let hash = derived_holder_name(&format!("{namespace}/{name}"));
     let suffix = hash.rsplit('-').next().unwrap_or_default();
     let stem: String = format!("kwarm-{namespace}-{name}").chars().take(200).collect();
     format!("{}-{suffix}", stem.trim_end_matches(['-', '.']))

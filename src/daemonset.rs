@@ -12,8 +12,8 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity as K8sQuantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use crate::config::{Config, INIT_CONTAINER_NAME, MaxSurge, PullPolicy};
-use crate::images::Holder;
+use crate::config::{Config, MaxSurge, PullPolicy};
+use crate::holder::{Holder, IDLE_HOLDER_NAME, INIT_CONTAINER_NAME};
 
 /// Pod-template annotation bumped to roll holders for a refresh.
 pub const REFRESHED_AT_ANNOTATION: &str = "kwarm.io/refreshed-at";
@@ -23,8 +23,6 @@ pub const STATE_ANNOTATION: &str = "kwarm.io/state";
 /// DaemonSet annotation with a hash of everything kwarm renders: a changed configuration (even a
 /// removed map key, which a field-by-field comparison with the live object cannot see) changes it.
 pub const DESIRED_HASH_ANNOTATION: &str = "kwarm.io/desired-hash";
-/// The one holder of a DaemonSet with nothing to warm.
-pub const IDLE_HOLDER_NAME: &str = "idle";
 /// UID and GID of holders outside OpenShift (OpenShift assigns its own range).
 pub const HOLDER_UID: i64 = 65532;
 const KIP_VOLUME: &str = "kip";

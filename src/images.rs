@@ -5,63 +5,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use oci_spec::distribution::Reference;
 
 use crate::config::WatchConfig;
-
-/// One holder container: a name and the image it keeps on the node.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Holder {
-    pub name: String,
-    pub image: String,
-}
-
-/// Validates an image reference and returns its canonical form
-/// (`nginx` → `docker.io/library/nginx:latest`), used to recognise one image written two ways.
-pub fn parse_image_reference(image: &str) -> Result<String, String> {
-    if image.is_empty() || image.trim() != image {
-        return Err("an image reference such as registry.example.com/team/app:1.2 (no spaces)".into());
-    }
-    Reference::try_from(image).map(|r| r.whole()).map_err(|e| {
-        format!("an image reference such as registry.example.com/team/app:1.2 or app@sha256:<64 hex> ({e})")
-    })
-}
-
-/// Whether `image` is kubernetes-image-puller's own image, from any registry or mirror and with
-/// any tag or digest: the last path segment of its repository names the puller
-/// (`quay.io/eclipse/kubernetes-image-puller:next`, `mirror.corp/che/kubernetes-image-puller@sha256:…`,
-/// `registry.local/eclipse-kubernetes-image-puller:7.9`).
-pub fn is_puller_image(image: &str) -> bool {
-    let repository = image.split('@').next().unwrap_or(image);
-    let last = repository.rsplit('/').next().unwrap_or(repository);
-    let last = last.split(':').next().unwrap_or(last);
-    last.to_ascii_lowercase().contains("kubernetes-image-puller")
-}
-
-/// A container name derived from the image alone, so it never changes while other images come and
-/// go: readable stem (last path segment and tag) plus a hash of the canonical reference.
-pub fn derived_holder_name(canonical: &str) -> String {
-    let without_digest = canonical.split('@').next().unwrap_or(canonical);
-    let last_segment = without_digest.rsplit('/').next().unwrap_or(without_digest);
-    let mut stem = String::with_capacity(last_segment.len());
-    for ch in last_segment.chars() {
-        let c = ch.to_ascii_lowercase();
-        if c.is_ascii_lowercase() || c.is_ascii_digit() {
-            stem.push(c);
-        } else if !stem.ends_with('-') {
-            stem.push('-');
-        }
-    }
-    let stem: String = stem.trim_matches('-').chars().take(54).collect();
-    let stem = stem.trim_end_matches('-');
-    let hash = fnv1a32(canonical.as_bytes());
-    if stem.is_empty() { format!("image-{hash:08x}") } else { format!("{stem}-{hash:08x}") }
-}
-
-/// FNV-1a, 32 bits: tiny, stable across Rust releases (unlike `DefaultHasher`).
-fn fnv1a32(bytes: &[u8]) -> u32 {
-    bytes.iter().fold(0x811c_9dc5u32, |h, &b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
-}
+use crate::holder::{Holder, derived_holder_name, parse_image_reference};
 
 /// What kwarm keeps of a watched Deployment: never the whole object.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

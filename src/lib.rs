@@ -1,6 +1,7 @@
 //! kwarm: keeps container images warm on Kubernetes nodes with one DaemonSet of tiny holders.
 //!
-//! Pure core: [`config`] (environment → [`config::Config`]), [`images`] (the image set),
+//! Pure core: [`holder`] (holder identity, image references), [`config`] (environment →
+//! [`config::Config`]), [`images`] (the image set),
 //! [`daemonset`] (the desired DaemonSet), [`status`] (pod states, quarantine). I/O shell:
 //! [`controller`], [`leader`], [`http`], [`metrics`].
 #![forbid(unsafe_code)]
@@ -9,6 +10,7 @@ pub mod config;
 pub mod controller;
 pub mod daemonset;
 pub mod error;
+pub mod holder;
 pub mod http;
 pub mod images;
 pub mod labels;

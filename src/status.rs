@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use k8s_openapi::api::core::v1::Pod;
 use serde::{Deserialize, Serialize};
 
-use crate::images::parse_image_reference;
+use crate::holder::parse_image_reference;
 
 /// What one holder container on one node is doing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

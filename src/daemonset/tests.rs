@@ -9,7 +9,8 @@ use serde_json::{Value, json};
 
 use super::*;
 use crate::config::Config;
-use crate::images::{derived_holder_name, plan_holders};
+use crate::holder::derived_holder_name;
+use crate::images::plan_holders;
 use crate::status::{PersistedState, Quarantine, QuarantineEntry};
 
 const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
@@ -621,7 +622,7 @@ fn a_changed_desired_state_does_not_match_the_old_live_one() {
 
 #[test]
 fn refresh_only_when_some_holder_would_pull_again() {
-    use crate::images::Holder;
+    use crate::holder::Holder;
     let h = |image: &str| Holder { name: "h".into(), image: image.into() };
     let pinned = format!("nginx@{DIGEST}");
     let tagged_pinned = format!("nginx:latest@{DIGEST}");

@@ -132,7 +132,7 @@ fn derived_names_are_readable_dns_labels() {
         let name = derived_holder_name(&c);
         assert!(check_dns1123_label(&name).is_ok(), "{image} → {name:?}");
         assert!(name.len() <= 63, "{image} → {name:?}");
-        assert_ne!(name, crate::config::INIT_CONTAINER_NAME);
+        assert_ne!(name, crate::holder::INIT_CONTAINER_NAME);
         let (stem, hash) = name.rsplit_once('-').expect("stem-hash");
         assert_eq!(hash.len(), 8, "{name}");
         assert!(hash.bytes().all(|b| b.is_ascii_hexdigit()), "{name}");
