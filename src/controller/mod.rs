@@ -10,19 +10,17 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
-use futures::stream::{BoxStream, SelectAll};
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{Event as CoreEvent, ObjectReference, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::events::{Event as KwarmEvent, EventType, Recorder, Reporter};
 use kube::runtime::watcher::{self, Event};
-use kube::runtime::{WatchStreamExt, watcher::watcher};
 use kube::{Client, Resource, ResourceExt};
 use tokio::sync::watch;
 
-use crate::config::{Config, Namespaces};
+use crate::config::Config;
 use crate::daemonset::{
     REFRESHED_AT_ANNOTATION, RenderInput, STATE_ANNOTATION, daemonset_matches, foreign_daemonset,
     refresh_would_repull, render_daemonset, selector_labels, selector_string,
@@ -32,6 +30,10 @@ use crate::holder::{IDLE_HOLDER_NAME, derived_holder_name, parse_image_reference
 use crate::http::Shared;
 use crate::images::{DeploymentImages, DeploymentKey, ImageTracker, plan_holders, summarize_deployment};
 use crate::metrics::{CategoryLabel, StateLabel, StatusLabel, WatchLabel};
+use streams::{Input, Listing, Seen, deployment_scopes, watch_streams};
+
+mod streams;
+
 use crate::status::{
     ImageStatus, PersistedState, PodHolders, Quarantine, QuarantinePolicy, STATE_MAX_BYTES, image_statuses,
     parse_pulled_message, pod_holders,
@@ -60,22 +62,6 @@ pub struct Context {
     pub identity: String,
 }
 
-enum Input {
-    DaemonSet(Event<DaemonSet>),
-    Pod(Event<Pod>),
-    /// Index of the Deployment stream (one per watched namespace, or one for all).
-    Deployment(usize, Event<Deployment>),
-    Pulled(Event<CoreEvent>),
-    WatchError(&'static str, watcher::Error),
-}
-
-/// A watch stream's list phase: objects are buffered until the list is complete.
-#[derive(Default)]
-struct Listing<T> {
-    buffer: Option<T>,
-    synced: bool,
-}
-
 /// An image being rolled out, for progress logs and the "warm" event.
 struct Warming {
     since: SystemTime,
@@ -93,14 +79,14 @@ struct Controller {
     owner: Option<OwnerReference>,
 
     live: Option<DaemonSet>,
-    ds_listing: Listing<Option<DaemonSet>>,
+    ds_listing: Listing<DaemonSet>,
 
     pods: BTreeMap<String, PodHolders>,
-    pod_listing: Listing<BTreeMap<String, PodHolders>>,
+    pod_listing: Listing<(String, Option<PodHolders>)>,
 
     tracker: ImageTracker,
     deployment_scopes: Vec<Option<String>>,
-    deployment_listings: Vec<Listing<BTreeMap<DeploymentKey, DeploymentImages>>>,
+    deployment_listings: Vec<Listing<(DeploymentKey, Option<DeploymentImages>)>>,
     deployments_forbidden_reported: bool,
     pulled_synced: bool,
 
@@ -274,60 +260,6 @@ async fn discover_once(ctx: &Context) -> Result<(bool, Option<OwnerReference>)> 
     Ok((openshift, owner))
 }
 
-fn deployment_scopes(config: &Config) -> Vec<Option<String>> {
-    if !config.watch.enabled {
-        return Vec::new();
-    }
-    match &config.watch.namespaces {
-        Namespaces::All => vec![None],
-        Namespaces::Only(list) => {
-            list.iter().filter(|ns| config.watch.namespace_selected(ns)).map(|ns| Some(ns.clone())).collect()
-        }
-    }
-}
-
-fn watch_streams(client: &Client, config: &Config) -> SelectAll<BoxStream<'static, Input>> {
-    fn strip<K: Resource>(obj: &mut K) {
-        obj.meta_mut().managed_fields = None;
-    }
-    let ns = config.namespace.as_str();
-    let mut all = SelectAll::new();
-
-    let ds_cfg = watcher::Config::default().fields(&format!("metadata.name={}", config.daemonset_name));
-    let ds = watcher(Api::<DaemonSet>::namespaced(client.clone(), ns), ds_cfg)
-        .default_backoff()
-        .modify(strip)
-        .map(|r| r.map_or_else(|e| Input::WatchError("daemonset", e), Input::DaemonSet));
-    all.push(ds.boxed());
-
-    let pod_cfg = watcher::Config::default().labels(&selector_string(&config.daemonset_name));
-    let pods = watcher(Api::<Pod>::namespaced(client.clone(), ns), pod_cfg)
-        .default_backoff()
-        .modify(strip)
-        .map(|r| r.map_or_else(|e| Input::WatchError("pods", e), Input::Pod));
-    all.push(pods.boxed());
-
-    let pulled_cfg = watcher::Config::default().fields("reason=Pulled,involvedObject.kind=Pod");
-    let pulled = watcher(Api::<CoreEvent>::namespaced(client.clone(), ns), pulled_cfg)
-        .default_backoff()
-        .map(|r| r.map_or_else(|e| Input::WatchError("events", e), Input::Pulled));
-    all.push(pulled.boxed());
-
-    let selector = config.watch.selector.to_string();
-    for (i, scope) in deployment_scopes(config).into_iter().enumerate() {
-        let api: Api<Deployment> = match &scope {
-            None => Api::all(client.clone()),
-            Some(ns) => Api::namespaced(client.clone(), ns),
-        };
-        let cfg = watcher::Config::default().labels(&selector);
-        let stream = watcher(api, cfg).default_backoff().map_ok(move |e| (i, e)).map(|r| {
-            r.map_or_else(|e| Input::WatchError("deployments", e), |(i, e)| Input::Deployment(i, e))
-        });
-        all.push(stream.boxed());
-    }
-    all
-}
-
 impl Controller {
     fn config(&self) -> &Config {
         &self.ctx.config
@@ -345,21 +277,19 @@ impl Controller {
         let now = SystemTime::now();
         match input {
             Input::DaemonSet(event) => {
-                match event {
-                    Event::Init => self.ds_listing.buffer = Some(None),
-                    Event::InitApply(ds) => self.ds_listing.buffer = Some(Some(ds)),
-                    Event::InitDone => {
-                        self.live = self.ds_listing.buffer.take().flatten();
-                        self.ds_listing.synced = true;
+                match self.ds_listing.fold(event, |ds| ds) {
+                    None => return false,
+                    Some(Seen::Listed(listed)) => {
+                        self.live = listed.into_iter().next();
                         self.adopt_state();
                     }
-                    Event::Apply(ds) => {
+                    Some(Seen::Applied(ds)) => {
                         self.live = Some(ds);
                         if !self.leader {
                             self.adopt_state();
                         }
                     }
-                    Event::Delete(_) => {
+                    Some(Seen::Deleted(_)) => {
                         tracing::info!(daemonset = %self.config().daemonset_name, "DaemonSet deleted; restoring it");
                         self.live = None;
                     }
@@ -367,30 +297,17 @@ impl Controller {
                 true
             }
             Input::Pod(event) => {
-                match event {
-                    Event::Init => self.pod_listing.buffer = Some(BTreeMap::new()),
-                    Event::InitApply(pod) => {
-                        if let (Some(buffer), Some(holders)) =
-                            (self.pod_listing.buffer.as_mut(), pod_holders(&pod))
-                        {
-                            buffer.insert(pod.name_any(), holders);
-                        }
+                match self.pod_listing.fold(event, |pod| (pod.name_any(), pod_holders(&pod))) {
+                    None => return false,
+                    Some(Seen::Listed(listed)) => {
+                        self.pods = listed.into_iter().filter_map(|(name, h)| h.map(|h| (name, h))).collect();
                     }
-                    Event::InitDone => {
-                        self.pods = self.pod_listing.buffer.take().unwrap_or_default();
-                        self.pod_listing.synced = true;
+                    Some(Seen::Applied((name, Some(h)))) => {
+                        self.note_failure_transitions(self.pods.get(&name), &h);
+                        self.pods.insert(name, h);
                     }
-                    Event::Apply(pod) => match pod_holders(&pod) {
-                        Some(h) => {
-                            self.note_failure_transitions(self.pods.get(&pod.name_any()), &h);
-                            self.pods.insert(pod.name_any(), h);
-                        }
-                        None => {
-                            self.pods.remove(&pod.name_any());
-                        }
-                    },
-                    Event::Delete(pod) => {
-                        self.pods.remove(&pod.name_any());
+                    Some(Seen::Applied((name, None)) | Seen::Deleted((name, _))) => {
+                        self.pods.remove(&name);
                     }
                 }
                 true
@@ -436,25 +353,13 @@ impl Controller {
 
     fn handle_deployment(&mut self, i: usize, event: Event<Deployment>, now: SystemTime) -> bool {
         let watch = &self.ctx.config.watch;
-        let summarize = |d: &Deployment| {
-            let key = (d.namespace().unwrap_or_default(), d.name_any());
-            (key, summarize_deployment(d, watch))
+        let summarize = |d: Deployment| {
+            ((d.namespace().unwrap_or_default(), d.name_any()), summarize_deployment(&d, watch))
         };
-        let changed = match event {
-            Event::Init => {
-                self.deployment_listings[i].buffer = Some(BTreeMap::new());
-                false
-            }
-            Event::InitApply(d) => {
-                let (key, summary) = summarize(&d);
-                if let (Some(buffer), Some(summary)) = (self.deployment_listings[i].buffer.as_mut(), summary)
-                {
-                    buffer.insert(key, summary);
-                }
-                false
-            }
-            Event::InitDone => {
-                let listed = self.deployment_listings[i].buffer.take().unwrap_or_default();
+        let changed = match self.deployment_listings[i].fold(event, summarize) {
+            None => false,
+            Some(Seen::Listed(listed)) => {
+                // This stream's scope is replaced; what other streams (namespaces) listed stays.
                 let scope = self.deployment_scopes[i].clone();
                 let mut all: BTreeMap<DeploymentKey, DeploymentImages> = self
                     .tracker
@@ -463,22 +368,12 @@ impl Controller {
                     .filter(|((ns, _), _)| scope.as_ref().is_some_and(|s| s != ns))
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect();
-                all.extend(listed);
-                self.deployment_listings[i].synced = true;
+                all.extend(listed.into_iter().filter_map(|(key, summary)| summary.map(|s| (key, s))));
                 self.tracker.replace_all(all, now);
                 true
             }
-            Event::Apply(d) => {
-                let (key, summary) = summarize(&d);
-                match summary {
-                    Some(summary) => self.tracker.upsert(key, summary, now),
-                    None => self.tracker.remove(&key, now),
-                }
-            }
-            Event::Delete(d) => {
-                let (key, _) = summarize(&d);
-                self.tracker.remove(&key, now)
-            }
+            Some(Seen::Applied((key, Some(summary)))) => self.tracker.upsert(key, summary, now),
+            Some(Seen::Applied((key, None)) | Seen::Deleted((key, _))) => self.tracker.remove(&key, now),
         };
         self.ctx.shared.metrics.watched_deployments.set(self.tracker.deployments().len() as i64);
         changed
