@@ -1,7 +1,7 @@
 //! The desired DaemonSet, rendered from the configuration and the holder list. Pure and
 //! deterministic: the same input gives byte-identical output.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec, DaemonSetUpdateStrategy, RollingUpdateDaemonSet};
 use k8s_openapi::api::core::v1::{
@@ -13,7 +13,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::config::{Config, MaxSurge, PullPolicy};
-use crate::holder::{Holder, IDLE_HOLDER_NAME, INIT_CONTAINER_NAME};
+use crate::holder::{Holder, IDLE_HOLDER_NAME, INIT_CONTAINER_NAME, parse_image_reference};
 
 /// Pod-template annotation bumped to roll holders for a refresh.
 pub const REFRESHED_AT_ANNOTATION: &str = "kwarm.io/refreshed-at";
@@ -93,6 +93,22 @@ pub fn daemonset_matches(desired: &DaemonSet, live: &DaemonSet) -> bool {
         return false;
     };
     json_contains(&d, &l, false)
+}
+
+/// Canonical image references of the holder containers of a DaemonSet (not the idle one).
+pub fn held_images(ds: &DaemonSet) -> BTreeSet<String> {
+    ds.spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .map(|p| {
+            p.containers
+                .iter()
+                .filter(|c| c.name != IDLE_HOLDER_NAME)
+                .filter_map(|c| c.image.as_deref())
+                .map(|i| parse_image_reference(i).unwrap_or_else(|_| i.to_string()))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Why an existing DaemonSet of kwarm's name is not kwarm's to change, or `None` when it is.

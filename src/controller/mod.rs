@@ -23,10 +23,10 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::daemonset::{
     REFRESHED_AT_ANNOTATION, RenderInput, STATE_ANNOTATION, daemonset_matches, foreign_daemonset,
-    refresh_would_repull, render_daemonset, selector_labels, selector_string,
+    held_images, refresh_would_repull, render_daemonset, selector_labels, selector_string,
 };
 use crate::error::{Error, Result, with_timeout};
-use crate::holder::{IDLE_HOLDER_NAME, derived_holder_name, parse_image_reference};
+use crate::holder::{derived_holder_name, parse_image_reference};
 use crate::http::Shared;
 use crate::images::{DeploymentImages, DeploymentKey, ImageTracker, plan_holders, summarize_deployment};
 use crate::metrics::{CategoryLabel, StateLabel, StatusLabel, WatchLabel};
@@ -434,7 +434,7 @@ impl Controller {
             let due = last + self.config().caching_interval;
             self.next_refresh = due.max(SystemTime::now() + Duration::from_secs(60));
         }
-        self.applied_images = Some(images_of(live));
+        self.applied_images = Some(held_images(live));
     }
 
     fn next_wakeup(&self) -> Instant {
@@ -517,7 +517,7 @@ impl Controller {
 
         // Status of what the DaemonSet holds now, and what that means for quarantine.
         let live_images: Vec<String> =
-            self.live.as_ref().map(images_of).unwrap_or_default().into_iter().collect();
+            self.live.as_ref().map(held_images).unwrap_or_default().into_iter().collect();
         let generation = self.live.as_ref().and_then(|d| d.metadata.generation);
         let statuses = image_statuses(self.pods.values(), generation, &live_images);
         let mut wanted: BTreeSet<String> = self.tracker.wanted();
@@ -604,7 +604,7 @@ impl Controller {
         self.ctx.shared.metrics.applies.get_or_create(&StatusLabel { status }).inc();
         let mut applied = result?;
         applied.metadata.managed_fields = None;
-        let images = images_of(&applied);
+        let images = held_images(&applied);
         let holders = images.len();
         tracing::info!(daemonset = %name, holders, created, "Applied the DaemonSet");
         self.live = Some(applied);
@@ -917,22 +917,6 @@ pub fn mirror_name(namespace: &str, name: &str) -> String {
     format!("{}-{suffix}", stem.trim_end_matches(['-', '.']))
 }
 
-/// Canonical image references of the holder containers of a DaemonSet (not the idle one).
-fn images_of(ds: &DaemonSet) -> BTreeSet<String> {
-    ds.spec
-        .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .map(|p| {
-            p.containers
-                .iter()
-                .filter(|c| c.name != IDLE_HOLDER_NAME)
-                .filter_map(|c| c.image.as_deref())
-                .map(|i| parse_image_reference(i).unwrap_or_else(|_| i.to_string()))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 fn truncate(text: &str, max: usize) -> String {
     if text.len() <= max {
         return text.to_string();
@@ -952,7 +936,7 @@ pub async fn fetch_status(client: Client, config: &Config) -> Result<crate::stat
     let params = ListParams::default().labels(&selector_string(&config.daemonset_name));
     let pods = with_timeout(API_TIMEOUT, pod_api.list(&params)).await?;
     let holders: Vec<PodHolders> = pods.items.iter().filter_map(pod_holders).collect();
-    let images: Vec<String> = live.as_ref().map(images_of).unwrap_or_default().into_iter().collect();
+    let images: Vec<String> = live.as_ref().map(held_images).unwrap_or_default().into_iter().collect();
     Ok(crate::status::StatusReport::build(
         &config.namespace,
         &config.daemonset_name,

@@ -730,3 +730,13 @@ fn another_selector_is_foreign_and_kwarms_own_is_not() {
         "{why}"
     );
 }
+
+#[test]
+fn held_images_are_the_canonical_holder_images_without_the_idle_one() {
+    let c = config(&[("IMAGES", "a=nginx:1.25;b=quay.io/team/app:2")]);
+    let held: Vec<String> = held_images(&render(&c)).into_iter().collect();
+    assert_eq!(held, ["docker.io/library/nginx:1.25", "quay.io/team/app:2"]);
+    // nothing to warm: the DaemonSet has the idle holder only, and holds nothing
+    let idle = render_daemonset(&config(&[("IMAGES", "nginx:1")]), &RenderInput::default());
+    assert!(held_images(&idle).is_empty());
+}
