@@ -79,6 +79,17 @@ async fn template_parameters(text: &str) -> Result<Vec<(String, String)>> {
         .collect())
 }
 
+/// `helm upgrade --install kubernetes-image-puller deploy/helm -n NS -f <local knobs> -f VALUES`,
+/// as a puller user runs it with their values file; returns helm's output (with the NOTES).
+async fn install_kwarm_with_puller_values(ns: &str, values: &str, create_namespace: bool) -> Result<String> {
+    let mut args = vec!["upgrade", "--install", "kubernetes-image-puller", "deploy/helm", "-n", ns];
+    if create_namespace {
+        args.push("--create-namespace");
+    }
+    args.extend(["-f", LOCAL_VALUES, "-f", values, "--wait", "--timeout", "120s"]);
+    helm(&args).await
+}
+
 async fn manager_log(ns: &str, deployment: &str) -> String {
     kubectl(&["-n", ns, "logs", &format!("deployment/{deployment}"), "--tail=200"], None)
         .await
@@ -152,23 +163,7 @@ async fn the_pullers_values_file_installs_a_working_kwarm() -> Result<()> {
 
 async fn puller_values_install(client: &Client, ns: &str, values: &str) -> Result<()> {
     const NAME: &str = "kubernetes-image-puller";
-    let out = helm(&[
-        "upgrade",
-        "--install",
-        NAME,
-        "deploy/helm",
-        "-n",
-        ns,
-        "--create-namespace",
-        "-f",
-        LOCAL_VALUES,
-        "-f",
-        values,
-        "--wait",
-        "--timeout",
-        "120s",
-    ])
-    .await?;
+    let out = install_kwarm_with_puller_values(ns, values, true).await?;
     ensure!(
         out.contains("names kubernetes-image-puller's image (quay.io/eclipse/kubernetes-image-puller:next)")
             && out.contains(&format!("runs kwarm's own image {KWARM_IMAGE} instead")),
@@ -630,22 +625,7 @@ async fn migrate(client: &Client, archive: &std::path::Path, kwarm_ns: &str, kwo
 
     // 2. README's migration: kwarm with the same values file, in a namespace of its own, until warm.
     let migration = Instant::now();
-    helm(&[
-        "upgrade",
-        "--install",
-        NAME,
-        "deploy/helm",
-        "-n",
-        kwarm_ns,
-        "-f",
-        LOCAL_VALUES,
-        "-f",
-        values,
-        "--wait",
-        "--timeout",
-        "120s",
-    ])
-    .await?;
+    install_kwarm_with_puller_values(kwarm_ns, values, false).await?;
     holders_ready_or_explain(client, kwarm_ns, NAME, PULLER_IMAGES.len(), NAME).await?;
     let warm = migration.elapsed();
     // 3. Then the puller goes (on SIGTERM it deletes its DaemonSet; its pods go with it).
