@@ -1,9 +1,11 @@
-//! The I/O shell: watches the DaemonSet, its pods, labelled Deployments and kubelet `Pulled`
-//! events; decides when the desired DaemonSet differs from the live one; applies it.
+//! The I/O shell around the controller's decisions: watches the DaemonSet, its pods, labelled
+//! Deployments and kubelet `Pulled` events ([`streams`]), feeds what they see to the pure
+//! [`State`] ([`state`]), and executes its [`state::Decision`]: the apply (under a timeout, with
+//! backoff), the notices (logs; Events through a queue of their own), the gauges.
 //!
 //! One task owns all state. Watch events arrive on one merged stream; after each burst (a short,
-//! fixed window) the state is reconciled once. Timers (refresh, retention, quarantine retries,
-//! resync) only wake the same loop.
+//! fixed window) the state decides once. Timers (refresh, retention, quarantine retries, resync)
+//! only wake the same loop.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -21,36 +23,26 @@ use kube::{Client, Resource, ResourceExt};
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::daemonset::{
-    REFRESHED_AT_ANNOTATION, RenderInput, STATE_ANNOTATION, daemonset_matches, foreign_daemonset,
-    held_images, refresh_would_repull, render_daemonset, selector_labels, selector_string,
-};
+use crate::daemonset::{STATE_ANNOTATION, held_images, selector_labels, selector_string};
 use crate::error::{Error, Result, with_timeout};
-use crate::holder::{derived_holder_name, parse_image_reference};
 use crate::http::Shared;
-use crate::images::{DeploymentImages, DeploymentKey, ImageTracker, plan_holders, summarize_deployment};
+use crate::images::{DeploymentImages, DeploymentKey, summarize_deployment};
 use crate::metrics::{CategoryLabel, StateLabel, StatusLabel, WatchLabel};
-use streams::{Input, Listing, Seen, deployment_scopes, watch_streams};
+use crate::status::{PodHolders, STATE_MAX_BYTES, parse_pulled_message, pod_holders};
+pub use state::mirror_name;
+use state::{Gauges, Notice, Observation, State};
+use streams::{Input, Listing, deployment_scopes, watch_streams};
 
+mod state;
 mod streams;
-
-use crate::status::{
-    ImageStatus, PersistedState, PodHolders, Quarantine, QuarantinePolicy, STATE_MAX_BYTES, image_statuses,
-    parse_pulled_message, pod_holders,
-};
 
 /// The one field manager kwarm applies with.
 pub const FIELD_MANAGER: &str = "kwarm.io/manager";
 const API_TIMEOUT: Duration = Duration::from_secs(10);
 /// Events arriving within this window after the first are applied together.
 const COALESCE: Duration = Duration::from_millis(50);
-/// Safety net: re-read the DaemonSet from the API server this often, even if the watch is quiet.
-const RESYNC: Duration = Duration::from_secs(300);
 /// Inherited pull secrets are re-read from their source this often.
 const SECRET_SYNC: Duration = Duration::from_secs(60);
-const PROGRESS_LOG_EVERY: Duration = Duration::from_secs(5);
-/// At most this many Deployments get an Event about one image change.
-const EVENT_FANOUT: usize = 20;
 /// Events waiting to be sent; more are dropped (and logged at debug level).
 const EVENT_QUEUE: usize = 4096;
 
@@ -62,50 +54,19 @@ pub struct Context {
     pub identity: String,
 }
 
-/// An image being rolled out, for progress logs and the "warm" event.
-struct Warming {
-    since: SystemTime,
-    started: Instant,
-    last_logged: Option<(usize, Instant)>,
-}
-
+/// The shell around [`State`]: the API handles, the watch listings, the apply retry and the
+/// pull-secret mirrors; it executes what the state decides.
 struct Controller {
     ctx: Context,
     ds_api: Api<DaemonSet>,
-    /// Events for user Deployments, sent by [`send_events`].
+    /// Events for user Deployments and the DaemonSet, sent by [`send_events`].
     events: tokio::sync::mpsc::Sender<(KwarmEvent, ObjectReference)>,
-    leader: bool,
-    openshift: bool,
-    owner: Option<OwnerReference>,
-
-    live: Option<DaemonSet>,
+    state: State,
     ds_listing: Listing<DaemonSet>,
-
-    pods: BTreeMap<String, PodHolders>,
     pod_listing: Listing<(String, Option<PodHolders>)>,
-
-    tracker: ImageTracker,
-    deployment_scopes: Vec<Option<String>>,
     deployment_listings: Vec<Listing<(DeploymentKey, Option<DeploymentImages>)>>,
-    deployments_forbidden_reported: bool,
-    pulled_synced: bool,
-
-    quarantine: Quarantine,
-    refreshed_at: Option<String>,
-    next_refresh: SystemTime,
-    warming: BTreeMap<String, Warming>,
-    /// Images in the last DaemonSet kwarm applied or found, to see which ones are new.
-    applied_images: Option<BTreeSet<String>>,
-    overflow_reported: BTreeSet<String>,
-    init_failure_reported: bool,
-    /// Whether trimming the state annotation to its budget was reported (until it fits again).
-    state_trimmed_reported: bool,
-    /// UID of a foreign DaemonSet holding kwarm's name, once reported.
-    name_in_use_reported: Option<String>,
-
     mirrored_secrets: BTreeMap<String, String>,
     next_secret_sync: Instant,
-    next_resync: Instant,
     retry_at: Option<Instant>,
     retry_delay: Duration,
 }
@@ -123,6 +84,14 @@ pub async fn run(
     let mut inputs = watch_streams(&ctx.client, &config);
     let deployment_scopes = deployment_scopes(&config);
     let reporter = Reporter { controller: "kwarm".into(), instance: Some(ctx.identity.clone()) };
+    let state = State::new(
+        &config,
+        deployment_scopes.clone(),
+        *leader_rx.borrow(),
+        openshift,
+        owner,
+        SystemTime::now(),
+    );
     let mut c = Controller {
         ds_api: Api::namespaced(ctx.client.clone(), &config.namespace),
         events: {
@@ -130,35 +99,17 @@ pub async fn run(
             tokio::spawn(send_events(Recorder::new(ctx.client.clone(), reporter), rx));
             tx
         },
-        leader: *leader_rx.borrow(),
-        openshift,
-        owner,
-        live: None,
+        state,
         ds_listing: Listing::default(),
-        pods: BTreeMap::new(),
         pod_listing: Listing::default(),
-        tracker: ImageTracker::default(),
         deployment_listings: deployment_scopes.iter().map(|_| Listing::default()).collect(),
-        deployment_scopes,
-        deployments_forbidden_reported: false,
-        pulled_synced: false,
-        quarantine: Quarantine::default(),
-        refreshed_at: None,
-        next_refresh: SystemTime::now() + config.caching_interval,
-        warming: BTreeMap::new(),
-        applied_images: None,
-        overflow_reported: BTreeSet::new(),
-        init_failure_reported: false,
-        name_in_use_reported: None,
-        state_trimmed_reported: false,
         mirrored_secrets: BTreeMap::new(),
         next_secret_sync: Instant::now(),
-        next_resync: Instant::now() + RESYNC,
         retry_at: None,
         retry_delay: Duration::from_millis(500),
         ctx,
     };
-    c.ctx.shared.metrics.leader.set(i64::from(c.leader));
+    c.ctx.shared.metrics.leader.set(i64::from(c.state.leader()));
     let mut leader_open = true;
 
     loop {
@@ -172,9 +123,9 @@ pub async fn run(
                     leader_open = false;
                     continue;
                 }
-                c.leader = *leader_rx.borrow();
-                c.ctx.shared.metrics.leader.set(i64::from(c.leader));
-                dirty = true;
+                let leader = *leader_rx.borrow();
+                c.ctx.shared.metrics.leader.set(i64::from(leader));
+                dirty = c.observe(Observation::Leader(leader));
             }
             input = inputs.next() => match input {
                 Some(input) => dirty |= c.handle(input),
@@ -265,130 +216,52 @@ impl Controller {
         &self.ctx.config
     }
 
-    fn synced(&self) -> bool {
-        self.ds_listing.synced
-            && self.pod_listing.synced
-            && self.pulled_synced
-            && self.deployment_listings.iter().all(|l| l.synced)
+    fn observe(&mut self, observation: Observation) -> bool {
+        let config = self.ctx.config.clone();
+        self.state.observe(&config, observation, SystemTime::now())
     }
 
-    /// Applies one watch event to the state. Returns whether a reconcile is needed.
+    /// Takes one watch event in. Returns whether a reconcile is needed.
     fn handle(&mut self, input: Input) -> bool {
-        let now = SystemTime::now();
-        match input {
-            Input::DaemonSet(event) => {
-                match self.ds_listing.fold(event, |ds| ds) {
-                    None => return false,
-                    Some(Seen::Listed(listed)) => {
-                        self.live = listed.into_iter().next();
-                        self.adopt_state();
-                    }
-                    Some(Seen::Applied(ds)) => {
-                        self.live = Some(ds);
-                        if !self.leader {
-                            self.adopt_state();
-                        }
-                    }
-                    Some(Seen::Deleted(_)) => {
-                        tracing::info!(daemonset = %self.config().daemonset_name, "DaemonSet deleted; restoring it");
-                        self.live = None;
-                    }
-                }
-                true
-            }
+        let observation = match input {
+            Input::DaemonSet(event) => self.ds_listing.fold(event, |ds| ds).map(Observation::DaemonSet),
             Input::Pod(event) => {
-                match self.pod_listing.fold(event, |pod| (pod.name_any(), pod_holders(&pod))) {
-                    None => return false,
-                    Some(Seen::Listed(listed)) => {
-                        self.pods = listed.into_iter().filter_map(|(name, h)| h.map(|h| (name, h))).collect();
-                    }
-                    Some(Seen::Applied((name, Some(h)))) => {
-                        self.note_failure_transitions(self.pods.get(&name), &h);
-                        self.pods.insert(name, h);
-                    }
-                    Some(Seen::Applied((name, None)) | Seen::Deleted((name, _))) => {
-                        self.pods.remove(&name);
-                    }
-                }
-                true
+                self.pod_listing.fold(event, |pod| (pod.name_any(), pod_holders(&pod))).map(Observation::Pods)
             }
-            Input::Deployment(i, event) => self.handle_deployment(i, event, now),
-            Input::Pulled(event) => {
-                match event {
-                    // The last watch to sync may be this one: reconcile then.
-                    Event::InitDone => {
-                        self.pulled_synced = true;
-                        true
-                    }
-                    // Events listed at start happened before this manager; only count new pulls.
-                    Event::Apply(e) => {
-                        self.record_pull(&e);
-                        false
-                    }
-                    _ => false,
-                }
+            Input::Deployment(i, event) => {
+                let watch = &self.ctx.config.watch;
+                let summarize = |d: Deployment| {
+                    ((d.namespace().unwrap_or_default(), d.name_any()), summarize_deployment(&d, watch))
+                };
+                self.deployment_listings[i]
+                    .fold(event, summarize)
+                    .map(|seen| Observation::Deployments(i, seen))
             }
+            // Kubelet events only feed metrics: their listing never holds a decision back.
+            Input::Pulled(event) => match event {
+                // Events listed at start happened before this manager; only count new pulls.
+                Event::Apply(e) => {
+                    self.record_pull(&e);
+                    None
+                }
+                _ => None,
+            },
             Input::WatchError(watch, error) => {
                 self.ctx.shared.metrics.watch_errors.get_or_create(&WatchLabel { watch }).inc();
                 let forbidden = matches!(&error, watcher::Error::InitialListFailed(kube::Error::Api(s))
                     | watcher::Error::WatchStartFailed(kube::Error::Api(s)) if s.code == 403);
                 if watch == "deployments" && forbidden {
-                    if !self.deployments_forbidden_reported {
-                        self.deployments_forbidden_reported = true;
-                        tracing::error!(error = %error,
-                            "Not allowed to list/watch Deployments (RBAC); warming only IMAGES. \
-                             Grant list/watch on deployments.apps or set WATCH_DEPLOYMENTS=false");
-                    }
-                    // Go on with IMAGES: treat the Deployment watch as synced and empty.
-                    for listing in &mut self.deployment_listings {
-                        listing.synced = true;
-                    }
-                    return true;
+                    Some(Observation::DeploymentsForbidden(error.to_string()))
+                } else {
+                    tracing::warn!(watch, error = %error, "Watch failed; retrying with backoff");
+                    None
                 }
-                tracing::warn!(watch, error = %error, "Watch failed; retrying with backoff");
-                false
             }
-        }
-    }
-
-    fn handle_deployment(&mut self, i: usize, event: Event<Deployment>, now: SystemTime) -> bool {
-        let watch = &self.ctx.config.watch;
-        let summarize = |d: Deployment| {
-            ((d.namespace().unwrap_or_default(), d.name_any()), summarize_deployment(&d, watch))
         };
-        let changed = match self.deployment_listings[i].fold(event, summarize) {
-            None => false,
-            Some(Seen::Listed(listed)) => {
-                // This stream's scope is replaced; what other streams (namespaces) listed stays.
-                let scope = self.deployment_scopes[i].clone();
-                let mut all: BTreeMap<DeploymentKey, DeploymentImages> = self
-                    .tracker
-                    .deployments()
-                    .iter()
-                    .filter(|((ns, _), _)| scope.as_ref().is_some_and(|s| s != ns))
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect();
-                all.extend(listed.into_iter().filter_map(|(key, summary)| summary.map(|s| (key, s))));
-                self.tracker.replace_all(all, now);
-                true
-            }
-            Some(Seen::Applied((key, Some(summary)))) => self.tracker.upsert(key, summary, now),
-            Some(Seen::Applied((key, None)) | Seen::Deleted((key, _))) => self.tracker.remove(&key, now),
-        };
-        self.ctx.shared.metrics.watched_deployments.set(self.tracker.deployments().len() as i64);
-        changed
-    }
-
-    /// Counts pulls that just failed (a holder entering a failure state on a node).
-    fn note_failure_transitions(&self, before: Option<&PodHolders>, after: &PodHolders) {
-        use crate::status::HolderState;
-        for (image, state) in &after.images {
-            let was_failed =
-                matches!(before.and_then(|b| b.images.get(image)), Some(HolderState::Failed { .. }));
-            if matches!(state, HolderState::Failed { .. }) && !was_failed {
-                self.ctx.shared.metrics.pulls.get_or_create(&StatusLabel { status: "failed" }).inc();
-            }
-        }
+        let dirty = observation.is_some_and(|o| self.observe(o));
+        self.ctx.shared.metrics.watched_deployments.set(self.state.deployments().len() as i64);
+        self.announce();
+        dirty
     }
 
     fn record_pull(&self, event: &CoreEvent) {
@@ -408,76 +281,29 @@ impl Controller {
         }
     }
 
-    /// Takes over the state the leader keeps on the DaemonSet (retained and quarantined images,
-    /// last refresh): at start, so a restart renders the same DaemonSet and changes nothing, and
-    /// on every change while following, so a takeover continues where the last leader stopped.
-    fn adopt_state(&mut self) {
-        let Some(live) = &self.live else { return };
-        if let Some(state) = live.annotations().get(STATE_ANNOTATION) {
-            match serde_json::from_str::<PersistedState>(state) {
-                Ok(state) => {
-                    self.tracker.restore_released(state.retained_times(SystemTime::now()));
-                    self.quarantine = Quarantine::restore(state.quarantined);
-                }
-                Err(e) => tracing::warn!(error = %e, "Ignoring unreadable kwarm.io/state annotation"),
-            }
-        }
-        let template_annotations = live
-            .spec
-            .as_ref()
-            .and_then(|s| s.template.metadata.as_ref())
-            .and_then(|m| m.annotations.as_ref());
-        if let Some(at) = template_annotations.and_then(|a| a.get(REFRESHED_AT_ANNOTATION)) {
-            self.refreshed_at = Some(at.clone());
-            // Never refresh because of a restart: the next refresh is at least one interval away.
-            let last = humantime::parse_rfc3339(at).unwrap_or_else(|_| SystemTime::now());
-            let due = last + self.config().caching_interval;
-            self.next_refresh = due.max(SystemTime::now() + Duration::from_secs(60));
-        }
-        self.applied_images = Some(held_images(live));
-    }
-
     fn next_wakeup(&self) -> Instant {
         let now_sys = SystemTime::now();
         let now = Instant::now();
-        let from_sys = |t: SystemTime| now + t.duration_since(now_sys).unwrap_or_default();
-        let policy = self.quarantine_policy();
-        let mut next = self.next_resync.min(from_sys(self.next_refresh));
-        if let Some(t) = self.tracker.next_expiry(self.config().image_retention) {
-            next = next.min(from_sys(t));
-        }
-        if let Some(t) = self.quarantine.next_deadline(policy) {
-            next = next.min(from_sys(t));
-        }
+        let wake = self.state.next_wakeup(self.config(), now_sys);
+        let mut next = now + wake.duration_since(now_sys).unwrap_or_default();
         if let Some(t) = self.retry_at {
             next = next.min(t);
         }
-        if self.config().watch.inherit_pull_secrets && self.leader {
+        if self.config().watch.inherit_pull_secrets && self.state.leader() {
             next = next.min(self.next_secret_sync);
-        }
-        if !self.warming.is_empty() {
-            next = next.min(now + PROGRESS_LOG_EVERY);
         }
         next.max(now + Duration::from_millis(10))
     }
 
-    fn quarantine_policy(&self) -> QuarantinePolicy {
-        QuarantinePolicy {
-            timeout: self.config().pull_timeout,
-            backoff: self.config().retry_backoff,
-            max_retries: self.config().max_retries,
-        }
-    }
-
-    #[tracing::instrument(skip(self), fields(leader = self.leader))]
+    #[tracing::instrument(skip(self), fields(leader = self.state.leader()))]
     async fn reconcile(&mut self) {
-        if !self.synced() {
+        if !self.state.synced() {
             return;
         }
         if !self.ctx.shared.ready.swap(true, Ordering::Relaxed) {
             tracing::info!(
-                deployments = self.tracker.deployments().len(),
-                pods = self.pods.len(),
+                deployments = self.state.deployments().len(),
+                pods = self.state.pods(),
                 "Every watch synced"
             );
         }
@@ -507,93 +333,34 @@ impl Controller {
     }
 
     async fn reconcile_inner(&mut self) -> Result<()> {
-        let now = SystemTime::now();
         let config = self.ctx.config.clone();
-        if Instant::now() >= self.next_resync {
-            self.next_resync = Instant::now() + RESYNC;
-            self.live = with_timeout(API_TIMEOUT, self.ds_api.get_opt(&config.daemonset_name)).await?;
+        if self.state.resync_due(SystemTime::now()) {
+            let live = with_timeout(API_TIMEOUT, self.ds_api.get_opt(&config.daemonset_name)).await?;
+            self.observe(Observation::Resynced(live));
         }
-        self.tracker.expire(now, config.image_retention);
-
-        // Status of what the DaemonSet holds now, and what that means for quarantine.
-        let live_images: Vec<String> =
-            self.live.as_ref().map(held_images).unwrap_or_default().into_iter().collect();
-        let generation = self.live.as_ref().and_then(|d| d.metadata.generation);
-        let statuses = image_statuses(self.pods.values(), generation, &live_images);
-        let mut wanted: BTreeSet<String> = self.tracker.wanted();
-        wanted.extend(config.images.iter().filter_map(|h| parse_image_reference(&h.image).ok()));
-        self.quarantine.retain_images(&wanted);
-        if self.leader {
-            let changes = self.quarantine.step(&statuses, self.quarantine_policy(), now);
-            self.report_quarantine(&changes, &statuses).await;
-        }
-        self.report_init_failures();
-        self.report_progress(&statuses).await;
-        self.update_image_metrics(&statuses);
-
-        let plan = plan_holders(
-            &config.images,
-            &self.tracker.wanted(),
-            &self.quarantine.excluded(),
-            config.max_images,
-        );
-        self.report_overflow(&plan.overflow);
-
-        if now >= self.next_refresh {
-            self.next_refresh = now + config.caching_interval;
-            if refresh_would_repull(&config, &plan.holders) {
-                self.refreshed_at = Some(humantime::format_rfc3339_seconds(now).to_string());
-                tracing::info!(
-                    "Refreshing: rolling holders so images with pull policy Always are pulled again"
-                );
+        if self.state.leader() && config.watch.inherit_pull_secrets {
+            // Optional: a mirroring failure never keeps the DaemonSet from being updated.
+            match self.sync_pull_secrets().await {
+                Ok(names) => {
+                    self.observe(Observation::PullSecrets(names));
+                }
+                Err(e) => tracing::warn!(error = %e, category = e.category(),
+                    "Pull secret mirroring failed; the DaemonSet keeps the mirrors it had"),
             }
         }
-
-        if !self.leader {
-            return Ok(());
+        let decision = self.state.decide(&config, SystemTime::now());
+        self.update_gauges(&decision.gauges);
+        self.announce();
+        match decision.apply {
+            Some(desired) => self.apply(&desired).await,
+            None => Ok(()),
         }
-        let extra_pull_secrets = self.sync_pull_secrets().await?;
-        let state = PersistedState::new(self.tracker.released(), &self.quarantine);
-        let state = (!state.is_empty()).then(|| {
-            let (text, dropped) = state.encode_bounded(STATE_MAX_BYTES);
-            if dropped > 0 && !self.state_trimmed_reported {
-                tracing::warn!(
-                    dropped,
-                    max_bytes = STATE_MAX_BYTES,
-                    "kwarm.io/state too large: the images released longest ago are not kept for retention"
-                );
-            }
-            self.state_trimmed_reported = dropped > 0;
-            text
-        });
-        let input = RenderInput {
-            holders: plan.holders,
-            extra_pull_secrets,
-            openshift: self.openshift,
-            owner: self.owner.clone(),
-            refreshed_at: self.refreshed_at.clone(),
-            state,
-        };
-        let desired = render_daemonset(&config, &input);
-        if let Some(live) = &self.live
-            && let Some(why) = foreign_daemonset(&desired, live)
-        {
-            self.report_name_in_use(why);
-            return Ok(());
-        }
-        if self.name_in_use_reported.take().is_some() {
-            tracing::info!(daemonset = %config.daemonset_name, "The DaemonSet name is free: creating kwarm's own");
-        }
-        if self.live.as_ref().is_some_and(|live| daemonset_matches(&desired, live)) {
-            return Ok(());
-        }
-        self.apply(&desired).await
     }
 
     async fn apply(&mut self, desired: &DaemonSet) -> Result<()> {
         let name = &self.config().daemonset_name;
         let params = PatchParams::apply(FIELD_MANAGER).force();
-        let created = self.live.is_none();
+        let created = self.state.live().is_none();
         let result =
             with_timeout(API_TIMEOUT, self.ds_api.patch(name, &params, &Patch::Apply(desired))).await;
         let status = match &result {
@@ -604,193 +371,138 @@ impl Controller {
         self.ctx.shared.metrics.applies.get_or_create(&StatusLabel { status }).inc();
         let mut applied = result?;
         applied.metadata.managed_fields = None;
-        let images = held_images(&applied);
-        let holders = images.len();
+        let holders = held_images(&applied).len();
         tracing::info!(daemonset = %name, holders, created, "Applied the DaemonSet");
-        self.live = Some(applied);
-        let before = self.applied_images.replace(images.clone()).unwrap_or_default();
-        for image in images.difference(&before) {
-            self.warming.insert(
-                image.clone(),
-                Warming { since: SystemTime::now(), started: Instant::now(), last_logged: None },
-            );
-            let nodes = self.pods.values().map(|p| p.node.as_str()).collect::<BTreeSet<_>>().len();
-            let note = format!("Warming image {image} on {nodes} nodes");
-            self.publish_to_users(image, "WarmingStarted", EventType::Normal, note);
-        }
-        self.warming.retain(|image, _| images.contains(image));
+        self.observe(Observation::Applied(applied));
+        self.announce();
         Ok(())
     }
 
-    /// Progress lines for long warm-ups and the "warm on m/m nodes" event when one completes.
-    async fn report_progress(&mut self, statuses: &[ImageStatus]) {
-        let mut done = Vec::new();
-        for s in statuses {
-            let Some(w) = self.warming.get_mut(&s.image) else { continue };
-            if s.warm_everywhere() {
-                let secs = w.started.elapsed().as_secs_f64();
-                tracing::info!(image = %s.image, nodes = s.nodes, seconds = format!("{secs:.1}"), "Image warm on every node");
-                done.push((
-                    s.image.clone(),
-                    format!("Image {} warm on {}/{} nodes in {secs:.1} s", s.image, s.warm, s.nodes),
-                ));
-                continue;
-            }
-            let due =
-                w.last_logged.is_none_or(|(warm, at)| warm != s.warm && at.elapsed() >= PROGRESS_LOG_EVERY);
-            if due && w.started.elapsed() >= PROGRESS_LOG_EVERY {
-                w.last_logged = Some((s.warm, Instant::now()));
-                let since = humantime::format_rfc3339_seconds(w.since);
-                tracing::info!(image = %s.image, warm = s.warm, nodes = s.nodes, failed = s.failed, %since,
-                    "Image warm on {}/{} nodes", s.warm, s.nodes);
-            }
-        }
-        for (image, note) in done {
-            self.warming.remove(&image);
-            if self.leader {
-                self.publish_to_users(&image, "ImageWarm", EventType::Normal, note);
-            }
-        }
-    }
-
-    async fn report_quarantine(
-        &mut self,
-        changes: &crate::status::QuarantineChanges,
-        statuses: &[ImageStatus],
-    ) {
-        for image in &changes.quarantined {
-            let reasons = statuses
-                .iter()
-                .find(|s| &s.image == image)
-                .map(|s| s.messages.iter().map(|(r, m)| format!("{r}: {m}")).collect::<Vec<_>>().join("; "))
-                .unwrap_or_default();
-            let entry = self.quarantine.entries().get(image);
-            let retry =
-                entry.and_then(|e| e.retry_at).map(|t| humantime::format_rfc3339_seconds(t).to_string());
-            tracing::warn!(image = %image, attempt = entry.map(|e| e.attempt), retry_at = ?retry, %reasons,
-                "Image quarantined: failing on every node; removed from the DaemonSet so the others proceed");
-            let note = match retry {
-                Some(at) => {
-                    format!("Image {image} quarantined (failing on every node: {reasons}); retry at {at}")
-                }
-                None => format!("Image {image} quarantined for good after repeated failures: {reasons}"),
-            };
-            self.publish_to_users(image, "ImageQuarantined", EventType::Warning, note);
-        }
-        for image in &changes.released_for_retry {
-            tracing::info!(image = %image, "Retrying quarantined image");
-        }
-        for image in &changes.recovered {
-            tracing::info!(image = %image, "Quarantined image recovered");
-        }
-    }
-
-    /// A DaemonSet of kwarm's name that kwarm may not change: said once per object (log and an
-    /// Event on it), then kwarm waits for the name to become free (the DaemonSet watch sees it).
-    fn report_name_in_use(&mut self, why: String) {
-        let uid = self.live.as_ref().and_then(|l| l.metadata.uid.clone()).unwrap_or_default();
-        if self.name_in_use_reported.as_deref() == Some(uid.as_str()) {
-            return;
-        }
-        self.name_in_use_reported = Some(uid);
-        tracing::error!(daemonset = %self.config().daemonset_name, "{why}");
-        let reference = ObjectReference {
-            api_version: Some("apps/v1".into()),
-            kind: Some("DaemonSet".into()),
-            namespace: Some(self.config().namespace.clone()),
-            name: Some(self.config().daemonset_name.clone()),
-            ..Default::default()
-        };
-        let event = KwarmEvent {
-            type_: EventType::Warning,
-            reason: "NameInUse".into(),
-            note: Some(truncate(&why, 1000)),
-            action: "Apply".into(),
-            secondary: None,
-        };
-        if self.events.try_send((event, reference)).is_err() {
-            tracing::debug!("Event queue full; event dropped");
-        }
-    }
-
-    /// A failing init container (bad `KIP_IMAGE`) keeps every holder from starting: say so once.
-    fn report_init_failures(&mut self) {
-        let failing: Vec<&(String, String)> =
-            self.pods.values().filter_map(|p| p.init_failure.as_ref()).collect();
-        match failing.first() {
-            Some((reason, message)) if !self.init_failure_reported => {
-                self.init_failure_reported = true;
-                tracing::error!(nodes = failing.len(), %reason, %message, kip_image = %self.config().kip_image,
-                    "Init container failing: holders cannot start; check KIP_IMAGE and its pull secrets");
-            }
-            None => self.init_failure_reported = false,
-            _ => {}
-        }
-    }
-
-    fn report_overflow(&mut self, overflow: &[String]) {
-        let set: BTreeSet<String> = overflow.iter().cloned().collect();
-        for image in set.difference(&self.overflow_reported) {
-            tracing::error!(image = %image, max_images = self.config().max_images,
-                "Image not warmed: MAX_IMAGES reached; raise MAX_IMAGES or exclude images");
-        }
-        self.overflow_reported = set;
-        self.ctx
-            .shared
-            .metrics
-            .images
-            .get_or_create(&StateLabel { state: "overflow" })
-            .set(overflow.len() as i64);
-    }
-
-    fn update_image_metrics(&self, statuses: &[ImageStatus]) {
+    fn update_gauges(&self, g: &Gauges) {
         let m = &self.ctx.shared.metrics;
-        let (mut warm, mut pulling, mut failed, mut active) = (0, 0, 0, 0);
-        for s in statuses {
-            active += s.pulling;
-            if s.warm_everywhere() {
-                warm += 1;
-            } else if s.failed > 0 {
-                failed += 1;
-            } else {
-                pulling += 1;
-            }
+        for (state, value) in [
+            ("warm", g.warm),
+            ("pulling", g.pulling),
+            ("failed", g.failed),
+            ("quarantined", g.quarantined),
+            ("overflow", g.overflow),
+        ] {
+            m.images.get_or_create(&StateLabel { state }).set(value);
         }
-        m.images.get_or_create(&StateLabel { state: "warm" }).set(warm);
-        m.images.get_or_create(&StateLabel { state: "pulling" }).set(pulling);
-        m.images.get_or_create(&StateLabel { state: "failed" }).set(failed);
-        m.images
-            .get_or_create(&StateLabel { state: "quarantined" })
-            .set(self.quarantine.excluded().len() as i64);
-        m.active_pulls.set(active as i64);
+        m.active_pulls.set(g.active_pulls);
     }
 
-    /// Queues an event for every watched Deployment that uses `image` (never writing to them);
-    /// a separate task sends them in order, so the reconcile loop never waits for them.
-    fn publish_to_users(&self, image: &str, reason: &str, type_: EventType, note: String) {
-        if !self.leader {
-            return;
+    /// Logs what the state has to say and queues its Events (a separate task sends them, so the
+    /// loop never waits for Event writes).
+    fn announce(&mut self) {
+        let config = self.ctx.config.clone();
+        for notice in self.state.take_notices() {
+            match notice {
+                Notice::DaemonSetDeleted => {
+                    tracing::info!(daemonset = %config.daemonset_name, "DaemonSet deleted; restoring it");
+                }
+                Notice::DeploymentsForbidden { error } => tracing::error!(%error,
+                    "Not allowed to list/watch Deployments (RBAC); warming only IMAGES. \
+                     Grant list/watch on deployments.apps or set WATCH_DEPLOYMENTS=false"),
+                Notice::StateUnreadable { error } => {
+                    tracing::warn!(%error, "Ignoring unreadable kwarm.io/state annotation");
+                }
+                Notice::PullsFailed(n) => {
+                    self.ctx.shared.metrics.pulls.get_or_create(&StatusLabel { status: "failed" }).inc_by(n);
+                }
+                Notice::Quarantined { image, attempt, retry_at, reasons, users } => {
+                    let retry = retry_at.map(|t| humantime::format_rfc3339_seconds(t).to_string());
+                    tracing::warn!(image = %image, attempt, retry_at = ?retry, %reasons,
+                        "Image quarantined: failing on every node; removed from the DaemonSet so the others proceed");
+                    let note = match retry {
+                        Some(at) => format!(
+                            "Image {image} quarantined (failing on every node: {reasons}); retry at {at}"
+                        ),
+                        None => {
+                            format!("Image {image} quarantined for good after repeated failures: {reasons}")
+                        }
+                    };
+                    self.publish_to_users(&users, "ImageQuarantined", EventType::Warning, note);
+                }
+                Notice::RetryingQuarantined { image } => {
+                    tracing::info!(image = %image, "Retrying quarantined image")
+                }
+                Notice::Recovered { image } => tracing::info!(image = %image, "Quarantined image recovered"),
+                Notice::InitFailing { nodes, reason, message } => {
+                    tracing::error!(nodes, %reason, %message, kip_image = %config.kip_image,
+                        "Init container failing: holders cannot start; check KIP_IMAGE and its pull secrets");
+                }
+                Notice::Progress { image, warm, nodes, failed, since } => {
+                    let since = humantime::format_rfc3339_seconds(since);
+                    tracing::info!(image = %image, warm, nodes, failed, %since, "Image warm on {warm}/{nodes} nodes");
+                }
+                Notice::Warm { image, warm, nodes, seconds, users } => {
+                    tracing::info!(image = %image, nodes, seconds = format!("{seconds:.1}"), "Image warm on every node");
+                    let note = format!("Image {image} warm on {warm}/{nodes} nodes in {seconds:.1} s");
+                    self.publish_to_users(&users, "ImageWarm", EventType::Normal, note);
+                }
+                Notice::WarmingStarted { image, nodes, users } => {
+                    let note = format!("Warming image {image} on {nodes} nodes");
+                    self.publish_to_users(&users, "WarmingStarted", EventType::Normal, note);
+                }
+                Notice::Overflow { image } => tracing::error!(image = %image, max_images = config.max_images,
+                    "Image not warmed: MAX_IMAGES reached; raise MAX_IMAGES or exclude images"),
+                Notice::Refreshing => tracing::info!(
+                    "Refreshing: rolling holders so images with pull policy Always are pulled again"
+                ),
+                Notice::NameInUse { why } => {
+                    tracing::error!(daemonset = %config.daemonset_name, "{why}");
+                    let reference = ObjectReference {
+                        api_version: Some("apps/v1".into()),
+                        kind: Some("DaemonSet".into()),
+                        namespace: Some(config.namespace.clone()),
+                        name: Some(config.daemonset_name.clone()),
+                        ..Default::default()
+                    };
+                    self.queue_event(reference, "NameInUse", EventType::Warning, "Apply", why);
+                }
+                Notice::NameFree => tracing::info!(daemonset = %config.daemonset_name,
+                    "The DaemonSet name is free: creating kwarm's own"),
+                Notice::StateTrimmed { dropped } => tracing::warn!(
+                    dropped,
+                    max_bytes = STATE_MAX_BYTES,
+                    "kwarm.io/state too large: the images released longest ago are not kept for retention"
+                ),
+            }
         }
-        // Bounded: an image shared by thousands of Deployments must not cost thousands of writes.
-        let users: Vec<DeploymentKey> = self.tracker.users_of(image).take(EVENT_FANOUT).cloned().collect();
+    }
+
+    /// Queues an Event on each of `users` (Deployments; never a write to them).
+    fn publish_to_users(&self, users: &[DeploymentKey], reason: &str, type_: EventType, note: String) {
         for (namespace, name) in users {
             let reference = ObjectReference {
                 api_version: Some("apps/v1".into()),
                 kind: Some("Deployment".into()),
-                namespace: Some(namespace),
-                name: Some(name),
+                namespace: Some(namespace.clone()),
+                name: Some(name.clone()),
                 ..Default::default()
             };
-            let event = KwarmEvent {
-                type_,
-                reason: reason.into(),
-                note: Some(truncate(&note, 1000)),
-                action: "Warm".into(),
-                secondary: None,
-            };
-            if self.events.try_send((event, reference)).is_err() {
-                tracing::debug!(reason, "Event queue full; event dropped");
-            }
+            self.queue_event(reference, reason, type_, "Warm", note.clone());
+        }
+    }
+
+    fn queue_event(
+        &self,
+        reference: ObjectReference,
+        reason: &str,
+        type_: EventType,
+        action: &str,
+        note: String,
+    ) {
+        let event = KwarmEvent {
+            type_,
+            reason: reason.into(),
+            note: Some(truncate(&note, 1000)),
+            action: action.into(),
+            secondary: None,
+        };
+        if self.events.try_send((event, reference)).is_err() {
+            tracing::debug!(reason, "Event queue full; event dropped");
         }
     }
 
@@ -800,12 +512,7 @@ impl Controller {
         if !self.config().watch.inherit_pull_secrets {
             return Ok(Vec::new());
         }
-        let mut wanted: BTreeMap<String, (String, String)> = BTreeMap::new();
-        for ((ns, _), d) in self.tracker.deployments() {
-            for secret in &d.pull_secrets {
-                wanted.insert(mirror_name(ns, secret), (ns.clone(), secret.clone()));
-            }
-        }
+        let wanted = self.state.pull_secrets_wanted();
         let due = Instant::now() >= self.next_secret_sync;
         let known: BTreeSet<&String> = self.mirrored_secrets.keys().collect();
         if !due && wanted.keys().collect::<BTreeSet<_>>() == known {
@@ -847,7 +554,7 @@ impl Controller {
                             "kwarm.io/source".to_string(),
                             format!("{source_ns}/{source_name}"),
                         )])),
-                        owner_references: self.owner.clone().map(|o| vec![o]),
+                        owner_references: self.state.owner().cloned().map(|o| vec![o]),
                         ..Default::default()
                     },
                     type_: Some(type_),
@@ -907,14 +614,6 @@ async fn send_events(
             }
         }
     }
-}
-
-/// Name of the mirror of `namespace/name`: readable, unique (hash), a valid secret name.
-pub fn mirror_name(namespace: &str, name: &str) -> String {
-    let hash = derived_holder_name(&format!("{namespace}/{name}"));
-    let suffix = hash.rsplit('-').next().unwrap_or_default();
-    let stem: String = format!("kwarm-{namespace}-{name}").chars().take(200).collect();
-    format!("{}-{suffix}", stem.trim_end_matches(['-', '.']))
 }
 
 fn truncate(text: &str, max: usize) -> String {

@@ -1,0 +1,618 @@
+//! The controller's decisions, as data. [`State`] is fed what the watches saw
+//! ([`State::observe`]) and, when every watch has synced, says what to do ([`State::decide`]):
+//! the DaemonSet to apply (or none), the gauges, when to wake up, and [`Notice`]s for the shell
+//! to log and post as Events. No client, no metrics handles, no clock: time comes in as `now`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, SystemTime};
+
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::ResourceExt;
+
+use super::streams::Seen;
+use crate::config::Config;
+use crate::daemonset::{
+    REFRESHED_AT_ANNOTATION, RenderInput, STATE_ANNOTATION, daemonset_matches, foreign_daemonset,
+    held_images, refresh_would_repull, render_daemonset,
+};
+use crate::holder::parse_image_reference;
+use crate::images::{DeploymentImages, DeploymentKey, ImageTracker, plan_holders};
+use crate::status::{
+    HolderState, ImageStatus, PersistedState, PodHolders, Quarantine, QuarantinePolicy, STATE_MAX_BYTES,
+    image_statuses,
+};
+
+/// Safety net: re-read the DaemonSet from the API server this often, even if the watch is quiet.
+pub const RESYNC: Duration = Duration::from_secs(300);
+/// A warm-up still going on is logged this often.
+pub const PROGRESS_LOG_EVERY: Duration = Duration::from_secs(5);
+/// At most this many Deployments get an Event about one image.
+pub const EVENT_FANOUT: usize = 20;
+/// A restart never refreshes: the next refresh is at least this far away.
+const REFRESH_AFTER_RESTART: Duration = Duration::from_secs(60);
+
+/// What a watch (or the shell's own call) saw.
+#[derive(Debug, Clone)]
+pub enum Observation {
+    DaemonSet(Seen<DaemonSet>),
+    /// The DaemonSet as re-read by the periodic resync (`None`: it does not exist).
+    Resynced(Option<DaemonSet>),
+    /// What the API server answered to kwarm's apply.
+    Applied(DaemonSet),
+    Pods(Seen<(String, Option<PodHolders>)>),
+    /// From the Deployment stream with this index (see [`State::new`]'s `scopes`).
+    Deployments(usize, Seen<(DeploymentKey, Option<DeploymentImages>)>),
+    /// Listing or watching Deployments is forbidden: go on with IMAGES alone.
+    DeploymentsForbidden(String),
+    Leader(bool),
+    /// The pull-secret mirrors that exist now, to reference from the DaemonSet.
+    PullSecrets(Vec<String>),
+}
+
+/// Something to tell the user: the shell logs it and, where `users` or the DaemonSet is named,
+/// posts Events.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Notice {
+    DaemonSetDeleted,
+    DeploymentsForbidden {
+        error: String,
+    },
+    StateUnreadable {
+        error: String,
+    },
+    /// Holders that just entered a failure state (pull failures, for the counter).
+    PullsFailed(u64),
+    Quarantined {
+        image: String,
+        attempt: u32,
+        retry_at: Option<SystemTime>,
+        reasons: String,
+        users: Vec<DeploymentKey>,
+    },
+    RetryingQuarantined {
+        image: String,
+    },
+    Recovered {
+        image: String,
+    },
+    InitFailing {
+        nodes: usize,
+        reason: String,
+        message: String,
+    },
+    Progress {
+        image: String,
+        warm: usize,
+        nodes: usize,
+        failed: usize,
+        since: SystemTime,
+    },
+    Warm {
+        image: String,
+        warm: usize,
+        nodes: usize,
+        seconds: f64,
+        users: Vec<DeploymentKey>,
+    },
+    WarmingStarted {
+        image: String,
+        nodes: usize,
+        users: Vec<DeploymentKey>,
+    },
+    Overflow {
+        image: String,
+    },
+    Refreshing,
+    /// A DaemonSet of kwarm's name that is not kwarm's: the reason, for the log and its Event.
+    NameInUse {
+        why: String,
+    },
+    NameFree,
+    StateTrimmed {
+        dropped: usize,
+    },
+}
+
+/// Image counts for the gauges.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Gauges {
+    pub warm: i64,
+    pub pulling: i64,
+    pub failed: i64,
+    pub quarantined: i64,
+    pub overflow: i64,
+    pub active_pulls: i64,
+}
+
+/// What to do now.
+#[derive(Debug, Clone, Default)]
+pub struct Decision {
+    /// The DaemonSet to apply; `None` when the live one is right (or kwarm may not write).
+    pub apply: Option<DaemonSet>,
+    pub gauges: Gauges,
+}
+
+/// An image being rolled out, for progress logs and the "warm" notice.
+#[derive(Debug, Clone, PartialEq)]
+struct Warming {
+    since: SystemTime,
+    last_logged: Option<(usize, SystemTime)>,
+}
+
+/// Everything the controller knows and has said.
+#[derive(Debug)]
+pub struct State {
+    leader: bool,
+    openshift: bool,
+    owner: Option<OwnerReference>,
+
+    live: Option<DaemonSet>,
+    pods: BTreeMap<String, PodHolders>,
+    tracker: ImageTracker,
+    deployment_scopes: Vec<Option<String>>,
+    ds_synced: bool,
+    pods_synced: bool,
+    deployments_synced: Vec<bool>,
+    deployments_forbidden_reported: bool,
+    pull_secrets: Vec<String>,
+
+    quarantine: Quarantine,
+    refreshed_at: Option<String>,
+    next_refresh: SystemTime,
+    next_resync: SystemTime,
+    warming: BTreeMap<String, Warming>,
+    /// Images in the last DaemonSet kwarm applied or found, to see which ones are new.
+    applied_images: Option<BTreeSet<String>>,
+    overflow_reported: BTreeSet<String>,
+    init_failure_reported: bool,
+    state_trimmed_reported: bool,
+    /// UID of a foreign DaemonSet holding kwarm's name, once reported.
+    name_in_use_reported: Option<String>,
+
+    notices: Vec<Notice>,
+}
+
+impl State {
+    /// `scopes`: the namespace of each Deployment stream (`None`: all namespaces).
+    pub fn new(
+        config: &Config,
+        scopes: Vec<Option<String>>,
+        leader: bool,
+        openshift: bool,
+        owner: Option<OwnerReference>,
+        now: SystemTime,
+    ) -> State {
+        State {
+            leader,
+            openshift,
+            owner,
+            live: None,
+            pods: BTreeMap::new(),
+            tracker: ImageTracker::default(),
+            deployments_synced: vec![false; scopes.len()],
+            deployment_scopes: scopes,
+            ds_synced: false,
+            pods_synced: false,
+            deployments_forbidden_reported: false,
+            pull_secrets: Vec::new(),
+            quarantine: Quarantine::default(),
+            refreshed_at: None,
+            next_refresh: now + config.caching_interval,
+            next_resync: now + RESYNC,
+            warming: BTreeMap::new(),
+            applied_images: None,
+            overflow_reported: BTreeSet::new(),
+            init_failure_reported: false,
+            state_trimmed_reported: false,
+            name_in_use_reported: None,
+            notices: Vec::new(),
+        }
+    }
+
+    pub fn leader(&self) -> bool {
+        self.leader
+    }
+
+    pub fn owner(&self) -> Option<&OwnerReference> {
+        self.owner.as_ref()
+    }
+
+    pub fn live(&self) -> Option<&DaemonSet> {
+        self.live.as_ref()
+    }
+
+    /// Every watch kwarm decides from has listed once. The kubelet-events watch only feeds
+    /// metrics: it never holds decisions back.
+    pub fn synced(&self) -> bool {
+        self.ds_synced && self.pods_synced && self.deployments_synced.iter().all(|s| *s)
+    }
+
+    pub fn pods(&self) -> usize {
+        self.pods.len()
+    }
+
+    pub fn deployments(&self) -> &BTreeMap<DeploymentKey, DeploymentImages> {
+        self.tracker.deployments()
+    }
+
+    /// Whether the periodic re-read of the DaemonSet is due.
+    pub fn resync_due(&self, now: SystemTime) -> bool {
+        now >= self.next_resync
+    }
+
+    /// What to say since the last call.
+    pub fn take_notices(&mut self) -> Vec<Notice> {
+        std::mem::take(&mut self.notices)
+    }
+
+    /// Takes one observation in. Returns whether a decision is due.
+    pub fn observe(&mut self, config: &Config, observation: Observation, now: SystemTime) -> bool {
+        match observation {
+            Observation::DaemonSet(seen) => {
+                match seen {
+                    Seen::Listed(listed) => {
+                        self.ds_synced = true;
+                        self.live = listed.into_iter().next();
+                        self.adopt_state(config, now);
+                    }
+                    Seen::Applied(ds) => {
+                        self.live = Some(ds);
+                        if !self.leader {
+                            self.adopt_state(config, now);
+                        }
+                    }
+                    Seen::Deleted(_) => {
+                        self.notices.push(Notice::DaemonSetDeleted);
+                        self.live = None;
+                    }
+                }
+                true
+            }
+            Observation::Resynced(live) => {
+                self.next_resync = now + RESYNC;
+                self.live = live;
+                true
+            }
+            Observation::Applied(applied) => {
+                let images = held_images(&applied);
+                self.live = Some(applied);
+                let before = self.applied_images.replace(images.clone()).unwrap_or_default();
+                let nodes = self.nodes();
+                for image in images.difference(&before) {
+                    self.warming.insert(image.clone(), Warming { since: now, last_logged: None });
+                    let users = self.users_of(image);
+                    self.notices.push(Notice::WarmingStarted { image: image.clone(), nodes, users });
+                }
+                self.warming.retain(|image, _| images.contains(image));
+                false
+            }
+            Observation::Pods(seen) => {
+                match seen {
+                    Seen::Listed(listed) => {
+                        self.pods_synced = true;
+                        self.pods = listed.into_iter().filter_map(|(name, h)| h.map(|h| (name, h))).collect();
+                    }
+                    Seen::Applied((name, Some(holders))) => {
+                        let failed = newly_failed(self.pods.get(&name), &holders);
+                        if failed > 0 {
+                            self.notices.push(Notice::PullsFailed(failed));
+                        }
+                        self.pods.insert(name, holders);
+                    }
+                    Seen::Applied((name, None)) | Seen::Deleted((name, _)) => {
+                        self.pods.remove(&name);
+                    }
+                }
+                true
+            }
+            Observation::Deployments(i, seen) => match seen {
+                Seen::Listed(listed) => {
+                    if let Some(synced) = self.deployments_synced.get_mut(i) {
+                        *synced = true;
+                    }
+                    // This stream's scope is replaced; what other streams (namespaces) listed stays.
+                    let scope = self.deployment_scopes.get(i).cloned().flatten();
+                    let mut all: BTreeMap<DeploymentKey, DeploymentImages> = self
+                        .tracker
+                        .deployments()
+                        .iter()
+                        .filter(|((ns, _), _)| scope.as_ref().is_some_and(|s| s != ns))
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect();
+                    all.extend(listed.into_iter().filter_map(|(key, summary)| summary.map(|s| (key, s))));
+                    self.tracker.replace_all(all, now);
+                    true
+                }
+                Seen::Applied((key, Some(summary))) => self.tracker.upsert(key, summary, now),
+                Seen::Applied((key, None)) | Seen::Deleted((key, _)) => self.tracker.remove(&key, now),
+            },
+            Observation::DeploymentsForbidden(error) => {
+                if !self.deployments_forbidden_reported {
+                    self.deployments_forbidden_reported = true;
+                    self.notices.push(Notice::DeploymentsForbidden { error });
+                }
+                // Go on with IMAGES: the Deployment watches count as synced and empty.
+                self.deployments_synced.iter_mut().for_each(|s| *s = true);
+                true
+            }
+            Observation::Leader(leader) => {
+                self.leader = leader;
+                true
+            }
+            Observation::PullSecrets(names) => {
+                let changed = names != self.pull_secrets;
+                self.pull_secrets = names;
+                changed
+            }
+        }
+    }
+
+    /// The mirrors the watched Deployments' pull secrets want: mirror name → (namespace, secret).
+    pub fn pull_secrets_wanted(&self) -> BTreeMap<String, (String, String)> {
+        let mut wanted = BTreeMap::new();
+        for ((ns, _), d) in self.tracker.deployments() {
+            for secret in &d.pull_secrets {
+                wanted.insert(mirror_name(ns, secret), (ns.clone(), secret.clone()));
+            }
+        }
+        wanted
+    }
+
+    /// Takes over the state the leader keeps on the DaemonSet (retained and quarantined images,
+    /// last refresh): at start, so a restart renders the same DaemonSet and changes nothing, and
+    /// on every change while following, so a takeover continues where the last leader stopped.
+    fn adopt_state(&mut self, config: &Config, now: SystemTime) {
+        let Some(live) = &self.live else { return };
+        if let Some(state) = live.annotations().get(STATE_ANNOTATION) {
+            match serde_json::from_str::<PersistedState>(state) {
+                Ok(state) => {
+                    self.tracker.restore_released(state.retained_times(now));
+                    self.quarantine = Quarantine::restore(state.quarantined);
+                }
+                Err(e) => self.notices.push(Notice::StateUnreadable { error: e.to_string() }),
+            }
+        }
+        let template_annotations = live
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.metadata.as_ref())
+            .and_then(|m| m.annotations.as_ref());
+        if let Some(at) = template_annotations.and_then(|a| a.get(REFRESHED_AT_ANNOTATION)) {
+            self.refreshed_at = Some(at.clone());
+            // Never refresh because of a restart: the next refresh is at least a minute away.
+            let last = humantime::parse_rfc3339(at).unwrap_or(now);
+            let due = last.checked_add(config.caching_interval).unwrap_or(now);
+            self.next_refresh = due.max(now + REFRESH_AFTER_RESTART);
+        }
+        self.applied_images = Some(held_images(live));
+    }
+
+    fn nodes(&self) -> usize {
+        self.pods.values().map(|p| p.node.as_str()).collect::<BTreeSet<_>>().len()
+    }
+
+    /// The Deployments that get an Event about `image`: only a leader posts, at most
+    /// [`EVENT_FANOUT`] (an image shared by thousands must not cost thousands of writes).
+    fn users_of(&self, image: &str) -> Vec<DeploymentKey> {
+        if !self.leader {
+            return Vec::new();
+        }
+        self.tracker.users_of(image).take(EVENT_FANOUT).cloned().collect()
+    }
+
+    fn policy(config: &Config) -> QuarantinePolicy {
+        QuarantinePolicy {
+            timeout: config.pull_timeout,
+            backoff: config.retry_backoff,
+            max_retries: config.max_retries,
+        }
+    }
+
+    /// The next moment something is due (refresh, retention, quarantine, resync, progress).
+    pub fn next_wakeup(&self, config: &Config, now: SystemTime) -> SystemTime {
+        let mut next = self.next_resync.min(self.next_refresh);
+        if let Some(t) = self.tracker.next_expiry(config.image_retention) {
+            next = next.min(t);
+        }
+        if let Some(t) = self.quarantine.next_deadline(Self::policy(config)) {
+            next = next.min(t);
+        }
+        if !self.warming.is_empty() {
+            next = next.min(now + PROGRESS_LOG_EVERY);
+        }
+        next
+    }
+
+    /// Decides from everything observed. Call only when [`State::synced`].
+    pub fn decide(&mut self, config: &Config, now: SystemTime) -> Decision {
+        self.tracker.expire(now, config.image_retention);
+
+        // Status of what the DaemonSet holds now, and what that means for quarantine.
+        let live_images: Vec<String> =
+            self.live.as_ref().map(held_images).unwrap_or_default().into_iter().collect();
+        let generation = self.live.as_ref().and_then(|d| d.metadata.generation);
+        let statuses = image_statuses(self.pods.values(), generation, &live_images);
+        let mut wanted: BTreeSet<String> = self.tracker.wanted();
+        wanted.extend(config.images.iter().filter_map(|h| parse_image_reference(&h.image).ok()));
+        self.quarantine.retain_images(&wanted);
+        if self.leader {
+            let changes = self.quarantine.step(&statuses, Self::policy(config), now);
+            self.note_quarantine(&changes, &statuses);
+        }
+        self.note_init_failures();
+        self.note_progress(&statuses, now);
+
+        let plan = plan_holders(
+            &config.images,
+            &self.tracker.wanted(),
+            &self.quarantine.excluded(),
+            config.max_images,
+        );
+        let overflow: BTreeSet<String> = plan.overflow.iter().cloned().collect();
+        for image in overflow.difference(&self.overflow_reported) {
+            self.notices.push(Notice::Overflow { image: image.clone() });
+        }
+        self.overflow_reported = overflow;
+        let mut gauges = gauges(&statuses, self.quarantine.excluded().len());
+        gauges.overflow = plan.overflow.len() as i64;
+
+        if now >= self.next_refresh {
+            self.next_refresh = now + config.caching_interval;
+            if refresh_would_repull(config, &plan.holders) {
+                self.refreshed_at = Some(humantime::format_rfc3339_seconds(now).to_string());
+                self.notices.push(Notice::Refreshing);
+            }
+        }
+
+        if !self.leader {
+            return Decision { apply: None, gauges };
+        }
+        let state = PersistedState::new(self.tracker.released(), &self.quarantine);
+        let state = (!state.is_empty()).then(|| {
+            let (text, dropped) = state.encode_bounded(STATE_MAX_BYTES);
+            if dropped > 0 && !self.state_trimmed_reported {
+                self.notices.push(Notice::StateTrimmed { dropped });
+            }
+            self.state_trimmed_reported = dropped > 0;
+            text
+        });
+        let input = RenderInput {
+            holders: plan.holders,
+            extra_pull_secrets: self.pull_secrets.clone(),
+            openshift: self.openshift,
+            owner: self.owner.clone(),
+            refreshed_at: self.refreshed_at.clone(),
+            state,
+        };
+        let desired = render_daemonset(config, &input);
+        if let Some(live) = &self.live
+            && let Some(why) = foreign_daemonset(&desired, live)
+        {
+            let uid = live.metadata.uid.clone().unwrap_or_default();
+            if self.name_in_use_reported.as_deref() != Some(uid.as_str()) {
+                self.name_in_use_reported = Some(uid);
+                self.notices.push(Notice::NameInUse { why });
+            }
+            return Decision { apply: None, gauges };
+        }
+        if self.name_in_use_reported.take().is_some() {
+            self.notices.push(Notice::NameFree);
+        }
+        let apply =
+            (!self.live.as_ref().is_some_and(|live| daemonset_matches(&desired, live))).then_some(desired);
+        Decision { apply, gauges }
+    }
+
+    fn note_quarantine(&mut self, changes: &crate::status::QuarantineChanges, statuses: &[ImageStatus]) {
+        for image in &changes.quarantined {
+            let reasons = statuses
+                .iter()
+                .find(|s| &s.image == image)
+                .map(|s| s.messages.iter().map(|(r, m)| format!("{r}: {m}")).collect::<Vec<_>>().join("; "))
+                .unwrap_or_default();
+            let entry = self.quarantine.entries().get(image);
+            let notice = Notice::Quarantined {
+                image: image.clone(),
+                attempt: entry.map_or(0, |e| e.attempt),
+                retry_at: entry.and_then(|e| e.retry_at),
+                reasons,
+                users: self.users_of(image),
+            };
+            self.notices.push(notice);
+        }
+        for image in &changes.released_for_retry {
+            self.notices.push(Notice::RetryingQuarantined { image: image.clone() });
+        }
+        for image in &changes.recovered {
+            self.notices.push(Notice::Recovered { image: image.clone() });
+        }
+    }
+
+    /// A failing init container (bad `KIP_IMAGE`) keeps every holder from starting: said once.
+    fn note_init_failures(&mut self) {
+        let failing: Vec<&(String, String)> =
+            self.pods.values().filter_map(|p| p.init_failure.as_ref()).collect();
+        match failing.first() {
+            Some((reason, message)) if !self.init_failure_reported => {
+                self.notices.push(Notice::InitFailing {
+                    nodes: failing.len(),
+                    reason: reason.clone(),
+                    message: message.clone(),
+                });
+                self.init_failure_reported = true;
+            }
+            None => self.init_failure_reported = false,
+            _ => {}
+        }
+    }
+
+    /// Progress of long warm-ups, and the "warm on m/m nodes" notice when one completes.
+    fn note_progress(&mut self, statuses: &[ImageStatus], now: SystemTime) {
+        let mut done = Vec::new();
+        for s in statuses {
+            let Some(w) = self.warming.get_mut(&s.image) else { continue };
+            let elapsed = now.duration_since(w.since).unwrap_or_default();
+            if s.warm_everywhere() {
+                done.push((s.image.clone(), s.warm, s.nodes, elapsed.as_secs_f64()));
+                continue;
+            }
+            let due = w.last_logged.is_none_or(|(warm, at)| {
+                warm != s.warm && now.duration_since(at).unwrap_or_default() >= PROGRESS_LOG_EVERY
+            });
+            if due && elapsed >= PROGRESS_LOG_EVERY {
+                w.last_logged = Some((s.warm, now));
+                self.notices.push(Notice::Progress {
+                    image: s.image.clone(),
+                    warm: s.warm,
+                    nodes: s.nodes,
+                    failed: s.failed,
+                    since: w.since,
+                });
+            }
+        }
+        for (image, warm, nodes, seconds) in done {
+            self.warming.remove(&image);
+            let users = self.users_of(&image);
+            self.notices.push(Notice::Warm { image, warm, nodes, seconds, users });
+        }
+    }
+}
+
+/// Holders of a pod that just entered a failure state.
+fn newly_failed(before: Option<&PodHolders>, after: &PodHolders) -> u64 {
+    after
+        .images
+        .iter()
+        .filter(|(image, state)| {
+            matches!(state, HolderState::Failed { .. })
+                && !matches!(before.and_then(|b| b.images.get(*image)), Some(HolderState::Failed { .. }))
+        })
+        .count() as u64
+}
+
+fn gauges(statuses: &[ImageStatus], quarantined: usize) -> Gauges {
+    let mut g = Gauges { quarantined: quarantined as i64, ..Default::default() };
+    for s in statuses {
+        g.active_pulls += s.pulling as i64;
+        if s.warm_everywhere() {
+            g.warm += 1;
+        } else if s.failed > 0 {
+            g.failed += 1;
+        } else {
+            g.pulling += 1;
+        }
+    }
+    g
+}
+
+/// Name of the mirror of `namespace/name`: readable, unique (hash), a valid secret name.
+pub fn mirror_name(namespace: &str, name: &str) -> String {
+    let hash = crate::holder::derived_holder_name(&format!("{namespace}/{name}"));
+    let suffix = hash.rsplit('-').next().unwrap_or_default();
+    let stem: String = format!("kwarm-{namespace}-{name}").chars().take(200).collect();
+    format!("{}-{suffix}", stem.trim_end_matches(['-', '.']))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,367 @@
+//! The controller's rules, without a cluster: observations in, decisions and notices out.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use k8s_openapi::api::apps::v1::DaemonSet;
+use pretty_assertions::assert_eq;
+
+use super::*;
+use crate::controller::streams::Seen;
+use crate::status::HolderState;
+
+const NGINX: &str = "docker.io/library/nginx:1.25";
+const REDIS: &str = "docker.io/library/redis:7";
+const MISSING: &str = "quay.io/team/missing:1";
+
+fn at(secs: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + secs)
+}
+
+fn config(pairs: &[(&str, &str)]) -> Config {
+    let vars = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+    Config::from_vars(vars, None).unwrap_or_else(|e| panic!("{pairs:?}:\n{e}"))
+}
+
+/// A leader (or follower) whose every watch listed: `live` as the DaemonSet, no pods, no
+/// Deployments in the one all-namespaces scope.
+fn synced(c: &Config, leader: bool, live: Option<DaemonSet>, now: SystemTime) -> State {
+    let scopes = if c.watch.enabled { vec![None] } else { vec![] };
+    let mut s = State::new(c, scopes.clone(), leader, false, None, now);
+    s.observe(c, Observation::DaemonSet(Seen::Listed(live.into_iter().collect())), now);
+    s.observe(c, Observation::Pods(Seen::Listed(vec![])), now);
+    for i in 0..scopes.len() {
+        s.observe(c, Observation::Deployments(i, Seen::Listed(vec![])), now);
+    }
+    assert!(s.synced());
+    s
+}
+
+/// What the API server would answer to the apply (the object as sent, with a generation).
+fn applied(ds: &DaemonSet, generation: i64) -> DaemonSet {
+    let mut ds = ds.clone();
+    ds.metadata.generation = Some(generation);
+    ds.metadata.uid = Some("kwarm-uid".into());
+    ds
+}
+
+/// Decides, and if there is something to apply, feeds back what the API server answered.
+fn decide_and_apply(s: &mut State, c: &Config, now: SystemTime) -> Option<DaemonSet> {
+    let apply = s.decide(c, now).apply?;
+    let answer = applied(&apply, 1);
+    s.observe(c, Observation::Applied(answer.clone()), now);
+    Some(answer)
+}
+
+fn images_of(ds: &DaemonSet) -> Vec<String> {
+    held_images(ds).into_iter().collect()
+}
+
+fn pod(node: &str, generation: i64, images: &[(&str, HolderState)]) -> PodHolders {
+    PodHolders {
+        node: node.into(),
+        generation: Some(generation),
+        images: images.iter().map(|(i, s)| (i.to_string(), s.clone())).collect(),
+        init_failure: None,
+    }
+}
+
+fn failed() -> HolderState {
+    HolderState::Failed { reason: "ErrImagePull".into(), message: "not found".into() }
+}
+
+fn deployment(images: &[&str]) -> DeploymentImages {
+    DeploymentImages { images: images.iter().map(|i| i.to_string()).collect(), ..Default::default() }
+}
+
+fn names(notices: &[Notice]) -> Vec<&'static str> {
+    notices
+        .iter()
+        .map(|n| match n {
+            Notice::DaemonSetDeleted => "DaemonSetDeleted",
+            Notice::DeploymentsForbidden { .. } => "DeploymentsForbidden",
+            Notice::StateUnreadable { .. } => "StateUnreadable",
+            Notice::PullsFailed(_) => "PullsFailed",
+            Notice::Quarantined { .. } => "Quarantined",
+            Notice::RetryingQuarantined { .. } => "RetryingQuarantined",
+            Notice::Recovered { .. } => "Recovered",
+            Notice::InitFailing { .. } => "InitFailing",
+            Notice::Progress { .. } => "Progress",
+            Notice::Warm { .. } => "Warm",
+            Notice::WarmingStarted { .. } => "WarmingStarted",
+            Notice::Overflow { .. } => "Overflow",
+            Notice::Refreshing => "Refreshing",
+            Notice::NameInUse { .. } => "NameInUse",
+            Notice::NameFree => "NameFree",
+            Notice::StateTrimmed { .. } => "StateTrimmed",
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn nothing_is_decided_before_every_watch_listed() {
+    let c = config(&[("IMAGES", "nginx:1.25")]);
+    let now = at(0);
+    let mut s = State::new(&c, vec![None], true, false, None, now);
+    assert!(!s.synced());
+    s.observe(&c, Observation::DaemonSet(Seen::Listed(vec![])), now);
+    s.observe(&c, Observation::Pods(Seen::Listed(vec![])), now);
+    assert!(!s.synced(), "the Deployment watch has not listed yet");
+    s.observe(&c, Observation::Deployments(0, Seen::Listed(vec![])), now);
+    assert!(s.synced());
+}
+
+#[test]
+fn a_missing_daemonset_is_created_and_a_deleted_one_restored() {
+    let c = config(&[("IMAGES", "nginx:1.25")]);
+    let mut s = synced(&c, true, None, at(0));
+    let first = decide_and_apply(&mut s, &c, at(0)).expect("created");
+    assert_eq!(images_of(&first), [NGINX]);
+    assert_eq!(s.decide(&c, at(1)).apply, None, "the live DaemonSet is what is wanted: no write");
+    s.observe(&c, Observation::DaemonSet(Seen::Deleted(first.clone())), at(2));
+    assert_eq!(names(&s.take_notices()), ["WarmingStarted", "DaemonSetDeleted"]);
+    let restored = s.decide(&c, at(2)).apply.expect("restored");
+    assert_eq!(images_of(&restored), [NGINX]);
+}
+
+#[test]
+fn drift_in_what_kwarm_owns_is_undone() {
+    let c = config(&[("IMAGES", "nginx:1.25")]);
+    let mut s = synced(&c, true, None, at(0));
+    let mut live = decide_and_apply(&mut s, &c, at(0)).expect("created");
+    if let Some(spec) = live.spec.as_mut() {
+        spec.template.spec.as_mut().expect("pod").containers[0].image = Some("nginx:9".into());
+    }
+    s.observe(&c, Observation::DaemonSet(Seen::Applied(live)), at(1));
+    let fixed = s.decide(&c, at(1)).apply.expect("drift undone");
+    assert_eq!(images_of(&fixed), [NGINX]);
+}
+
+#[test]
+fn a_restart_with_the_state_annotation_writes_nothing() {
+    // a Deployment image released at t=10 is retained (IMAGE_RETENTION) and kept in the state
+    let c = config(&[("IMAGES", "nginx:1.25")]);
+    let mut s = synced(&c, true, None, at(0));
+    let key = ("web".to_string(), "api".to_string());
+    s.observe(
+        &c,
+        Observation::Deployments(0, Seen::Applied((key.clone(), Some(deployment(&[REDIS]))))),
+        at(5),
+    );
+    decide_and_apply(&mut s, &c, at(5)).expect("with redis");
+    s.observe(&c, Observation::Deployments(0, Seen::Deleted((key, None))), at(10));
+    let live = decide_and_apply(&mut s, &c, at(10)).expect("state annotation written");
+    assert_eq!(images_of(&live), [NGINX, REDIS], "retained for IMAGE_RETENTION");
+    assert!(live.annotations().contains_key(STATE_ANNOTATION));
+
+    // a new manager finds that DaemonSet: the same desired DaemonSet, zero writes
+    let mut restarted = synced(&c, true, Some(live.clone()), at(20));
+    assert_eq!(restarted.decide(&c, at(20)).apply, None);
+    // and the retention ends when it would have: 24 h after the release, not after the restart
+    let later = restarted.decide(&c, at(10 + 24 * 3600 + 1)).apply.expect("retention over");
+    assert_eq!(images_of(&later), [NGINX]);
+}
+
+#[test]
+fn a_refresh_rolls_only_when_a_holder_would_pull_again() {
+    let always =
+        config(&[("IMAGES", "nginx:1.25"), ("IMAGE_PULL_POLICY", "Always"), ("CACHING_INTERVAL", "1h")]);
+    let mut s = synced(&always, true, None, at(0));
+    decide_and_apply(&mut s, &always, at(0)).expect("created");
+    assert_eq!(s.decide(&always, at(1800)).apply, None, "not due yet");
+    let rolled = s.decide(&always, at(3600)).apply.expect("refresh due");
+    let template = rolled.spec.as_ref().and_then(|s| s.template.metadata.clone()).unwrap_or_default();
+    assert!(template.annotations.unwrap_or_default().contains_key(REFRESHED_AT_ANNOTATION));
+    assert!(names(&s.take_notices()).contains(&"Refreshing"));
+
+    let tags = config(&[("IMAGES", "nginx:1.25"), ("CACHING_INTERVAL", "1h")]);
+    let mut s = synced(&tags, true, None, at(0));
+    decide_and_apply(&mut s, &tags, at(0)).expect("created");
+    assert_eq!(
+        s.decide(&tags, at(3600)).apply,
+        None,
+        "a pinned tag with the default policy would pull nothing"
+    );
+}
+
+#[test]
+fn an_image_failing_everywhere_is_left_out_and_reported_after_the_pull_timeout() {
+    let c = config(&[("IMAGES", &format!("good=nginx:1.25;bad={MISSING}")), ("PULL_TIMEOUT", "10m")]);
+    let mut s = synced(&c, true, None, at(0));
+    let live = decide_and_apply(&mut s, &c, at(0)).expect("created");
+    assert_eq!(images_of(&live), [NGINX, MISSING]);
+    let holders = pod("node-1", 1, &[(NGINX, HolderState::Warm), (MISSING, failed())]);
+    s.observe(&c, Observation::Pods(Seen::Applied(("pod-1".into(), Some(holders)))), at(10));
+    assert!(names(&s.take_notices()).contains(&"PullsFailed"));
+    assert_eq!(s.decide(&c, at(10)).apply, None, "failing, but not for PULL_TIMEOUT yet");
+    let without = s.decide(&c, at(10 + 601)).apply.expect("quarantined");
+    assert_eq!(images_of(&without), [NGINX], "the failing image is left out; the good one stays");
+    let notices = s.take_notices();
+    let Some(Notice::Quarantined { image, attempt, retry_at, reasons, .. }) =
+        notices.iter().find(|n| matches!(n, Notice::Quarantined { .. }))
+    else {
+        panic!("no Quarantined notice in {notices:?}");
+    };
+    assert_eq!((image.as_str(), *attempt), (MISSING, 1));
+    assert!(retry_at.is_some() && reasons.contains("ErrImagePull"), "{reasons}");
+}
+
+#[test]
+fn a_follower_never_writes_but_adopts_the_leaders_state() {
+    let c = config(&[("IMAGES", "nginx:1.25")]);
+    let mut leader = synced(&c, true, None, at(0));
+    let key = ("web".to_string(), "api".to_string());
+    leader.observe(
+        &c,
+        Observation::Deployments(0, Seen::Applied((key.clone(), Some(deployment(&[REDIS]))))),
+        at(1),
+    );
+    decide_and_apply(&mut leader, &c, at(1));
+    leader.observe(&c, Observation::Deployments(0, Seen::Deleted((key, None))), at(2));
+    let live = decide_and_apply(&mut leader, &c, at(2)).expect("retained state");
+
+    let mut follower = synced(&c, false, None, at(0));
+    assert_eq!(follower.decide(&c, at(0)).apply, None, "a follower does not create the DaemonSet");
+    follower.observe(&c, Observation::DaemonSet(Seen::Applied(live.clone())), at(3));
+    assert_eq!(follower.decide(&c, at(3)).apply, None);
+    // it takes over: the very same DaemonSet, no write, the retained image kept
+    follower.observe(&c, Observation::Leader(true), at(4));
+    assert_eq!(follower.decide(&c, at(4)).apply, None, "a new leader continues where the last one stopped");
+}
+
+#[test]
+fn forbidden_deployments_leave_images_only_and_are_said_once() {
+    let c = config(&[("IMAGES", "nginx:1.25")]);
+    let mut s = State::new(&c, vec![None, Some("team".into())], true, false, None, at(0));
+    s.observe(&c, Observation::DaemonSet(Seen::Listed(vec![])), at(0));
+    s.observe(&c, Observation::Pods(Seen::Listed(vec![])), at(0));
+    s.observe(&c, Observation::DeploymentsForbidden("403".into()), at(0));
+    s.observe(&c, Observation::DeploymentsForbidden("403".into()), at(1));
+    assert!(s.synced(), "the Deployment watches count as synced and empty");
+    assert_eq!(names(&s.take_notices()), ["DeploymentsForbidden"]);
+    assert_eq!(images_of(&s.decide(&c, at(1)).apply.expect("created")), [NGINX]);
+}
+
+#[test]
+fn a_burst_of_a_thousand_deployment_events_is_one_decision() {
+    let c = config(&[("IMAGES", "nginx:1.25"), ("MAX_IMAGES", "1000")]);
+    let mut s = synced(&c, true, None, at(0));
+    decide_and_apply(&mut s, &c, at(0)).expect("created");
+    for i in 0..1000 {
+        let key = ("team".to_string(), format!("app-{i}"));
+        let image = format!("registry.example.com/team/app-{}:1", i % 10);
+        s.observe(&c, Observation::Deployments(0, Seen::Applied((key, Some(deployment(&[&image]))))), at(1));
+    }
+    let one = s.decide(&c, at(1)).apply.expect("one apply for the burst");
+    assert_eq!(images_of(&one).len(), 11, "IMAGES plus ten distinct Deployment images");
+    s.observe(&c, Observation::Applied(applied(&one, 2)), at(1));
+    assert_eq!(s.decide(&c, at(2)).apply, None);
+}
+
+#[test]
+fn a_foreign_daemonset_is_left_alone_and_said_once_until_the_name_is_free() {
+    let c = config(&[("IMAGES", "nginx:1.25"), ("DAEMONSET_NAME", "kubernetes-image-puller")]);
+    let mut foreign = render_daemonset(&config(&[("IMAGES", "redis:7")]), &RenderInput::default());
+    foreign.metadata.uid = Some("puller".into());
+    if let Some(spec) = foreign.spec.as_mut() {
+        spec.selector.match_labels =
+            Some(BTreeMap::from([("test".to_string(), "daemonset-test".to_string())]));
+    }
+    let mut s = synced(&c, true, Some(foreign.clone()), at(0));
+    assert_eq!(s.decide(&c, at(0)).apply, None);
+    assert_eq!(s.decide(&c, at(1)).apply, None);
+    assert_eq!(names(&s.take_notices()), ["NameInUse"], "said once");
+    s.observe(&c, Observation::DaemonSet(Seen::Deleted(foreign)), at(2));
+    let own = s.decide(&c, at(2)).apply.expect("kwarm's own, as soon as the name is free");
+    assert_eq!(images_of(&own), [NGINX]);
+    assert!(names(&s.take_notices()).contains(&"NameFree"));
+}
+
+#[test]
+fn warm_up_is_announced_when_it_starts_and_when_every_node_holds_the_image() {
+    let c = config(&[("IMAGES", "nginx:1.25")]);
+    let mut s = synced(&c, true, None, at(0));
+    let key = ("web".to_string(), "api".to_string());
+    s.observe(
+        &c,
+        Observation::Deployments(0, Seen::Applied((key.clone(), Some(deployment(&[NGINX]))))),
+        at(0),
+    );
+    decide_and_apply(&mut s, &c, at(0)).expect("created");
+    let started = s.take_notices();
+    assert_eq!(
+        started,
+        [Notice::WarmingStarted { image: NGINX.into(), nodes: 0, users: vec![key.clone()] }],
+        "the Deployment that uses the image is told"
+    );
+    for (i, node) in ["a", "b"].into_iter().enumerate() {
+        let holders = pod(node, 1, &[(NGINX, HolderState::Warm)]);
+        s.observe(&c, Observation::Pods(Seen::Applied((format!("pod-{i}"), Some(holders)))), at(3));
+    }
+    s.decide(&c, at(3));
+    let warm = s.take_notices();
+    assert!(
+        matches!(warm.as_slice(), [Notice::Warm { warm: 2, nodes: 2, users, .. }] if users == &vec![key]),
+        "{warm:?}"
+    );
+    s.decide(&c, at(4));
+    assert!(s.take_notices().is_empty(), "said once");
+}
+
+#[test]
+fn overflow_past_max_images_is_reported_once_per_image() {
+    let c = config(&[("IMAGES", "nginx:1.25"), ("MAX_IMAGES", "1")]);
+    let mut s = synced(&c, true, None, at(0));
+    let key = ("web".to_string(), "api".to_string());
+    s.observe(&c, Observation::Deployments(0, Seen::Applied((key, Some(deployment(&[REDIS]))))), at(0));
+    let decision = s.decide(&c, at(0));
+    assert_eq!(images_of(&decision.apply.expect("created")), [NGINX], "IMAGES first, the bound holds");
+    assert_eq!(decision.gauges.overflow, 1);
+    assert_eq!(s.take_notices(), [Notice::Overflow { image: REDIS.into() }]);
+    s.decide(&c, at(1));
+    assert!(s.take_notices().is_empty());
+}
+
+#[test]
+fn pull_secret_mirrors_are_referenced_and_wanted_from_the_deployments() {
+    let c = config(&[("IMAGES", "nginx:1.25"), ("INHERIT_PULL_SECRETS", "true")]);
+    let mut s = synced(&c, true, None, at(0));
+    let key = ("team".to_string(), "api".to_string());
+    let mut d = deployment(&[REDIS]);
+    d.pull_secrets.insert("regcred".into());
+    s.observe(&c, Observation::Deployments(0, Seen::Applied((key, Some(d)))), at(0));
+    let wanted = s.pull_secrets_wanted();
+    let mirror = mirror_name("team", "regcred");
+    assert_eq!(wanted, BTreeMap::from([(mirror.clone(), ("team".to_string(), "regcred".to_string()))]));
+    assert!(s.observe(&c, Observation::PullSecrets(vec![mirror.clone()]), at(0)));
+    let ds = s.decide(&c, at(0)).apply.expect("created");
+    let pod = ds.spec.and_then(|s| s.template.spec).expect("pod");
+    let secrets: Vec<String> = pod.image_pull_secrets.into_iter().flatten().map(|r| r.name).collect();
+    assert!(secrets.contains(&mirror), "{secrets:?}");
+    assert!(!s.observe(&c, Observation::PullSecrets(vec![mirror]), at(1)), "the same mirrors: nothing to do");
+}
+
+#[test]
+fn an_unreadable_state_annotation_is_reported() {
+    let c = config(&[("IMAGES", "nginx:1.25")]);
+    let mut live = render_daemonset(&c, &RenderInput { holders: c.images.clone(), ..Default::default() });
+    live.metadata
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(STATE_ANNOTATION.into(), "{garbage".into());
+    let mut s = synced(&c, true, Some(live), at(0));
+    assert_eq!(names(&s.take_notices()), ["StateUnreadable"]);
+}
+
+#[test]
+fn the_next_wakeup_is_the_earliest_deadline() {
+    let c = config(&[("IMAGES", "nginx:1.25"), ("CACHING_INTERVAL", "2m")]);
+    let s = synced(&c, true, None, at(0));
+    assert_eq!(s.next_wakeup(&c, at(0)), at(120), "the refresh, before the 5-minute resync");
+    let c = config(&[("IMAGES", "nginx:1.25"), ("CACHING_INTERVAL", "1h")]);
+    let s = synced(&c, true, None, at(0));
+    assert_eq!(s.next_wakeup(&c, at(0)), at(RESYNC.as_secs()));
+    assert!(s.resync_due(at(RESYNC.as_secs())) && !s.resync_due(at(1)));
+}
