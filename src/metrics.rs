@@ -46,7 +46,6 @@ pub struct Metrics {
     pub last_sync: Gauge<f64, AtomicU64>,
     pub watch_errors: Family<WatchLabel, Counter>,
     pub leader: Gauge<i64, AtomicI64>,
-    pub overflow_images: Gauge,
 }
 
 impl Default for Metrics {
@@ -76,7 +75,6 @@ impl Metrics {
             last_sync: Gauge::default(),
             watch_errors: Family::default(),
             leader: Gauge::default(),
-            overflow_images: Gauge::default(),
         };
         registry.register_with_unit(
             "pull_duration",
