@@ -372,9 +372,24 @@ impl Config {
                 let map: BTreeMap<String, String> = parse_json_value(v, "a JSON object of strings")?;
                 for key in map.keys() {
                     labels::check_qualified_name(key).map_err(|e| format!("annotation key {key:?}: {e}"))?;
+                    if key.starts_with("kwarm.io/") {
+                        return Err(format!("annotation key {key:?}: the kwarm.io/ prefix is kwarm's own"));
+                    }
                 }
                 Ok(map)
             });
+        // The pod's own namespace (from the service account mount) is a default, but still input.
+        let own_namespace = own_namespace.filter(|ns| {
+            let valid = labels::check_dns1123_label(ns).is_ok();
+            if !valid {
+                warnings.push(ConfigWarning {
+                    variable: "NAMESPACE".into(),
+                    value: ns.clone(),
+                    message: "the pod's own namespace is not a valid name; using k8s-image-puller".into(),
+                });
+            }
+            valid
+        });
         let namespace = c.parse(
             "NAMESPACE",
             &raw.namespace,
@@ -791,14 +806,50 @@ fn check_toleration(t: &Toleration) -> Result<(), String> {
     } else if operator != "Exists" {
         return Err("an empty key needs operator Exists".into());
     }
+    if let Some(value) = t.value.as_deref().filter(|v| !v.is_empty()) {
+        labels::check_label_value(value).map_err(|e| format!("value {value:?}: {e}"))?;
+    }
     if t.toleration_seconds.is_some() && t.effect.as_deref() != Some("NoExecute") {
         return Err("tolerationSeconds only with effect NoExecute".into());
     }
     Ok(())
 }
 
-/// Operators of node-affinity expressions (the part users write by hand most).
+/// Node-affinity expressions (the part users write by hand most) and the topology keys of pod
+/// (anti-)affinity terms: what the API server would refuse, refused here with the reason.
 fn check_affinity(affinity: &Affinity) -> Result<(), String> {
+    let pod_terms =
+        |required: Option<&Vec<k8s_openapi::api::core::v1::PodAffinityTerm>>,
+         preferred: Option<&Vec<k8s_openapi::api::core::v1::WeightedPodAffinityTerm>>| {
+            required
+                .into_iter()
+                .flatten()
+                .chain(preferred.into_iter().flatten().map(|w| &w.pod_affinity_term))
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+    let mut terms = Vec::new();
+    if let Some(p) = &affinity.pod_affinity {
+        terms.extend(pod_terms(
+            p.required_during_scheduling_ignored_during_execution.as_ref(),
+            p.preferred_during_scheduling_ignored_during_execution.as_ref(),
+        ));
+    }
+    if let Some(p) = &affinity.pod_anti_affinity {
+        terms.extend(pod_terms(
+            p.required_during_scheduling_ignored_during_execution.as_ref(),
+            p.preferred_during_scheduling_ignored_during_execution.as_ref(),
+        ));
+    }
+    for term in &terms {
+        if term.topology_key.is_empty() {
+            return Err(
+                "a pod (anti-)affinity term needs a topologyKey, such as kubernetes.io/hostname".into()
+            );
+        }
+        labels::check_qualified_name(&term.topology_key)
+            .map_err(|e| format!("topologyKey {:?}: {e}", term.topology_key))?;
+    }
     let Some(node) = &affinity.node_affinity else { return Ok(()) };
     let required =
         node.required_during_scheduling_ignored_during_execution.iter().flat_map(|r| &r.node_selector_terms);
@@ -807,10 +858,16 @@ fn check_affinity(affinity: &Affinity) -> Result<(), String> {
     for term in required.chain(preferred) {
         for e in term.match_expressions.iter().flatten().chain(term.match_fields.iter().flatten()) {
             let values = e.values.as_ref().map_or(0, Vec::len);
+            labels::check_qualified_name(&e.key)
+                .map_err(|err| format!("nodeAffinity expression key {:?}: {err}", e.key))?;
+            let integer = e.values.iter().flatten().all(|v| v.parse::<i64>().is_ok());
             match e.operator.as_str() {
                 "In" | "NotIn" if values > 0 => {}
                 "Exists" | "DoesNotExist" if values == 0 => {}
-                "Gt" | "Lt" if values == 1 => {}
+                "Gt" | "Lt" if values == 1 && integer => {}
+                "Gt" | "Lt" if values == 1 => {
+                    return Err(format!("nodeAffinity expression on {:?}: Gt/Lt compare integers", e.key));
+                }
                 op => {
                     return Err(format!(
                         "nodeAffinity expression on {:?}: operator {op:?} with {values} values (In/NotIn need values, Exists/DoesNotExist none, Gt/Lt one)",
@@ -923,6 +980,43 @@ fn parse_k8s_json<T: DeserializeOwned + serde::Serialize>(v: &str, expected: &st
     Ok(typed)
 }
 
+fn is_empty_json(v: &serde_json::Value) -> bool {
+    v.as_array().is_some_and(|a| a.is_empty()) || v.as_object().is_some_and(|o| o.is_empty())
+}
+
+/// Whether the last segment of a path names a field the Kubernetes types have (those that
+/// serialize away when empty), so that `{"nodeAffinity": {}}` is fine and `{"nodeAfinity": {}}`
+/// is a typo.
+fn known_field_shape(path: &str) -> bool {
+    const EMPTY_OK: &[&str] = &[
+        "nodeAffinity",
+        "podAffinity",
+        "podAntiAffinity",
+        "requiredDuringSchedulingIgnoredDuringExecution",
+        "preferredDuringSchedulingIgnoredDuringExecution",
+        "nodeSelectorTerms",
+        "matchExpressions",
+        "matchFields",
+        "matchLabels",
+        "labelSelector",
+        "namespaceSelector",
+        "namespaces",
+        "values",
+        "preference",
+        "podAffinityTerm",
+        "matchLabelKeys",
+        "mismatchLabelKeys",
+        "key",
+        "operator",
+        "value",
+        "effect",
+        "tolerationSeconds",
+    ];
+    let last = path.rsplit('.').next().unwrap_or(path);
+    let last = last.split('[').next().unwrap_or(last);
+    EMPTY_OK.contains(&last)
+}
+
 fn unknown_fields(input: &serde_json::Value, known: &serde_json::Value, path: String, out: &mut Vec<String>) {
     use serde_json::Value;
     match (input, known) {
@@ -931,9 +1025,8 @@ fn unknown_fields(input: &serde_json::Value, known: &serde_json::Value, path: St
                 let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
                 match b.get(k) {
                     Some(kv) => unknown_fields(v, kv, p, out),
-                    None if v.is_null() => {}
-                    None if v.as_array().is_some_and(|a| a.is_empty())
-                        || v.as_object().is_some_and(|o| o.is_empty()) => {}
+                    // a known field left empty is dropped by the round trip; an unknown one is a typo
+                    None if known_field_shape(&p) && (v.is_null() || is_empty_json(v)) => {}
                     None => out.push(p),
                 }
             }

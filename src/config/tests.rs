@@ -1309,3 +1309,49 @@ fn exclude_images_applies_to_images_too() {
     let e = problem(&[("IMAGES", "redis:7"), ("EXCLUDE_IMAGES", "redis"), ("WATCH_DEPLOYMENTS", "false")]);
     assert_eq!(e.variable, "IMAGES");
 }
+
+#[test]
+fn what_the_api_server_would_refuse_is_refused_here() {
+    let images = ("IMAGES", "nginx:1");
+    let node_expr = |key: &str, op: &str, values: &str| {
+        format!(
+            r#"{{"nodeAffinity":{{"requiredDuringSchedulingIgnoredDuringExecution":{{"nodeSelectorTerms":[{{"matchExpressions":[{{"key":"{key}","operator":"{op}","values":{values}}}]}}]}}}}}}"#
+        )
+    };
+    // Gt/Lt compare integers
+    assert!(valid(&[images, ("AFFINITY", &node_expr("cores", "Gt", r#"["4"]"#))]).affinity.is_some());
+    let e = problem(&[images, ("AFFINITY", &node_expr("cores", "Gt", r#"["four"]"#))]);
+    assert!(e.expected.contains("integers"), "{e}");
+    // keys must be label keys
+    let e = problem(&[images, ("AFFINITY", &node_expr("bad key!", "In", r#"["a"]"#))]);
+    assert!(e.expected.contains("bad key!"), "{e}");
+    // pod (anti-)affinity needs a topologyKey
+    let anti = |topology: &str| {
+        format!(
+            r#"{{"podAntiAffinity":{{"requiredDuringSchedulingIgnoredDuringExecution":[{{"labelSelector":{{"matchLabels":{{"a":"b"}}}},"topologyKey":"{topology}"}}]}}}}"#
+        )
+    };
+    assert!(valid(&[images, ("AFFINITY", &anti("kubernetes.io/hostname"))]).affinity.is_some());
+    let e = problem(&[images, ("AFFINITY", &anti(""))]);
+    assert!(e.expected.contains("topologyKey"), "{e}");
+    // toleration values are label values
+    let e = problem(&[images, ("TOLERATIONS", r#"[{"key":"a","operator":"Equal","value":"not a value!"}]"#)]);
+    assert!(e.expected.contains("not a value!"), "{e}");
+    // kwarm.io/ annotations are kwarm's own (kwarm.io/state would be overwritten, or worse, read)
+    let e = problem(&[images, ("DAEMONSET_ANNOTATIONS", r#"{"kwarm.io/state":"{}"}"#)]);
+    assert!(e.expected.contains("kwarm's own"), "{e}");
+    // a typo with an empty value is still a typo; the real field left empty is fine
+    let e = problem(&[images, ("AFFINITY", r#"{"nodeAfinity":{}}"#)]);
+    assert!(e.expected.contains("nodeAfinity"), "{e}");
+    valid(&[images, ("AFFINITY", r#"{"nodeAffinity":{}}"#)]);
+}
+
+#[test]
+fn an_invalid_pod_namespace_is_not_used_as_the_default() {
+    let c = Config::from_vars(vars(&[("IMAGES", "nginx:1")]), Some("Not_A_Name".into())).expect("valid");
+    assert_eq!(c.namespace, "k8s-image-puller");
+    assert_eq!(c.warnings.len(), 1);
+    assert_eq!(c.warnings[0].variable, "NAMESPACE");
+    let c = Config::from_vars(vars(&[("IMAGES", "nginx:1")]), Some("team-a".into())).expect("valid");
+    assert_eq!(c.namespace, "team-a");
+}
