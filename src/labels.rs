@@ -165,6 +165,15 @@ fn split_top_level(text: &str) -> Result<Vec<&str>, String> {
     Ok(parts)
 }
 
+/// `key in (a,b)` → (`key`, `(a,b)`); also without the space before the set, `key in(a,b)`, as
+/// Kubernetes accepts it.
+fn split_set_operator<'a>(part: &'a str, op: &str) -> Option<(&'a str, &'a str)> {
+    let pattern = format!(" {op}");
+    let at = part.find(&pattern)?;
+    let rest = &part[at + pattern.len()..];
+    rest.trim_start().starts_with('(').then(|| (&part[..at], rest))
+}
+
 fn parse_requirement(part: &str) -> Result<Requirement, String> {
     let key = |k: &str| -> Result<String, String> {
         let k = k.trim();
@@ -185,13 +194,13 @@ fn parse_requirement(part: &str) -> Result<Requirement, String> {
     if let Some((k, v)) = part.split_once("==").or_else(|| part.split_once('=')) {
         return Ok(Requirement::Equals(key(k)?, value(v)?));
     }
-    for (op, is_in) in [(" notin ", false), (" in ", true)] {
-        if let Some((k, rest)) = part.split_once(op) {
+    for (op, is_in) in [("notin", false), ("in", true)] {
+        if let Some((k, rest)) = split_set_operator(part, op) {
             let rest = rest.trim();
             let inner = rest
                 .strip_prefix('(')
                 .and_then(|r| r.strip_suffix(')'))
-                .ok_or_else(|| format!("{:?}: a set in parentheses, e.g. {} (a,b)", part, op.trim()))?;
+                .ok_or_else(|| format!("{part:?}: a set in parentheses, e.g. {op} (a,b)"))?;
             let values = inner.split(',').map(value).collect::<Result<Vec<_>, _>>()?;
             let k = key(k)?;
             return Ok(if is_in { Requirement::In(k, values) } else { Requirement::NotIn(k, values) });
@@ -235,6 +244,13 @@ mod tests {
         assert!(check_label_value("").is_ok());
         assert!(check_label_value("v1.2_3-a").is_ok());
         assert!(check_label_value("-v").is_err());
+    }
+
+    #[test]
+    fn set_operators_without_a_space_before_the_set() {
+        let s = LabelSelector::parse("tier in(web,api),x notin(a)").expect("valid, as Kubernetes accepts it");
+        assert_eq!(s.to_string(), "tier in (web,api),x notin (a)");
+        assert!(LabelSelector::parse("tier in web").is_err());
     }
 
     #[test]
