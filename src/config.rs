@@ -10,7 +10,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Affinity, Toleration};
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use crate::holder::{
@@ -25,46 +24,6 @@ pub const DEFAULT_KIP_IMAGE: &str = concat!("ghcr.io/kwarm/sleep:v", env!("CARGO
 
 /// The shortest refresh interval accepted.
 const MIN_CACHING_INTERVAL: Duration = Duration::from_secs(60);
-
-/// The environment as strings, exactly as given. `envy` maps `IMAGES` to `images` and so on;
-/// everything is optional text so that our own checks, not serde's, produce the messages.
-#[derive(Debug, Default, Deserialize)]
-struct RawEnv {
-    images: Option<String>,
-    daemonset_name: Option<String>,
-    daemonset_annotations: Option<String>,
-    namespace: Option<String>,
-    deployment_name: Option<String>,
-    caching_interval_hours: Option<String>,
-    caching_interval: Option<String>,
-    caching_memory_request: Option<String>,
-    caching_memory_limit: Option<String>,
-    caching_cpu_request: Option<String>,
-    caching_cpu_limit: Option<String>,
-    node_selector: Option<String>,
-    affinity: Option<String>,
-    tolerations: Option<String>,
-    image_pull_secrets: Option<String>,
-    kip_image: Option<String>,
-    priority_class_name: Option<String>,
-    image_pull_policy: Option<String>,
-    max_concurrent_nodes: Option<String>,
-    watch_deployments: Option<String>,
-    deployment_selector: Option<String>,
-    watch_namespaces: Option<String>,
-    exclude_namespaces: Option<String>,
-    exclude_images: Option<String>,
-    image_retention: Option<String>,
-    pull_timeout: Option<String>,
-    retry_backoff: Option<String>,
-    max_retries: Option<String>,
-    inherit_pull_secrets: Option<String>,
-    max_images: Option<String>,
-    metrics_bind_address: Option<String>,
-    health_probe_bind_address: Option<String>,
-    leader_elect: Option<String>,
-    log_format: Option<String>,
-}
 
 /// One problem with one variable.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -266,8 +225,9 @@ pub struct Config {
     pub warnings: Vec<ConfigWarning>,
 }
 
-/// Collects problems while each variable is parsed.
+/// The variables as given, and the problems found while each is parsed.
 struct Checker {
+    raw: BTreeMap<String, String>,
     errors: Vec<ConfigError>,
 }
 
@@ -276,14 +236,25 @@ impl Checker {
         self.errors.push(ConfigError { variable, value: value.to_string(), expected: expected.into() });
     }
 
+    /// The value as given (one of [`KNOWN_VARIABLES`]).
+    fn raw(&self, variable: &str) -> Option<&str> {
+        debug_assert!(KNOWN_VARIABLES.contains(&variable), "{variable} is not in KNOWN_VARIABLES");
+        self.raw.get(variable).map(String::as_str)
+    }
+
+    /// Whether the variable is set to something other than blanks.
+    fn given(&self, variable: &str) -> bool {
+        self.raw(variable).is_some_and(|v| !v.trim().is_empty())
+    }
+
     /// Parses a present, non-blank value or falls back to `default`, recording failures.
     fn parse<T>(
         &mut self,
         variable: &'static str,
-        raw: &Option<String>,
         default: T,
         parse: impl FnOnce(&str) -> Result<T, String>,
     ) -> T {
+        let raw = self.raw(variable).map(str::to_owned);
         match raw.as_deref().map(str::trim) {
             None | Some("") => default,
             Some(value) => match parse(value) {
@@ -294,6 +265,20 @@ impl Checker {
                 }
             },
         }
+    }
+
+    /// [`Checker::parse`] for a JSON variable: `null` means "not set", as it did for
+    /// kubernetes-image-puller (Go's `json.Unmarshal` leaves the value empty).
+    fn parse_json<T>(
+        &mut self,
+        variable: &'static str,
+        default: T,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> T {
+        if self.raw(variable).is_some_and(|v| v.trim() == "null") {
+            return default;
+        }
+        self.parse(variable, default, parse)
     }
 }
 
@@ -334,7 +319,7 @@ impl Config {
         vars: impl IntoIterator<Item = (String, String)>,
         own_namespace: Option<String>,
     ) -> Result<Config, ConfigErrors> {
-        // Only our variables reach envy, so unrelated variables can never fail deserialisation.
+        // Only our variables are parsed; the names of the others are checked for likely typos.
         let (ours, others): (Vec<_>, Vec<_>) =
             vars.into_iter().partition(|(k, _)| KNOWN_VARIABLES.contains(&k.as_str()));
         let mut warnings: Vec<ConfigWarning> = others
@@ -347,37 +332,28 @@ impl Config {
                 })
             })
             .collect();
-        let raw: RawEnv = envy::from_iter(ours).map_err(|e| {
-            ConfigErrors(vec![ConfigError {
-                variable: "environment",
-                value: String::new(),
-                expected: e.to_string(),
-            }])
-        })?;
-        let mut c = Checker { errors: Vec::new() };
+        let mut c = Checker { raw: ours.into_iter().collect(), errors: Vec::new() };
 
-        let images = parse_images(&mut c, raw.images.as_deref().unwrap_or_default());
+        let images = parse_images(&mut c);
 
-        let daemonset_name =
-            c.parse("DAEMONSET_NAME", &raw.daemonset_name, "kubernetes-image-puller".to_string(), |v| {
-                // The name is also the value of the instance label, so it must fit a label value.
-                labels::check_dns1123_subdomain(v)?;
-                if v.len() > 63 {
-                    return Err("at most 63 characters (it is also a label value)".into());
+        let daemonset_name = c.parse("DAEMONSET_NAME", "kubernetes-image-puller".to_string(), |v| {
+            // The name is also the value of the instance label, so it must fit a label value.
+            labels::check_dns1123_subdomain(v)?;
+            if v.len() > 63 {
+                return Err("at most 63 characters (it is also a label value)".into());
+            }
+            Ok(v.to_string())
+        });
+        let daemonset_annotations = c.parse_json("DAEMONSET_ANNOTATIONS", BTreeMap::new(), |v| {
+            let map: BTreeMap<String, String> = parse_json_value(v, "a JSON object of strings")?;
+            for key in map.keys() {
+                labels::check_qualified_name(key).map_err(|e| format!("annotation key {key:?}: {e}"))?;
+                if key.starts_with("kwarm.io/") {
+                    return Err(format!("annotation key {key:?}: the kwarm.io/ prefix is kwarm's own"));
                 }
-                Ok(v.to_string())
-            });
-        let daemonset_annotations =
-            c.parse("DAEMONSET_ANNOTATIONS", &json_unset(&raw.daemonset_annotations), BTreeMap::new(), |v| {
-                let map: BTreeMap<String, String> = parse_json_value(v, "a JSON object of strings")?;
-                for key in map.keys() {
-                    labels::check_qualified_name(key).map_err(|e| format!("annotation key {key:?}: {e}"))?;
-                    if key.starts_with("kwarm.io/") {
-                        return Err(format!("annotation key {key:?}: the kwarm.io/ prefix is kwarm's own"));
-                    }
-                }
-                Ok(map)
-            });
+            }
+            Ok(map)
+        });
         // The pod's own namespace (from the service account mount) is a default, but still input.
         let own_namespace = own_namespace.filter(|ns| {
             let valid = labels::check_dns1123_label(ns).is_ok();
@@ -390,25 +366,21 @@ impl Config {
             }
             valid
         });
-        let namespace = c.parse(
-            "NAMESPACE",
-            &raw.namespace,
-            own_namespace.unwrap_or_else(|| "k8s-image-puller".into()),
-            |v| labels::check_dns1123_label(v).map(|()| v.to_string()),
-        );
-        let deployment_name = c.parse("DEPLOYMENT_NAME", &raw.deployment_name, None, |v| {
+        let namespace =
+            c.parse("NAMESPACE", own_namespace.unwrap_or_else(|| "k8s-image-puller".into()), |v| {
+                labels::check_dns1123_label(v).map(|()| v.to_string())
+            });
+        let deployment_name = c.parse("DEPLOYMENT_NAME", None, |v| {
             labels::check_dns1123_subdomain(v).map(|()| Some(v.to_string()))
         });
 
         let hours =
-            c.parse("CACHING_INTERVAL_HOURS", &raw.caching_interval_hours, Duration::from_secs(3600), |v| {
-                match v.parse::<u64>() {
-                    Ok(h) if h > 0 && h <= 24 * 365 => Ok(Duration::from_secs(h * 3600)),
-                    _ => Err("a positive whole number of hours, e.g. 1 or 6".into()),
-                }
+            c.parse("CACHING_INTERVAL_HOURS", Duration::from_secs(3600), |v| match v.parse::<u64>() {
+                Ok(h) if h > 0 && h <= 24 * 365 => Ok(Duration::from_secs(h * 3600)),
+                _ => Err("a positive whole number of hours, e.g. 1 or 6".into()),
             });
         // Each refresh may roll every holder pod: an interval of seconds would roll all the time.
-        let caching_interval = c.parse("CACHING_INTERVAL", &raw.caching_interval, hours, |v| {
+        let caching_interval = c.parse("CACHING_INTERVAL", hours, |v| {
             let d = positive_duration(v)?;
             if d < MIN_CACHING_INTERVAL {
                 return Err("a duration of at least 1m (each refresh may roll every holder pod)".into());
@@ -416,9 +388,9 @@ impl Config {
             Ok(d)
         });
 
-        let resources = parse_resources(&mut c, &raw);
+        let resources = parse_resources(&mut c);
 
-        let node_selector = c.parse("NODE_SELECTOR", &json_unset(&raw.node_selector), BTreeMap::new(), |v| {
+        let node_selector = c.parse_json("NODE_SELECTOR", BTreeMap::new(), |v| {
             let mut map: BTreeMap<String, String> =
                 parse_json_value(v, "a JSON object of label keys to values")?;
             for (k, val) in &map {
@@ -435,12 +407,12 @@ impl Config {
         } else {
             node_selector
         };
-        let affinity = c.parse("AFFINITY", &json_unset(&raw.affinity), None, |v| {
+        let affinity = c.parse_json("AFFINITY", None, |v| {
             let affinity: Affinity = parse_k8s_json(v, "a JSON Affinity object")?;
             check_affinity(&affinity)?;
             Ok((affinity != Affinity::default()).then_some(affinity))
         });
-        let tolerations = c.parse("TOLERATIONS", &json_unset(&raw.tolerations), Vec::new(), |v| {
+        let tolerations = c.parse_json("TOLERATIONS", Vec::new(), |v| {
             let tolerations: Vec<Toleration> = parse_k8s_json(v, "a JSON array of Toleration objects")?;
             tolerations
                 .iter()
@@ -448,7 +420,7 @@ impl Config {
                 .try_for_each(|(i, t)| check_toleration(t).map_err(|e| format!("[{i}]: {e}")))?;
             Ok(tolerations)
         });
-        let image_pull_secrets = c.parse("IMAGE_PULL_SECRETS", &raw.image_pull_secrets, Vec::new(), |v| {
+        let image_pull_secrets = c.parse("IMAGE_PULL_SECRETS", Vec::new(), |v| {
             let mut names = Vec::new();
             for name in v.split(';').map(str::trim).filter(|s| !s.is_empty()) {
                 labels::check_dns1123_subdomain(name).map_err(|e| format!("secret name {name:?}: {e}"))?;
@@ -458,7 +430,7 @@ impl Config {
             }
             Ok(names)
         });
-        let kip_image = c.parse("KIP_IMAGE", &raw.kip_image, DEFAULT_KIP_IMAGE.to_string(), |v| {
+        let kip_image = c.parse("KIP_IMAGE", DEFAULT_KIP_IMAGE.to_string(), |v| {
             parse_image_reference(v)?;
             // The puller's own image has no `/sleep --copy-to` (its init container runs a shell
             // copying /bin/sleep); a puller ConfigMap that names it must still work, so kwarm's
@@ -477,56 +449,45 @@ impl Config {
             }
             Ok(v.to_string())
         });
-        let priority_class_name = c.parse("PRIORITY_CLASS_NAME", &raw.priority_class_name, None, |v| {
+        let priority_class_name = c.parse("PRIORITY_CLASS_NAME", None, |v| {
             labels::check_dns1123_subdomain(v).map(|()| Some(v.to_string()))
         });
-        let image_pull_policy = c.parse("IMAGE_PULL_POLICY", &raw.image_pull_policy, None, |v| match v {
+        let image_pull_policy = c.parse("IMAGE_PULL_POLICY", None, |v| match v {
             "Always" => Ok(Some(PullPolicy::Always)),
             "IfNotPresent" => Ok(Some(PullPolicy::IfNotPresent)),
             "Never" => Ok(Some(PullPolicy::Never)),
             _ => Err("one of Always, IfNotPresent, Never".into()),
         });
-        let max_surge =
-            c.parse("MAX_CONCURRENT_NODES", &raw.max_concurrent_nodes, MaxSurge::Nodes(10), parse_max_surge);
+        let max_surge = c.parse("MAX_CONCURRENT_NODES", MaxSurge::Nodes(10), parse_max_surge);
 
-        let watch = parse_watch(&mut c, &raw);
-        let image_retention =
-            c.parse("IMAGE_RETENTION", &raw.image_retention, Duration::from_secs(24 * 3600), parse_duration);
-        let pull_timeout =
-            c.parse("PULL_TIMEOUT", &raw.pull_timeout, Duration::from_secs(600), positive_duration);
-        let retry_backoff =
-            c.parse("RETRY_BACKOFF", &raw.retry_backoff, Duration::from_secs(30), positive_duration);
-        let max_retries = c.parse("MAX_RETRIES", &raw.max_retries, 3, |v| {
+        let watch = parse_watch(&mut c);
+        let image_retention = c.parse("IMAGE_RETENTION", Duration::from_secs(24 * 3600), parse_duration);
+        let pull_timeout = c.parse("PULL_TIMEOUT", Duration::from_secs(600), positive_duration);
+        let retry_backoff = c.parse("RETRY_BACKOFF", Duration::from_secs(30), positive_duration);
+        let max_retries = c.parse("MAX_RETRIES", 3, |v| {
             v.parse::<u32>()
                 .ok()
                 .filter(|n| *n <= 30)
                 .ok_or_else(|| "a whole number from 0 to 30".to_string())
         });
-        let max_images = c.parse("MAX_IMAGES", &raw.max_images, 100, |v| {
+        let max_images = c.parse("MAX_IMAGES", 100, |v| {
             v.parse::<usize>()
                 .ok()
                 .filter(|n| (1..=1000).contains(n))
                 .ok_or_else(|| "a whole number from 1 to 1000".to_string())
         });
-        let metrics_bind_address = c.parse(
-            "METRICS_BIND_ADDRESS",
-            &raw.metrics_bind_address,
-            Some(SocketAddr::from(([0, 0, 0, 0], 8080))),
-            parse_bind_address,
-        );
+        let metrics_bind_address =
+            c.parse("METRICS_BIND_ADDRESS", Some(SocketAddr::from(([0, 0, 0, 0], 8080))), parse_bind_address);
         let health_probe_bind_address = c.parse(
             "HEALTH_PROBE_BIND_ADDRESS",
-            &raw.health_probe_bind_address,
             Some(SocketAddr::from(([0, 0, 0, 0], 8081))),
             parse_bind_address,
         );
-        let leader_elect = c.parse("LEADER_ELECT", &raw.leader_elect, true, parse_bool);
-        let log_format = c.parse("LOG_FORMAT", &raw.log_format, LogFormat::Text, |v| {
-            match v.to_ascii_lowercase().as_str() {
-                "text" => Ok(LogFormat::Text),
-                "json" => Ok(LogFormat::Json),
-                _ => Err("text or json".into()),
-            }
+        let leader_elect = c.parse("LEADER_ELECT", true, parse_bool);
+        let log_format = c.parse("LOG_FORMAT", LogFormat::Text, |v| match v.to_ascii_lowercase().as_str() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err("text or json".into()),
         });
 
         // EXCLUDE_IMAGES wins over IMAGES too: a matching image is never warmed, and the user is
@@ -547,7 +508,7 @@ impl Config {
         if images.is_empty() && !watch.enabled && !c.errors.iter().any(|e| e.variable == "IMAGES") {
             c.fail(
                 "IMAGES",
-                raw.images.as_deref().unwrap_or_default(),
+                c.raw("IMAGES").unwrap_or_default().to_string().as_str(),
                 "at least one image when WATCH_DEPLOYMENTS=false: nothing to warm",
             );
         }
@@ -564,7 +525,7 @@ impl Config {
         {
             c.fail(
                 "HEALTH_PROBE_BIND_ADDRESS",
-                raw.health_probe_bind_address.as_deref().unwrap_or(":8081"),
+                c.raw("HEALTH_PROBE_BIND_ADDRESS").unwrap_or(":8081").to_string().as_str(),
                 "a port different from METRICS_BIND_ADDRESS",
             );
         }
@@ -656,7 +617,9 @@ fn likely_typo(name: &str) -> Option<&'static str> {
 }
 
 /// `name=image;image;...` → holders in order. Each bad entry is its own error.
-fn parse_images(c: &mut Checker, value: &str) -> Vec<Holder> {
+fn parse_images(c: &mut Checker) -> Vec<Holder> {
+    let value = c.raw("IMAGES").unwrap_or_default().to_string();
+    let value = value.as_str();
     let mut holders: Vec<Holder> = Vec::new();
     let mut canonical_seen: BTreeMap<String, String> = BTreeMap::new();
     for entry in value.split(';').map(str::trim).filter(|e| !e.is_empty()) {
@@ -705,10 +668,10 @@ fn parse_images(c: &mut Checker, value: &str) -> Vec<Holder> {
     holders
 }
 
-fn parse_resources(c: &mut Checker, raw: &RawEnv) -> HolderResources {
-    let mut quantity = |variable: &'static str, value: &Option<String>, default: &str| {
+fn parse_resources(c: &mut Checker) -> HolderResources {
+    let mut quantity = |variable: &'static str, default: &str| {
         let fallback = Quantity::parse(default).ok();
-        c.parse(variable, value, fallback, |v| {
+        c.parse(variable, fallback, |v| {
             let q = Quantity::parse(v)?;
             if q.is_negative() {
                 return Err("a quantity of zero or more".into());
@@ -716,10 +679,10 @@ fn parse_resources(c: &mut Checker, raw: &RawEnv) -> HolderResources {
             Ok(Some(q))
         })
     };
-    let memory_request = quantity("CACHING_MEMORY_REQUEST", &raw.caching_memory_request, "10Mi");
-    let memory_limit = quantity("CACHING_MEMORY_LIMIT", &raw.caching_memory_limit, "20Mi");
-    let cpu_request = quantity("CACHING_CPU_REQUEST", &raw.caching_cpu_request, ".05");
-    let cpu_limit = quantity("CACHING_CPU_LIMIT", &raw.caching_cpu_limit, ".2");
+    let memory_request = quantity("CACHING_MEMORY_REQUEST", "10Mi");
+    let memory_limit = quantity("CACHING_MEMORY_LIMIT", "20Mi");
+    let cpu_request = quantity("CACHING_CPU_REQUEST", ".05");
+    let cpu_limit = quantity("CACHING_CPU_LIMIT", ".2");
     let (Some(memory_request), Some(memory_limit), Some(cpu_request), Some(cpu_limit)) =
         (memory_request, memory_limit, cpu_request, cpu_limit)
     else {
@@ -728,23 +691,16 @@ fn parse_resources(c: &mut Checker, raw: &RawEnv) -> HolderResources {
     // Compare only values that parsed: a rejected value was replaced by its default, and comparing
     // that default would report a value the user never wrote. For the same reason, when only the
     // limit was set, the limit is the offending entry.
-    let given = |raw: &Option<String>| raw.as_deref().is_some_and(|v| !v.trim().is_empty());
     let pairs = [
-        (
-            ("CACHING_MEMORY_REQUEST", &raw.caching_memory_request, &memory_request),
-            ("CACHING_MEMORY_LIMIT", &raw.caching_memory_limit, &memory_limit),
-        ),
-        (
-            ("CACHING_CPU_REQUEST", &raw.caching_cpu_request, &cpu_request),
-            ("CACHING_CPU_LIMIT", &raw.caching_cpu_limit, &cpu_limit),
-        ),
+        (("CACHING_MEMORY_REQUEST", &memory_request), ("CACHING_MEMORY_LIMIT", &memory_limit)),
+        (("CACHING_CPU_REQUEST", &cpu_request), ("CACHING_CPU_LIMIT", &cpu_limit)),
     ];
-    for ((request_var, request_raw, request), (limit_var, limit_raw, limit)) in pairs {
+    for ((request_var, request), (limit_var, limit)) in pairs {
         let parsed = !c.errors.iter().any(|e| e.variable == request_var || e.variable == limit_var);
         if !parsed || request.value() <= limit.value() {
             continue;
         }
-        if given(limit_raw) && !given(request_raw) {
+        if c.given(limit_var) && !c.given(request_var) {
             c.fail(
                 limit_var,
                 limit.as_str(),
@@ -757,21 +713,17 @@ fn parse_resources(c: &mut Checker, raw: &RawEnv) -> HolderResources {
     HolderResources { cpu_request, cpu_limit, memory_request, memory_limit }
 }
 
-fn parse_watch(c: &mut Checker, raw: &RawEnv) -> WatchConfig {
-    let enabled = c.parse("WATCH_DEPLOYMENTS", &raw.watch_deployments, true, parse_bool);
-    let selector =
-        c.parse("DEPLOYMENT_SELECTOR", &raw.deployment_selector, LabelSelector::default_selector(), |v| {
-            LabelSelector::parse(v)
-        });
-    let namespaces = c.parse("WATCH_NAMESPACES", &raw.watch_namespaces, Namespaces::All, |v| {
+fn parse_watch(c: &mut Checker) -> WatchConfig {
+    let enabled = c.parse("WATCH_DEPLOYMENTS", true, parse_bool);
+    let selector = c.parse("DEPLOYMENT_SELECTOR", LabelSelector::default_selector(), LabelSelector::parse);
+    let namespaces = c.parse("WATCH_NAMESPACES", Namespaces::All, |v| {
         if v == "*" {
             return Ok(Namespaces::All);
         }
         parse_namespace_list(v).map(Namespaces::Only)
     });
-    let exclude_namespaces =
-        c.parse("EXCLUDE_NAMESPACES", &raw.exclude_namespaces, BTreeSet::new(), parse_namespace_list);
-    let exclude_images = c.parse("EXCLUDE_IMAGES", &raw.exclude_images, Vec::new(), |v| {
+    let exclude_namespaces = c.parse("EXCLUDE_NAMESPACES", BTreeSet::new(), parse_namespace_list);
+    let exclude_images = c.parse("EXCLUDE_IMAGES", Vec::new(), |v| {
         Ok(split_list(v)
             .map(|p| {
                 if p.contains(['*', '?']) {
@@ -782,7 +734,7 @@ fn parse_watch(c: &mut Checker, raw: &RawEnv) -> WatchConfig {
             })
             .collect())
     });
-    let inherit_pull_secrets = c.parse("INHERIT_PULL_SECRETS", &raw.inherit_pull_secrets, false, parse_bool);
+    let inherit_pull_secrets = c.parse("INHERIT_PULL_SECRETS", false, parse_bool);
     WatchConfig { enabled, selector, namespaces, exclude_namespaces, exclude_images, inherit_pull_secrets }
 }
 
@@ -954,12 +906,6 @@ fn parse_bind_address(v: &str) -> Result<Option<SocketAddr>, String> {
     full.parse::<SocketAddr>()
         .map(Some)
         .map_err(|_| "an address such as :8080 or 127.0.0.1:8080, or 0 to turn it off".into())
-}
-
-/// JSON `null` means "not set", as it did for kubernetes-image-puller (Go's `json.Unmarshal`
-/// leaves the value empty), so a ConfigMap written with `null` keeps working.
-fn json_unset(raw: &Option<String>) -> Option<String> {
-    raw.clone().filter(|v| v.trim() != "null")
 }
 
 fn parse_json_value<T: DeserializeOwned>(v: &str, expected: &str) -> Result<T, String> {
