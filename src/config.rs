@@ -229,9 +229,18 @@ pub struct Config {
 struct Checker {
     raw: BTreeMap<String, String>,
     errors: Vec<ConfigError>,
+    warnings: Vec<ConfigWarning>,
 }
 
 impl Checker {
+    fn warn(&mut self, variable: &str, value: &str, message: impl Into<String>) {
+        self.warnings.push(ConfigWarning {
+            variable: variable.to_string(),
+            value: value.to_string(),
+            message: message.into(),
+        });
+    }
+
     fn fail(&mut self, variable: &'static str, value: &str, expected: impl Into<String>) {
         self.errors.push(ConfigError { variable, value: value.to_string(), expected: expected.into() });
     }
@@ -322,173 +331,30 @@ impl Config {
         // Only our variables are parsed; the names of the others are checked for likely typos.
         let (ours, others): (Vec<_>, Vec<_>) =
             vars.into_iter().partition(|(k, _)| KNOWN_VARIABLES.contains(&k.as_str()));
-        let mut warnings: Vec<ConfigWarning> = others
-            .iter()
-            .filter_map(|(name, _)| {
-                likely_typo(name).map(|known| ConfigWarning {
-                    variable: name.clone(),
-                    value: String::new(),
-                    message: format!("not a kwarm variable, so it is ignored; did you mean {known}?"),
-                })
-            })
-            .collect();
-        let mut c = Checker { raw: ours.into_iter().collect(), errors: Vec::new() };
+        let mut c = Checker { raw: ours.into_iter().collect(), errors: Vec::new(), warnings: Vec::new() };
+        for (name, _) in &others {
+            if let Some(known) = likely_typo(name) {
+                c.warn(name, "", format!("not a kwarm variable, so it is ignored; did you mean {known}?"));
+            }
+        }
 
         let images = parse_images(&mut c);
-
-        let daemonset_name = c.parse("DAEMONSET_NAME", "kubernetes-image-puller".to_string(), |v| {
-            // The name is also the value of the instance label, so it must fit a label value.
-            labels::check_dns1123_subdomain(v)?;
-            if v.len() > 63 {
-                return Err("at most 63 characters (it is also a label value)".into());
-            }
-            Ok(v.to_string())
-        });
-        let daemonset_annotations = c.parse_json("DAEMONSET_ANNOTATIONS", BTreeMap::new(), |v| {
-            let map: BTreeMap<String, String> = parse_json_value(v, "a JSON object of strings")?;
-            for key in map.keys() {
-                labels::check_qualified_name(key).map_err(|e| format!("annotation key {key:?}: {e}"))?;
-                if key.starts_with("kwarm.io/") {
-                    return Err(format!("annotation key {key:?}: the kwarm.io/ prefix is kwarm's own"));
-                }
-            }
-            Ok(map)
-        });
-        // The pod's own namespace (from the service account mount) is a default, but still input.
-        let own_namespace = own_namespace.filter(|ns| {
-            let valid = labels::check_dns1123_label(ns).is_ok();
-            if !valid {
-                warnings.push(ConfigWarning {
-                    variable: "NAMESPACE".into(),
-                    value: ns.clone(),
-                    message: "the pod's own namespace is not a valid name; using k8s-image-puller".into(),
-                });
-            }
-            valid
-        });
-        let namespace =
-            c.parse("NAMESPACE", own_namespace.unwrap_or_else(|| "k8s-image-puller".into()), |v| {
-                labels::check_dns1123_label(v).map(|()| v.to_string())
-            });
-        let deployment_name = c.parse("DEPLOYMENT_NAME", None, |v| {
-            labels::check_dns1123_subdomain(v).map(|()| Some(v.to_string()))
-        });
-
-        let hours =
-            c.parse("CACHING_INTERVAL_HOURS", Duration::from_secs(3600), |v| match v.parse::<u64>() {
-                Ok(h) if h > 0 && h <= 24 * 365 => Ok(Duration::from_secs(h * 3600)),
-                _ => Err("a positive whole number of hours, e.g. 1 or 6".into()),
-            });
-        // Each refresh may roll every holder pod: an interval of seconds would roll all the time.
-        let caching_interval = c.parse("CACHING_INTERVAL", hours, |v| {
-            let d = positive_duration(v)?;
-            if d < MIN_CACHING_INTERVAL {
-                return Err("a duration of at least 1m (each refresh may roll every holder pod)".into());
-            }
-            Ok(d)
-        });
-
+        let (daemonset_name, daemonset_annotations, namespace, deployment_name) =
+            parse_identity(&mut c, own_namespace);
+        let caching_interval = parse_caching_interval(&mut c);
         let resources = parse_resources(&mut c);
-
-        let node_selector = c.parse_json("NODE_SELECTOR", BTreeMap::new(), |v| {
-            let mut map: BTreeMap<String, String> =
-                parse_json_value(v, "a JSON object of label keys to values")?;
-            for (k, val) in &map {
-                labels::check_qualified_name(k).map_err(|e| format!("key {k:?}: {e}"))?;
-                labels::check_label_value(val).map_err(|e| format!("value {val:?}: {e}"))?;
-            }
-            add_linux_default(&mut map);
-            Ok(map)
-        });
-        let node_selector = if node_selector.is_empty() {
-            let mut map = BTreeMap::new();
-            add_linux_default(&mut map);
-            map
-        } else {
-            node_selector
-        };
-        let affinity = c.parse_json("AFFINITY", None, |v| {
-            let affinity: Affinity = parse_k8s_json(v, "a JSON Affinity object")?;
-            check_affinity(&affinity)?;
-            Ok((affinity != Affinity::default()).then_some(affinity))
-        });
-        let tolerations = c.parse_json("TOLERATIONS", Vec::new(), |v| {
-            let tolerations: Vec<Toleration> = parse_k8s_json(v, "a JSON array of Toleration objects")?;
-            tolerations
-                .iter()
-                .enumerate()
-                .try_for_each(|(i, t)| check_toleration(t).map_err(|e| format!("[{i}]: {e}")))?;
-            Ok(tolerations)
-        });
-        let image_pull_secrets = c.parse("IMAGE_PULL_SECRETS", Vec::new(), |v| {
-            let mut names = Vec::new();
-            for name in v.split(';').map(str::trim).filter(|s| !s.is_empty()) {
-                labels::check_dns1123_subdomain(name).map_err(|e| format!("secret name {name:?}: {e}"))?;
-                if !names.iter().any(|n| n == name) {
-                    names.push(name.to_string());
-                }
-            }
-            Ok(names)
-        });
-        let kip_image = c.parse("KIP_IMAGE", DEFAULT_KIP_IMAGE.to_string(), |v| {
-            parse_image_reference(v)?;
-            // The puller's own image has no `/sleep --copy-to` (its init container runs a shell
-            // copying /bin/sleep); a puller ConfigMap that names it must still work, so kwarm's
-            // holder image takes its place, and the user is told which image that is.
-            if is_puller_image(v) {
-                warnings.push(ConfigWarning {
-                    variable: "KIP_IMAGE".into(),
-                    value: v.to_string(),
-                    message: format!(
-                        "kubernetes-image-puller's image has no /sleep for kwarm's init container; \
-                         kwarm uses its own {DEFAULT_KIP_IMAGE} instead (air-gapped clusters: mirror \
-                         that image and set KIP_IMAGE to the mirror)"
-                    ),
-                });
-                return Ok(DEFAULT_KIP_IMAGE.to_string());
-            }
-            Ok(v.to_string())
-        });
-        let priority_class_name = c.parse("PRIORITY_CLASS_NAME", None, |v| {
-            labels::check_dns1123_subdomain(v).map(|()| Some(v.to_string()))
-        });
-        let image_pull_policy = c.parse("IMAGE_PULL_POLICY", None, |v| match v {
-            "Always" => Ok(Some(PullPolicy::Always)),
-            "IfNotPresent" => Ok(Some(PullPolicy::IfNotPresent)),
-            "Never" => Ok(Some(PullPolicy::Never)),
-            _ => Err("one of Always, IfNotPresent, Never".into()),
-        });
-        let max_surge = c.parse("MAX_CONCURRENT_NODES", MaxSurge::Nodes(10), parse_max_surge);
-
+        let placement = parse_placement(&mut c);
         let watch = parse_watch(&mut c);
         let image_retention = c.parse("IMAGE_RETENTION", Duration::from_secs(24 * 3600), parse_duration);
-        let pull_timeout = c.parse("PULL_TIMEOUT", Duration::from_secs(600), positive_duration);
-        let retry_backoff = c.parse("RETRY_BACKOFF", Duration::from_secs(30), positive_duration);
-        let max_retries = c.parse("MAX_RETRIES", 3, |v| {
-            v.parse::<u32>()
-                .ok()
-                .filter(|n| *n <= 30)
-                .ok_or_else(|| "a whole number from 0 to 30".to_string())
-        });
+        let (pull_timeout, retry_backoff, max_retries) = parse_quarantine(&mut c);
         let max_images = c.parse("MAX_IMAGES", 100, |v| {
             v.parse::<usize>()
                 .ok()
                 .filter(|n| (1..=1000).contains(n))
                 .ok_or_else(|| "a whole number from 1 to 1000".to_string())
         });
-        let metrics_bind_address =
-            c.parse("METRICS_BIND_ADDRESS", Some(SocketAddr::from(([0, 0, 0, 0], 8080))), parse_bind_address);
-        let health_probe_bind_address = c.parse(
-            "HEALTH_PROBE_BIND_ADDRESS",
-            Some(SocketAddr::from(([0, 0, 0, 0], 8081))),
-            parse_bind_address,
-        );
-        let leader_elect = c.parse("LEADER_ELECT", true, parse_bool);
-        let log_format = c.parse("LOG_FORMAT", LogFormat::Text, |v| match v.to_ascii_lowercase().as_str() {
-            "text" => Ok(LogFormat::Text),
-            "json" => Ok(LogFormat::Json),
-            _ => Err("text or json".into()),
-        });
+        let (metrics_bind_address, health_probe_bind_address, leader_elect, log_format) =
+            parse_server(&mut c);
 
         // EXCLUDE_IMAGES wins over IMAGES too: a matching image is never warmed, and the user is
         // told which entries that drops.
@@ -497,11 +363,11 @@ impl Config {
                 || parse_image_reference(&h.image).is_ok_and(|canonical| watch.image_excluded(&canonical)))
         });
         for holder in excluded {
-            warnings.push(ConfigWarning {
-                variable: "IMAGES".into(),
-                value: format!("{}={}", holder.name, holder.image),
-                message: "matches EXCLUDE_IMAGES, so it is not warmed".into(),
-            });
+            c.warn(
+                "IMAGES",
+                &format!("{}={}", holder.name, holder.image),
+                "matches EXCLUDE_IMAGES, so it is not warmed",
+            );
         }
 
         // Checks across variables, only when each side parsed.
@@ -541,14 +407,14 @@ impl Config {
             deployment_name,
             caching_interval,
             resources,
-            node_selector,
-            affinity,
-            tolerations,
-            image_pull_secrets,
-            kip_image,
-            priority_class_name,
-            image_pull_policy,
-            max_surge,
+            node_selector: placement.node_selector,
+            affinity: placement.affinity,
+            tolerations: placement.tolerations,
+            image_pull_secrets: placement.image_pull_secrets,
+            kip_image: placement.kip_image,
+            priority_class_name: placement.priority_class_name,
+            image_pull_policy: placement.image_pull_policy,
+            max_surge: placement.max_surge,
             watch,
             image_retention,
             pull_timeout,
@@ -559,7 +425,7 @@ impl Config {
             health_probe_bind_address,
             leader_elect,
             log_format,
-            warnings,
+            warnings: c.warnings,
         })
     }
 }
@@ -614,6 +480,183 @@ fn likely_typo(name: &str) -> Option<&'static str> {
         .filter(|(distance, _)| (1..=2).contains(distance))
         .min()
         .map(|(_, known)| known)
+}
+
+/// DAEMONSET_NAME, DAEMONSET_ANNOTATIONS, NAMESPACE, DEPLOYMENT_NAME.
+fn parse_identity(
+    c: &mut Checker,
+    own_namespace: Option<String>,
+) -> (String, BTreeMap<String, String>, String, Option<String>) {
+    let daemonset_name = c.parse("DAEMONSET_NAME", "kubernetes-image-puller".to_string(), |v| {
+        // The name is also the value of the instance label, so it must fit a label value.
+        labels::check_dns1123_subdomain(v)?;
+        if v.len() > 63 {
+            return Err("at most 63 characters (it is also a label value)".into());
+        }
+        Ok(v.to_string())
+    });
+    let daemonset_annotations = c.parse_json("DAEMONSET_ANNOTATIONS", BTreeMap::new(), |v| {
+        let map: BTreeMap<String, String> = parse_json_value(v, "a JSON object of strings")?;
+        for key in map.keys() {
+            labels::check_qualified_name(key).map_err(|e| format!("annotation key {key:?}: {e}"))?;
+            if key.starts_with("kwarm.io/") {
+                return Err(format!("annotation key {key:?}: the kwarm.io/ prefix is kwarm's own"));
+            }
+        }
+        Ok(map)
+    });
+    // The pod's own namespace (from the service account mount) is a default, but still input.
+    let own_namespace = match own_namespace {
+        Some(ns) if labels::check_dns1123_label(&ns).is_err() => {
+            c.warn("NAMESPACE", &ns, "the pod's own namespace is not a valid name; using k8s-image-puller");
+            None
+        }
+        other => other,
+    };
+    let namespace = c.parse("NAMESPACE", own_namespace.unwrap_or_else(|| "k8s-image-puller".into()), |v| {
+        labels::check_dns1123_label(v).map(|()| v.to_string())
+    });
+    let deployment_name = c
+        .parse("DEPLOYMENT_NAME", None, |v| labels::check_dns1123_subdomain(v).map(|()| Some(v.to_string())));
+    (daemonset_name, daemonset_annotations, namespace, deployment_name)
+}
+
+/// CACHING_INTERVAL (a duration, at least a minute), else CACHING_INTERVAL_HOURS.
+fn parse_caching_interval(c: &mut Checker) -> Duration {
+    let hours = c.parse("CACHING_INTERVAL_HOURS", Duration::from_secs(3600), |v| match v.parse::<u64>() {
+        Ok(h) if h > 0 && h <= 24 * 365 => Ok(Duration::from_secs(h * 3600)),
+        _ => Err("a positive whole number of hours, e.g. 1 or 6".into()),
+    });
+    // Each refresh may roll every holder pod: an interval of seconds would roll all the time.
+    c.parse("CACHING_INTERVAL", hours, |v| {
+        let d = positive_duration(v)?;
+        if d < MIN_CACHING_INTERVAL {
+            return Err("a duration of at least 1m (each refresh may roll every holder pod)".into());
+        }
+        Ok(d)
+    })
+}
+
+/// Where and how the holders run.
+struct Placement {
+    node_selector: BTreeMap<String, String>,
+    affinity: Option<Affinity>,
+    tolerations: Vec<Toleration>,
+    image_pull_secrets: Vec<String>,
+    kip_image: String,
+    priority_class_name: Option<String>,
+    image_pull_policy: Option<PullPolicy>,
+    max_surge: MaxSurge,
+}
+
+fn parse_placement(c: &mut Checker) -> Placement {
+    let node_selector = c.parse_json("NODE_SELECTOR", BTreeMap::new(), |v| {
+        let mut map: BTreeMap<String, String> = parse_json_value(v, "a JSON object of label keys to values")?;
+        for (k, val) in &map {
+            labels::check_qualified_name(k).map_err(|e| format!("key {k:?}: {e}"))?;
+            labels::check_label_value(val).map_err(|e| format!("value {val:?}: {e}"))?;
+        }
+        add_linux_default(&mut map);
+        Ok(map)
+    });
+    let node_selector = if node_selector.is_empty() {
+        let mut map = BTreeMap::new();
+        add_linux_default(&mut map);
+        map
+    } else {
+        node_selector
+    };
+    let affinity = c.parse_json("AFFINITY", None, |v| {
+        let affinity: Affinity = parse_k8s_json(v, "a JSON Affinity object")?;
+        check_affinity(&affinity)?;
+        Ok((affinity != Affinity::default()).then_some(affinity))
+    });
+    let tolerations = c.parse_json("TOLERATIONS", Vec::new(), |v| {
+        let tolerations: Vec<Toleration> = parse_k8s_json(v, "a JSON array of Toleration objects")?;
+        tolerations
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, t)| check_toleration(t).map_err(|e| format!("[{i}]: {e}")))?;
+        Ok(tolerations)
+    });
+    let image_pull_secrets = c.parse("IMAGE_PULL_SECRETS", Vec::new(), |v| {
+        let mut names = Vec::new();
+        for name in v.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+            labels::check_dns1123_subdomain(name).map_err(|e| format!("secret name {name:?}: {e}"))?;
+            if !names.iter().any(|n| n == name) {
+                names.push(name.to_string());
+            }
+        }
+        Ok(names)
+    });
+    let mut kip_image = c.parse("KIP_IMAGE", DEFAULT_KIP_IMAGE.to_string(), |v| {
+        parse_image_reference(v)?;
+        // The puller's own image has no `/sleep --copy-to` (its init container runs a shell
+        // copying /bin/sleep); a puller ConfigMap that names it must still work, so kwarm's
+        // holder image takes its place, and the user is told which image that is.
+        Ok(v.to_string())
+    });
+    if is_puller_image(&kip_image) {
+        let given = kip_image.clone();
+        c.warn(
+            "KIP_IMAGE",
+            &given,
+            format!(
+                "kubernetes-image-puller's image has no /sleep for kwarm's init container; kwarm uses \
+                 its own {DEFAULT_KIP_IMAGE} instead (air-gapped clusters: mirror that image and set \
+                 KIP_IMAGE to the mirror)"
+            ),
+        );
+        kip_image = DEFAULT_KIP_IMAGE.to_string();
+    }
+    let priority_class_name = c.parse("PRIORITY_CLASS_NAME", None, |v| {
+        labels::check_dns1123_subdomain(v).map(|()| Some(v.to_string()))
+    });
+    let image_pull_policy = c.parse("IMAGE_PULL_POLICY", None, |v| match v {
+        "Always" => Ok(Some(PullPolicy::Always)),
+        "IfNotPresent" => Ok(Some(PullPolicy::IfNotPresent)),
+        "Never" => Ok(Some(PullPolicy::Never)),
+        _ => Err("one of Always, IfNotPresent, Never".into()),
+    });
+    let max_surge = c.parse("MAX_CONCURRENT_NODES", MaxSurge::Nodes(10), parse_max_surge);
+    Placement {
+        node_selector,
+        affinity,
+        tolerations,
+        image_pull_secrets,
+        kip_image,
+        priority_class_name,
+        image_pull_policy,
+        max_surge,
+    }
+}
+
+/// PULL_TIMEOUT, RETRY_BACKOFF, MAX_RETRIES.
+fn parse_quarantine(c: &mut Checker) -> (Duration, Duration, u32) {
+    let pull_timeout = c.parse("PULL_TIMEOUT", Duration::from_secs(600), positive_duration);
+    let retry_backoff = c.parse("RETRY_BACKOFF", Duration::from_secs(30), positive_duration);
+    let max_retries = c.parse("MAX_RETRIES", 3, |v| {
+        v.parse::<u32>().ok().filter(|n| *n <= 30).ok_or_else(|| "a whole number from 0 to 30".to_string())
+    });
+    (pull_timeout, retry_backoff, max_retries)
+}
+
+/// METRICS_BIND_ADDRESS, HEALTH_PROBE_BIND_ADDRESS, LEADER_ELECT, LOG_FORMAT.
+fn parse_server(c: &mut Checker) -> (Option<SocketAddr>, Option<SocketAddr>, bool, LogFormat) {
+    let metrics_bind_address =
+        c.parse("METRICS_BIND_ADDRESS", Some(SocketAddr::from(([0, 0, 0, 0], 8080))), parse_bind_address);
+    let health_probe_bind_address = c.parse(
+        "HEALTH_PROBE_BIND_ADDRESS",
+        Some(SocketAddr::from(([0, 0, 0, 0], 8081))),
+        parse_bind_address,
+    );
+    let leader_elect = c.parse("LEADER_ELECT", true, parse_bool);
+    let log_format = c.parse("LOG_FORMAT", LogFormat::Text, |v| match v.to_ascii_lowercase().as_str() {
+        "text" => Ok(LogFormat::Text),
+        "json" => Ok(LogFormat::Json),
+        _ => Err("text or json".into()),
+    });
+    (metrics_bind_address, health_probe_bind_address, leader_elect, log_format)
 }
 
 /// `name=image;image;...` → holders in order. Each bad entry is its own error.
