@@ -249,7 +249,7 @@ async fn inherited_pull_secret_warms_a_private_image() -> Result<()> {
     containerd_remove_image(private).await?;
 
     // The registry at 127.0.0.1:5001 requires this login (hack/cluster/common.sh).
-    let auth = base64_encode(b"kwarm:warm-secret");
+    let auth = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, b"kwarm:warm-secret");
     let config = serde_json::json!({"auths": {"127.0.0.1:5001": {"auth": auth}}}).to_string();
     let secret: Secret = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "regcred"},
@@ -311,21 +311,4 @@ async fn inherited_pull_secret_warms_a_private_image() -> Result<()> {
         delete_namespace(&client, n, Duration::from_secs(120)).await?;
     }
     Ok(())
-}
-
-fn base64_encode(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }

@@ -155,37 +155,17 @@ impl Manager {
     }
 }
 
-/// Minimal HTTP/1.1 GET over loopback (no client library needed for two endpoints).
+/// HTTP GET on a loopback address: the status code and the body as text.
 pub async fn http_get(address: &str, path: &str) -> Result<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(address).await?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await?;
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let code = text
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .with_context(|| format!("no HTTP status in {text:?}"))?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    Ok((code, dechunk(&body)))
-}
-
-/// Undoes `Transfer-Encoding: chunked` when present.
-fn dechunk(body: &str) -> String {
-    let mut out = String::new();
-    let mut rest = body;
-    loop {
-        let Some((size, after)) = rest.split_once("\r\n") else { return body.to_string() };
-        let Ok(size) = usize::from_str_radix(size.trim(), 16) else { return body.to_string() };
-        if size == 0 || after.len() < size {
-            return out;
-        }
-        out.push_str(&after[..size]);
-        rest = after[size..].trim_start_matches("\r\n");
-    }
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::client::legacy::Client as HttpClient;
+    use hyper_util::rt::TokioExecutor;
+    let client: HttpClient<_, Empty<bytes::Bytes>> = HttpClient::builder(TokioExecutor::new()).build_http();
+    let uri: hyper::Uri = format!("http://{address}{path}").parse().context("a URI")?;
+    let response = client.get(uri).await.with_context(|| format!("GET http://{address}{path}"))?;
+    let code = response.status().as_u16();
+    let body = response.into_body().collect().await.context("reading the body")?.to_bytes();
+    Ok((code, String::from_utf8_lossy(&body).into_owned()))
 }
 
 /// Waits until the DaemonSet exists and its pods are all ready with `holders` holder containers.
