@@ -1,6 +1,7 @@
 //! Lease-based leader election (`coordination.k8s.io/v1`). Expiry is judged by when this replica
 //! last saw the lease change, not by the holder's clock, so clock skew between nodes is harmless.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -27,6 +28,52 @@ impl Default for Timing {
             lease_duration: Duration::from_secs(15),
             renew_deadline: Duration::from_secs(10),
             retry: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Until when this replica may write: fencing, checked right before every write. The elector
+/// extends it to the renew deadline after each successful renewal and revokes it when it steps
+/// down, so a leader whose renewals stall stops writing before its lease can expire for the
+/// others, however late the election loop runs. Without leader election it is always open.
+#[derive(Clone, Debug)]
+pub struct Fence(Arc<Mutex<FenceState>>);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FenceState {
+    Always,
+    Until(std::time::Instant),
+    Closed,
+}
+
+impl Fence {
+    pub fn always() -> Fence {
+        Fence(Arc::new(Mutex::new(FenceState::Always)))
+    }
+
+    pub fn closed() -> Fence {
+        Fence(Arc::new(Mutex::new(FenceState::Closed)))
+    }
+
+    fn set(&self, state: FenceState) {
+        if let Ok(mut s) = self.0.lock() {
+            *s = state;
+        }
+    }
+
+    pub fn extend(&self, until: std::time::Instant) {
+        self.set(FenceState::Until(until));
+    }
+
+    pub fn revoke(&self) {
+        self.set(FenceState::Closed);
+    }
+
+    pub fn may_write(&self, now: std::time::Instant) -> bool {
+        match self.0.lock().map(|s| *s) {
+            Ok(FenceState::Always) => true,
+            Ok(FenceState::Until(until)) => now <= until,
+            Ok(FenceState::Closed) | Err(_) => false,
         }
     }
 }
@@ -101,20 +148,30 @@ impl Elector {
         Elector { api, name, identity, timing, observed: None }
     }
 
-    /// Campaigns until `shutdown`, publishing leadership on `leader`; releases the lease at the end.
-    pub async fn run(mut self, leader: watch::Sender<bool>, mut shutdown: watch::Receiver<bool>) {
+    /// Campaigns until `shutdown`, publishing leadership on `leader` and keeping `fence` up to
+    /// date; releases the lease at the end.
+    pub async fn run(
+        mut self,
+        leader: watch::Sender<bool>,
+        fence: Fence,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         let mut last_renewal = Instant::now();
         loop {
             let is_leader = *leader.borrow();
+            // the lease counts from when the renewal was sent, not from when the answer came
+            let attempt = Instant::now();
             match self.try_acquire_or_renew().await {
                 Ok(true) => {
-                    last_renewal = Instant::now();
+                    last_renewal = attempt;
+                    fence.extend(attempt.into_std() + self.timing.renew_deadline);
                     if !is_leader {
                         tracing::info!(identity = %self.identity, lease = %self.name, "Became leader");
                         leader.send_replace(true);
                     }
                 }
                 Ok(false) => {
+                    fence.revoke();
                     if is_leader {
                         tracing::warn!(lease = %self.name, "Lost the lease to another replica");
                         leader.send_replace(false);
@@ -124,6 +181,7 @@ impl Elector {
                     tracing::warn!(error = %e, lease = %self.name, "Could not renew the lease");
                     if is_leader && !may_lead(last_renewal, self.timing, Instant::now()) {
                         tracing::warn!(lease = %self.name, "Stepping down: renew deadline passed");
+                        fence.revoke();
                         leader.send_replace(false);
                     }
                 }
@@ -134,6 +192,7 @@ impl Elector {
             }
         }
         if *leader.borrow() {
+            fence.revoke();
             leader.send_replace(false);
             match self.release().await {
                 Ok(()) => tracing::info!(lease = %self.name, "Released the lease"),
@@ -295,6 +354,20 @@ mod tests {
         let (_, seen) = decide(&spec, None, ME, DURATION, t0);
         let (v, _) = decide(&spec, Some(seen), ME, DURATION, t0 + Duration::from_millis(1));
         assert_eq!(v, Verdict::Acquire { transitions: 2 });
+    }
+
+    #[test]
+    fn the_fence_closes_at_its_deadline_and_when_revoked() {
+        let t0 = std::time::Instant::now();
+        let fence = Fence::closed();
+        assert!(!fence.may_write(t0));
+        fence.extend(t0 + Duration::from_secs(10));
+        assert!(fence.may_write(t0 + Duration::from_secs(10)));
+        assert!(!fence.may_write(t0 + Duration::from_secs(11)), "no renewal: closed at the deadline");
+        fence.extend(t0 + Duration::from_secs(20));
+        fence.revoke();
+        assert!(!fence.may_write(t0));
+        assert!(Fence::always().may_write(t0 + Duration::from_secs(1_000_000)), "no election: always open");
     }
 
     #[test]

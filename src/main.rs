@@ -10,7 +10,7 @@ use kwarm::config::{Config, LogFormat};
 use kwarm::controller::{self, Context};
 use kwarm::daemonset::{RenderInput, render_daemonset};
 use kwarm::http::{self, Shared};
-use kwarm::leader::{Elector, Timing};
+use kwarm::leader::{Elector, Fence, Timing};
 use tokio::sync::watch;
 
 #[derive(Parser)]
@@ -177,17 +177,19 @@ async fn run(config: Config) -> anyhow::Result<()> {
     .await?;
 
     let (leader_tx, leader_rx) = watch::channel(!config.leader_elect);
+    let fence = if config.leader_elect { Fence::closed() } else { Fence::always() };
     let elector = config.leader_elect.then(|| {
         let lease_name = format!("{}-kwarm", config.daemonset_name);
         let api = kube::Api::namespaced(client.clone(), &config.namespace);
-        tokio::spawn(
-            Elector::new(api, lease_name, identity.clone(), Timing::default())
-                .run(leader_tx, shutdown_rx.clone()),
-        )
+        tokio::spawn(Elector::new(api, lease_name, identity.clone(), Timing::default()).run(
+            leader_tx,
+            fence.clone(),
+            shutdown_rx.clone(),
+        ))
     });
 
     let ctx = Context { client, config: config.clone(), shared, identity };
-    let mut manager = tokio::spawn(controller::run(ctx, leader_rx, shutdown_rx));
+    let mut manager = tokio::spawn(controller::run(ctx, leader_rx, fence, shutdown_rx));
     tokio::select! {
         _ = shutdown_signal() => tracing::info!("Shutting down"),
         result = &mut manager => {

@@ -27,6 +27,7 @@ use crate::daemonset::{STATE_ANNOTATION, held_images, selector_labels, selector_
 use crate::error::{Error, Result, with_timeout};
 use crate::http::Shared;
 use crate::images::{DeploymentImages, DeploymentKey, summarize_deployment};
+use crate::leader::Fence;
 use crate::metrics::{CategoryLabel, StateLabel, StatusLabel, WatchLabel};
 use crate::status::{PodHolders, STATE_MAX_BYTES, parse_pulled_message, pod_holders};
 pub use state::mirror_name;
@@ -69,12 +70,15 @@ struct Controller {
     next_secret_sync: Instant,
     retry_at: Option<Instant>,
     retry_delay: Duration,
+    /// Checked right before every write to the cluster (see [`Fence`]).
+    fence: Fence,
 }
 
 /// Runs the manager until `shutdown` turns true.
 pub async fn run(
     ctx: Context,
     mut leader_rx: watch::Receiver<bool>,
+    fence: Fence,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
     let config = ctx.config.clone();
@@ -107,6 +111,7 @@ pub async fn run(
         next_secret_sync: Instant::now(),
         retry_at: None,
         retry_delay: Duration::from_millis(500),
+        fence,
         ctx,
     };
     c.ctx.shared.metrics.leader.set(i64::from(c.state.leader()));
@@ -358,6 +363,10 @@ impl Controller {
     }
 
     async fn apply(&mut self, desired: &DaemonSet) -> Result<()> {
+        if !self.fence.may_write(Instant::now()) {
+            tracing::warn!("Not writing the DaemonSet: the lease could not be renewed in time");
+            return Ok(());
+        }
         let name = &self.config().daemonset_name;
         let params = PatchParams::apply(FIELD_MANAGER).force();
         let created = self.state.live().is_none();
@@ -511,6 +520,9 @@ impl Controller {
     async fn sync_pull_secrets(&mut self) -> Result<Vec<String>> {
         if !self.config().watch.inherit_pull_secrets {
             return Ok(Vec::new());
+        }
+        if !self.fence.may_write(Instant::now()) {
+            return Ok(self.mirrored_secrets.keys().cloned().collect());
         }
         let wanted = self.state.pull_secrets_wanted();
         let due = Instant::now() >= self.next_secret_sync;
