@@ -370,7 +370,16 @@ impl State {
                     self.tracker.restore_released(state.retained_times(now));
                     self.quarantine = Quarantine::restore(state.quarantined);
                 }
-                Err(e) => self.notices.push(Notice::StateUnreadable { error: e.to_string() }),
+                Err(e) => {
+                    // Dropping it would drop the retained images and roll every holder pod; keep
+                    // what the DaemonSet holds instead, for one retention from now.
+                    let configured: BTreeSet<String> =
+                        config.images.iter().filter_map(|h| parse_image_reference(&h.image).ok()).collect();
+                    let held =
+                        held_images(live).into_iter().filter(|i| !configured.contains(i)).map(|i| (i, now));
+                    self.tracker.restore_released(held.collect());
+                    self.notices.push(Notice::StateUnreadable { error: e.to_string() });
+                }
             }
         }
         let template_annotations = live

@@ -8,6 +8,7 @@ use pretty_assertions::assert_eq;
 
 use super::*;
 use crate::controller::streams::Seen;
+use crate::holder::Holder;
 use crate::status::HolderState;
 
 const NGINX: &str = "docker.io/library/nginx:1.25";
@@ -344,15 +345,25 @@ fn pull_secret_mirrors_are_referenced_and_wanted_from_the_deployments() {
 }
 
 #[test]
-fn an_unreadable_state_annotation_is_reported() {
+fn an_unreadable_state_annotation_is_reported_and_nothing_held_is_dropped() {
     let c = config(&[("IMAGES", "nginx:1.25")]);
-    let mut live = render_daemonset(&c, &RenderInput { holders: c.images.clone(), ..Default::default() });
+    // what kwarm rendered: the IMAGES entry and a retained Deployment image
+    let holders = vec![
+        c.images[0].clone(),
+        Holder { name: crate::holder::derived_holder_name(REDIS), image: REDIS.into() },
+    ];
+    let mut live = render_daemonset(&c, &RenderInput { holders, ..Default::default() });
     live.metadata
         .annotations
         .get_or_insert_with(BTreeMap::new)
         .insert(STATE_ANNOTATION.into(), "{garbage".into());
-    let mut s = synced(&c, true, Some(live), at(0));
+    let mut s = synced(&c, true, Some(live.clone()), at(0));
     assert_eq!(names(&s.take_notices()), ["StateUnreadable"]);
+    // the state is rewritten, but the pods are not rolled: the same holders, the same template
+    let fixed = s.decide(&c, at(1)).apply.expect("a readable state written");
+    assert_eq!(images_of(&fixed), [NGINX, REDIS]);
+    let template = |d: &DaemonSet| d.spec.as_ref().map(|s| serde_json::to_value(&s.template).expect("json"));
+    assert_eq!(template(&fixed), template(&live));
 }
 
 #[test]
