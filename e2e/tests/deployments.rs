@@ -312,3 +312,74 @@ async fn inherited_pull_secret_warms_a_private_image() -> Result<()> {
     }
     Ok(())
 }
+
+/// Inheriting pull secrets is optional: when the manager may not write secrets at all, the
+/// DaemonSet still follows the Deployments (it used to stop being updated for good).
+#[tokio::test]
+async fn a_pull_secret_that_cannot_be_mirrored_never_blocks_the_daemonset() -> Result<()> {
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+    let client = client().await?;
+    let ns = create_namespace(&client, "kwarm-e2e-nosecret-").await?;
+    let apps = create_namespace(&client, "kwarm-e2e-nsapps-").await?;
+    let user = format!("system:serviceaccount:{ns}:kwarm");
+    // Everything the manager needs, except any right on secrets.
+    let rules = serde_json::json!([
+        {"apiGroups": ["apps"], "resources": ["daemonsets"], "verbs": ["get", "list", "watch", "create", "patch", "update", "delete"]},
+        {"apiGroups": [""], "resources": ["pods", "events"], "verbs": ["get", "list", "watch", "create", "patch"]},
+        {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]}
+    ]);
+    let role: Role =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "kwarm"}, "rules": rules}))?;
+    Api::<Role>::namespaced(client.clone(), &ns).create(&PostParams::default(), &role).await?;
+    let binding: RoleBinding = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "kwarm"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "kwarm"},
+        "subjects": [{"kind": "User", "name": user}]
+    }))?;
+    Api::<RoleBinding>::namespaced(client.clone(), &ns).create(&PostParams::default(), &binding).await?;
+    let cluster_name = format!("{ns}-deployments");
+    let cluster_role: ClusterRole = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": cluster_name},
+        "rules": [{"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["list", "watch"]}]
+    }))?;
+    Api::<ClusterRole>::all(client.clone()).create(&PostParams::default(), &cluster_role).await?;
+    let cluster_binding: ClusterRoleBinding = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": cluster_name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": cluster_name},
+        "subjects": [{"kind": "User", "name": user}]
+    }))?;
+    Api::<ClusterRoleBinding>::all(client.clone()).create(&PostParams::default(), &cluster_binding).await?;
+
+    let small = "127.0.0.1:5000/test/small:v1";
+    let other = "127.0.0.1:5000/test/other:v1";
+    let mut d = deployment("web", &[other], true)?;
+    if let Some(pod) = d.spec.as_mut().and_then(|s| s.template.spec.as_mut()) {
+        pod.image_pull_secrets =
+            Some(vec![k8s_openapi::api::core::v1::LocalObjectReference { name: "regcred".into() }]);
+    }
+    Api::<Deployment>::namespaced(client.clone(), &apps).create(&PostParams::default(), &d).await?;
+
+    let kubeconfig = support::log_dir().join(format!("{ns}.kubeconfig"));
+    support::impersonating_kubeconfig(&user, &kubeconfig)?;
+    let mut env = base_env(&ns);
+    env.insert("IMAGES".into(), small.into());
+    env.insert("WATCH_DEPLOYMENTS".into(), "true".into());
+    env.insert("WATCH_NAMESPACES".into(), apps.clone());
+    env.insert("INHERIT_PULL_SECRETS".into(), "true".into());
+    let mut manager = Manager::start_with_kubeconfig("manager-nosecret", &env, &kubeconfig).await?;
+    let result = async {
+        manager.wait_ready(Duration::from_secs(60)).await?;
+        wait_daemonset_images(&client, &ns, &[small, other], Duration::from_secs(60)).await?;
+        let log = manager.log_text();
+        anyhow::ensure!(log.contains("Pull secret mirroring failed"), "the failure is not logged:\n{log}");
+        Ok(())
+    }
+    .await;
+    let _ = manager.stop().await;
+    let _ = Api::<ClusterRoleBinding>::all(client.clone()).delete(&cluster_name, &Default::default()).await;
+    let _ = Api::<ClusterRole>::all(client.clone()).delete(&cluster_name, &Default::default()).await;
+    for n in [&ns, &apps] {
+        delete_namespace(&client, n, Duration::from_secs(120)).await?;
+    }
+    result
+}

@@ -109,30 +109,13 @@ async fn metrics_agree_with_the_cluster() -> Result<()> {
     Ok(())
 }
 
-/// A kubeconfig that impersonates `user`, so the manager has only that user's rights.
-fn impersonating_kubeconfig(user: &str, path: &std::path::Path) -> Result<()> {
-    let text = std::fs::read_to_string(kubeconfig_path())?;
-    let mut config: serde_json::Value = serde_yaml_to_json(&text)?;
-    for u in config["users"].as_array_mut().context("kubeconfig users")? {
-        u["user"]["as"] = serde_json::Value::String(user.into());
-    }
-    std::fs::write(path, serde_json::to_string(&config)?)?;
-    Ok(())
-}
-
-/// kubeconfig files are YAML; kube's own types read them and write JSON (YAML's subset).
-fn serde_yaml_to_json(text: &str) -> Result<serde_json::Value> {
-    let kubeconfig = kube::config::Kubeconfig::from_yaml(text)?;
-    Ok(serde_json::to_value(kubeconfig)?)
-}
-
 #[tokio::test]
 async fn ready_only_after_every_watch_synced() -> Result<()> {
     let client = client().await?;
     let ns = create_namespace(&client, "kwarm-e2e-ready-").await?;
     let user = format!("system:serviceaccount:{ns}:kwarm");
     let kubeconfig = support::log_dir().join(format!("{ns}.kubeconfig"));
-    impersonating_kubeconfig(&user, &kubeconfig)?;
+    support::impersonating_kubeconfig(&user, &kubeconfig)?;
     let mut env = base_env(&ns);
     env.insert("IMAGES".into(), "127.0.0.1:5000/test/small:v1".into());
     let mut manager = Manager::start_with_kubeconfig("manager-ready", &env, &kubeconfig).await?;

@@ -251,3 +251,20 @@ pub async fn restricted_namespace(client: &Client, prefix: &str) -> Result<Strin
     api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
     Ok(name)
 }
+
+/// A kubeconfig that impersonates `user`, so the manager has only that user's rights.
+pub fn impersonating_kubeconfig(user: &str, path: &std::path::Path) -> Result<()> {
+    let text = std::fs::read_to_string(kubeconfig_path())?;
+    let mut config: serde_json::Value = serde_yaml_to_json(&text)?;
+    for u in config["users"].as_array_mut().context("kubeconfig users")? {
+        u["user"]["as"] = serde_json::Value::String(user.into());
+    }
+    std::fs::write(path, serde_json::to_string(&config)?)?;
+    Ok(())
+}
+
+/// kubeconfig files are YAML; kube's own types read them and write JSON (YAML's subset).
+pub fn serde_yaml_to_json(text: &str) -> Result<serde_json::Value> {
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(text)?;
+    Ok(serde_json::to_value(kubeconfig)?)
+}
