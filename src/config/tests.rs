@@ -1355,3 +1355,18 @@ fn an_invalid_pod_namespace_is_not_used_as_the_default() {
     let c = Config::from_vars(vars(&[("IMAGES", "nginx:1")]), Some("team-a".into())).expect("valid");
     assert_eq!(c.namespace, "team-a");
 }
+
+#[test]
+fn a_repeated_json_key_is_an_error_naming_it() {
+    let e = problem(&[("IMAGES", "nginx:1"), ("NODE_SELECTOR", r#"{"disk":"ssd","disk":"hdd"}"#)]);
+    assert_eq!(e.variable, "NODE_SELECTOR");
+    assert!(e.expected.contains(r#"key "disk" appears twice"#), "{e}");
+    let nested = r#"[{"key":"a","operator":"Exists","operator":"Equal"}]"#;
+    let e = problem(&[("IMAGES", "nginx:1"), ("TOLERATIONS", nested)]);
+    assert!(e.expected.contains("appears twice"), "{e}");
+    // the same key in two objects is fine
+    valid(&[
+        ("IMAGES", "nginx:1"),
+        ("TOLERATIONS", r#"[{"key":"a","operator":"Exists"},{"key":"b","operator":"Exists"}]"#),
+    ]);
+}
