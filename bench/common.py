@@ -1,0 +1,439 @@
+"""Shared by the benchmark sections: settings from the environment, statistics and Markdown,
+processes (kwarm, the counting proxy), and cluster helpers. The sections import all of it."""
+import json
+import os
+import re
+import select  # noqa: F401 (used by the sections)
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading  # noqa: F401 (used by the sections)
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from kube import ApiError, Kube  # noqa: E402,F401 (ApiError: used by the sections)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "bench")
+SECTIONS = os.path.join(BENCH, "sections")
+WORK = os.path.join(ROOT, "_output", "bench")
+KUBECONFIG = os.environ.get("KUBECONFIG", "/var/lib/kwarm-cluster/kubeconfig")
+CTR_SOCK = os.environ.get("CONTAINERD_SOCK", "/var/lib/kwarm-cluster/containerd/containerd.sock")
+KUBECTL = os.environ["KUBECTL"]
+KWARM = os.environ.get("KWARM_BIN", os.path.join(ROOT, "_output", "bin", "kwarm"))
+KWARM_PROFILE = os.environ.get("KWARM_PROFILE_BIN", "")
+SLEEP_BIN = os.path.join(ROOT, "_output", "bin", "sleep")
+GOSLEEP = os.environ.get("GOSLEEP_BIN", "")
+GOSLEEP_STRIPPED = os.environ.get("GOSLEEP_STRIPPED_BIN", "")
+REG = "127.0.0.1:5000"
+KIP_IMAGE = os.environ.get("KIP_IMAGE", f"{REG}/kwarm/sleep:dev")
+GOSLEEP_IMAGE = os.environ.get("GOSLEEP_IMAGE", "")
+PULLER_FLOOR_IMAGE = os.environ.get("PULLER_FLOOR_IMAGE", "")
+PULL_IMAGES = os.environ.get("PULL_IMAGES", "")  # "size:ref size:ref ..."
+REAL_NODE = "127.0.0.1"
+NODE_PREFIX = "bench-node-"
+NODE_LABEL = ("kwarm-bench", "nodes")
+ENABLED = ("kwarm.io/enabled", "true")
+
+kube = Kube(KUBECONFIG)
+
+
+def env_int(name, default):
+    return int(os.environ.get(name, default))
+
+
+def env_list(name, default):
+    return [int(x) for x in os.environ.get(name, default).split()]
+
+
+def log(msg):
+    print(f"[{time.strftime('%H:%M:%S')}] bench: {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- statistics and Markdown
+
+def pct(values, p):
+    """Nearest-rank percentile (p in 0..100)."""
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    k = max(0, min(len(s) - 1, int(round(p / 100 * len(s) + 0.4999)) - 1))
+    return s[k]
+
+
+def summary(values):
+    return {
+        "n": len(values),
+        "min": min(values) if values else None,
+        "p50": pct(values, 50),
+        "p90": pct(values, 90),
+        "p99": pct(values, 99),
+        "max": max(values) if values else None,
+        "mean": statistics.fmean(values) if values else None,
+    }
+
+
+def fmt_ms(v):
+    if v is None or v != v:
+        return "–"
+    return f"{v:.1f}" if v < 100 else f"{v:.0f}"
+
+
+def fmt_bytes(n):
+    if n is None:
+        return "–"
+    n = int(n)
+    if n < 10 * 1024:
+        return f"{n:,} B"
+    if n < 10 * 1024 * 1024:
+        return f"{n / 1024:,.1f} KiB"
+    return f"{n / 1024 / 1024:,.1f} MiB"
+
+
+def ratio(a, b):
+    if not a or not b:
+        return "–"
+    r = a / b
+    return f"{r:,.0f}×" if r >= 10 else f"{r:,.1f}×"
+
+
+def trunc(line, width=150):
+    line = line.rstrip(" -")
+    return line if len(line) <= width else line[:width - 1] + "…"
+
+
+def table(header, rows):
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for r in rows:
+        out.append("| " + " | ".join(str(c) for c in r) + " |")
+    return "\n".join(out)
+
+
+def write_section(name, md, data):
+    os.makedirs(SECTIONS, exist_ok=True)
+    with open(os.path.join(SECTIONS, f"{name}.md"), "w") as f:
+        f.write(md.rstrip() + "\n")
+    with open(os.path.join(SECTIONS, f"{name}.json"), "w") as f:
+        json.dump(data, f, indent=1, sort_keys=True, default=str)
+        f.write("\n")
+    log(f"wrote bench/sections/{name}.md")
+
+
+def stamp():
+    load = open("/proc/loadavg").read().split()[:3]
+    build = os.environ.get("KWARM_BUILD", "")
+    return (f"_Measured {time.strftime('%Y-%m-%d %H:%M %Z')}, load average at start {' '.join(load)}"
+            + (f"; kwarm {build}" if build else "") + "._")
+
+
+# ---------------------------------------------------------------- processes
+
+def _die_with_parent():
+    """In the child: get SIGTERM when the driver dies, however it dies (no orphans)."""
+    import ctypes
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def proc_cpu_seconds(pid):
+    """utime + stime of a process, in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_status(pid):
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            v = v.strip()
+            if v.endswith(" kB"):
+                out[k] = int(v[:-3]) * 1024
+    return out
+
+
+class Kwarm:
+    """The manager as a child process with its own metrics/health ports and log file."""
+
+    def __init__(self, name, env, binary=None, kubeconfig=KUBECONFIG, wrap=None):
+        self.name = name
+        self.metrics_port = free_port()
+        self.health_port = free_port()
+        os.makedirs(WORK, exist_ok=True)
+        self.log_path = os.path.join(WORK, f"kwarm-{name}.log")
+        full = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": os.environ.get("HOME", "/root"),
+            "KUBECONFIG": kubeconfig,
+            "KIP_IMAGE": KIP_IMAGE,
+            "LEADER_ELECT": "false",
+            "METRICS_BIND_ADDRESS": f"127.0.0.1:{self.metrics_port}",
+            "HEALTH_PROBE_BIND_ADDRESS": f"127.0.0.1:{self.health_port}",
+            "RUST_LOG": "info",
+        }
+        full.update(env)
+        cmd = [binary or KWARM]
+        if wrap:
+            cmd = wrap + cmd
+        self.logf = open(self.log_path, "w")
+        self.t_start = time.monotonic()
+        self.p = subprocess.Popen(cmd, env=full, stdout=self.logf, stderr=subprocess.STDOUT,
+                                  preexec_fn=_die_with_parent)
+        self.pid = self.p.pid
+        if wrap:  # the manager is a child of the wrapper (perf): find it
+            for _ in range(100):
+                kids = subprocess.run(["pgrep", "-P", str(self.p.pid)], capture_output=True, text=True).stdout.split()
+                if kids:
+                    self.pid = int(kids[0])
+                    break
+                time.sleep(0.05)
+
+    def metrics(self):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+                text = r.read().decode()
+        except OSError:
+            return {}
+        out = {}
+        for line in text.splitlines():
+            if not line or line.startswith("#"):
+                continue
+            name, _, value = line.rpartition(" ")
+            try:
+                out[name] = float(value)
+            except ValueError:
+                pass
+        return out
+
+    def metric(self, prefix):
+        return sum(v for k, v in self.metrics().items() if k == prefix or k.startswith(prefix + "{"))
+
+    def alive(self):
+        return self.p.poll() is None
+
+    def stop(self):
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+            try:
+                self.p.wait(20)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+        self.logf.close()
+
+    def tail(self, n=20):
+        try:
+            return "".join(open(self.log_path).readlines()[-n:])
+        except OSError:
+            return ""
+
+
+class CountingProxy:
+    """`kubectl proxy -v=6` on a free loopback port: the manager talks to the API server through
+    it (plain HTTP on loopback, the proxy adds the admin credentials), and the proxy's log names
+    every request it forwarded, so this client's requests are counted exactly even while other
+    clients use the same API server."""
+
+    LINE = re.compile(r'"Response" verb="(\w+)" url="([^"]+)" status="(\d+)')
+
+    def __init__(self, name):
+        self.port = free_port()
+        os.makedirs(WORK, exist_ok=True)
+        self.log_path = os.path.join(WORK, f"proxy-{name}.log")
+        self.kubeconfig = os.path.join(WORK, f"proxy-{name}.kubeconfig")
+        with open(self.kubeconfig, "w") as f:
+            f.write(
+                "apiVersion: v1\nkind: Config\n"
+                f"clusters: [{{name: p, cluster: {{server: 'http://127.0.0.1:{self.port}'}}}}]\n"
+                "users: [{name: p, user: {}}]\n"
+                "contexts: [{name: p, context: {cluster: p, user: p}}]\ncurrent-context: p\n"
+            )
+        self.logf = open(self.log_path, "w")
+        self.p = subprocess.Popen(
+            [KUBECTL, "--kubeconfig", KUBECONFIG, "proxy", "--address=127.0.0.1", f"--port={self.port}", "-v=6"],
+            stdout=self.logf, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("kubectl proxy did not start")
+
+    def mark(self):
+        """A position in the log: count(since=mark) counts what came after."""
+        self.logf.flush()
+        return os.path.getsize(self.log_path)
+
+    def requests(self, since=0):
+        """-> list of (verb, url, status), the watch verb for ?watch= requests."""
+        out = []
+        with open(self.log_path) as f:
+            f.seek(since)
+            for line in f:
+                m = self.LINE.search(line)
+                if m:
+                    verb, url, status = m.group(1), m.group(2), m.group(3)
+                    if verb == "GET" and re.search(r"[?&]watch=(1|true)", url):
+                        verb = "WATCH"
+                    elif verb == "GET" and not re.search(r"/namespaces/[^/]+/[^/?]+/[^/?]+(\?|$)", url) \
+                            and not re.search(r"/api/v1/nodes/[^/?]+", url):
+                        verb = "LIST/GET"
+                    out.append((verb, url, status))
+        return out
+
+    def stop(self):
+        if self.p.poll() is None:
+            self.p.terminate()
+            self.p.wait(10)
+        self.logf.close()
+
+
+def count_verbs(reqs):
+    out = {}
+    for verb, _, _ in reqs:
+        out[verb] = out.get(verb, 0) + 1
+    return out
+
+
+WRITE_VERBS = {"POST", "PUT", "PATCH", "DELETE"}
+
+
+def apiserver_counts():
+    """Sum of apiserver_request_total (all clients) -> (all, mutating)."""
+    total = writes = 0
+    for line in kube.metrics_text().splitlines():
+        if line.startswith("apiserver_request_total{"):
+            v = float(line.rsplit(" ", 1)[1])
+            total += v
+            m = re.search(r'verb="(\w+)"', line)
+            if m and m.group(1) in WRITE_VERBS:
+                writes += v
+    return total, writes
+
+
+# ---------------------------------------------------------------- cluster helpers
+
+def check_cluster():
+    try:
+        status, body = kube.raw("GET", "/readyz", accept="text/plain")
+        if status != 200:
+            raise RuntimeError(f"/readyz: {status} {body[:200]!r}")
+    except Exception as e:  # noqa: BLE001
+        sys.exit(f"bench: the local cluster does not answer ({e}); `make cluster-up` starts it")
+
+
+def ensure_ns(name):
+    kube.post("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {
+        "name": name, "labels": {"kwarm-bench": "true"}}}, allow=(409,))
+    for _ in range(100):  # a namespace still terminating from an earlier run
+        ns = kube.get(f"/api/v1/namespaces/{name}", allow=(404,))
+        if ns and ns["status"].get("phase") == "Active":
+            return
+        if ns is None:
+            kube.post("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {
+                "name": name, "labels": {"kwarm-bench": "true"}}}, allow=(409,))
+        time.sleep(1)
+    raise RuntimeError(f"namespace {name} did not become Active")
+
+
+def delete_ns(name, wait=300):
+    kube.delete(f"/api/v1/namespaces/{name}")
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        if kube.get(f"/api/v1/namespaces/{name}", allow=(404,)) is None:
+            return True
+        time.sleep(1)
+    log(f"namespace {name} still terminating after {wait}s; going on")
+    return False
+
+
+def kwok_node(name):
+    labels = {
+        "kubernetes.io/arch": "amd64", "kubernetes.io/os": "linux", "kubernetes.io/hostname": name,
+        "kubernetes.io/role": "agent", "type": "kwok", NODE_LABEL[0]: NODE_LABEL[1],
+    }
+    cap = {"cpu": "32", "memory": "256Gi", "pods": "250"}
+    return {"apiVersion": "v1", "kind": "Node", "metadata": {
+        "name": name, "labels": labels,
+        "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"}},
+        "spec": {}, "status": {"allocatable": cap, "capacity": cap}}
+
+
+def bench_nodes():
+    return [n for n in kube.list_all(f"/api/v1/nodes?labelSelector={NODE_LABEL[0]}%3D{NODE_LABEL[1]}")]
+
+
+def ensure_nodes(count, timeout=600):
+    have = {n["metadata"]["name"] for n in bench_nodes()}
+    want = [f"{NODE_PREFIX}{i}" for i in range(count)]
+    missing = [n for n in want if n not in have]
+    t0 = time.monotonic()
+    if missing:
+        log(f"creating {len(missing)} fake nodes")
+        with ThreadPoolExecutor(16) as ex:
+            list(ex.map(lambda n: kube.post("/api/v1/nodes", kwok_node(n), allow=(409,)), missing))
+    deadline = time.monotonic() + timeout
+    while True:
+        ready = sum(1 for n in bench_nodes() if n["metadata"]["name"] in set(want) and any(
+            c["type"] == "Ready" and c["status"] == "True" for c in n.get("status", {}).get("conditions", [])))
+        if ready >= count:
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {ready}/{count} fake nodes Ready")
+        time.sleep(1)
+    log(f"{count} fake nodes Ready ({time.monotonic() - t0:.0f}s)")
+
+
+def delete_bench_nodes():
+    names = [n["metadata"]["name"] for n in kube.list_all("/api/v1/nodes")
+             if n["metadata"]["name"].startswith(NODE_PREFIX)]
+    if names:
+        log(f"deleting {len(names)} fake nodes")
+        with ThreadPoolExecutor(16) as ex:
+            list(ex.map(lambda n: kube.delete(f"/api/v1/nodes/{n}"), names))
+
+
+def ds_images(ds):
+    return [c["image"] for c in ds["spec"]["template"]["spec"]["containers"]]
+
+
+def deployment(name, image, labels=None):
+    labels = dict(labels or {})
+    labels[ENABLED[0]] = ENABLED[1]
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "labels": labels},
+            "spec": {"replicas": 0, "selector": {"matchLabels": {"app": name}},
+                     "template": {"metadata": {"labels": {"app": name}},
+                                  "spec": {"containers": [{"name": "app", "image": image}]}}}}
+
+
+def ctr(*args, check=True):
+    r = subprocess.run(["ctr", "-a", CTR_SOCK, "-n", "k8s.io", *args], capture_output=True, text=True)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"ctr {' '.join(args)}: {r.stderr.strip()}")
+    return r.stdout
+
+
+def ctr_task_pids():
+    """container id -> host pid of its task."""
+    out = {}
+    for line in ctr("tasks", "ls").splitlines()[1:]:
+        f = line.split()
+        if len(f) >= 3 and f[1].isdigit():
+            out[f[0]] = int(f[1])
+    return out
+
+def perf_available():
+    return subprocess.run(["perf", "--version"], capture_output=True).returncode == 0
