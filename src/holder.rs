@@ -39,6 +39,34 @@ impl ImageRef {
                 "an image reference such as registry.example.com/team/app:1.2 or app@sha256:<64 hex> ({why})"
             )
         };
+        // An IPv6 registry (`[::1]:5000/app:1`): the parser knows host names and IPv4 only, so the
+        // address is checked here and the rest parsed behind a stand-in host.
+        if let Some(after) = image.strip_prefix('[') {
+            let (address, rest) = after
+                .split_once(']')
+                .ok_or_else(|| expected("an IPv6 registry in brackets, [::1]:5000".into()))?;
+            address
+                .parse::<std::net::Ipv6Addr>()
+                .map_err(|_| expected(format!("{address:?} is not an IPv6 address")))?;
+            let (port, path) = match rest.strip_prefix(':') {
+                Some(rest) => rest.split_once('/').map(|(p, path)| (Some(p), path)),
+                None => rest.strip_prefix('/').map(|path| (None, path)),
+            }
+            .ok_or_else(|| expected("a repository after the registry, [::1]:5000/app:1".into()))?;
+            if let Some(port) = port
+                && port.parse::<u16>().is_err()
+            {
+                return Err(expected(format!("port {port:?}")));
+            }
+            const STAND_IN: &str = "ipv6-registry.invalid";
+            let inner = ImageRef::parse(&format!("{STAND_IN}/{path}"))?;
+            let host = match port {
+                Some(port) => format!("[{address}]:{port}"),
+                None => format!("[{address}]"),
+            };
+            let canonical = inner.canonical.replacen(STAND_IN, &host, 1);
+            return Ok(ImageRef { canonical });
+        }
         let r = Reference::try_from(image).map_err(|e| expected(e.to_string()))?;
         // What the parser lets through but registries and runtimes refuse.
         let repository = r.repository();
@@ -134,6 +162,16 @@ mod tests {
         {
             let e = ImageRef::parse(bad).expect_err(bad);
             assert!(e.contains("an image reference such as"), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn an_ipv6_registry_is_a_registry() {
+        let r = ImageRef::parse("[::1]:5000/team/app:1").expect("valid");
+        assert_eq!(r.canonical(), "[::1]:5000/team/app:1");
+        assert_eq!(ImageRef::parse("[fd00::2]/app").expect("valid").canonical(), "[fd00::2]/app:latest");
+        for bad in ["[::1]:5000", "[nope]:5000/app", "[::1]:port/app", "[::1/app", "[::1]:5000/App:1"] {
+            assert!(ImageRef::parse(bad).is_err(), "{bad}");
         }
     }
 
