@@ -372,11 +372,8 @@ impl Config {
 
         // Checks across variables, only when each side parsed.
         if images.is_empty() && !watch.enabled && !c.errors.iter().any(|e| e.variable == "IMAGES") {
-            c.fail(
-                "IMAGES",
-                c.raw("IMAGES").unwrap_or_default().to_string().as_str(),
-                "at least one image when WATCH_DEPLOYMENTS=false: nothing to warm",
-            );
+            let given = c.raw("IMAGES").unwrap_or_default().to_string();
+            c.fail("IMAGES", &given, "at least one image when WATCH_DEPLOYMENTS=false: nothing to warm");
         }
         if images.len() > max_images {
             c.fail(
@@ -389,11 +386,8 @@ impl Config {
             && m.port() == h.port()
             && m.port() != 0
         {
-            c.fail(
-                "HEALTH_PROBE_BIND_ADDRESS",
-                c.raw("HEALTH_PROBE_BIND_ADDRESS").unwrap_or(":8081").to_string().as_str(),
-                "a port different from METRICS_BIND_ADDRESS",
-            );
+            let given = c.raw("HEALTH_PROBE_BIND_ADDRESS").unwrap_or(":8081").to_string();
+            c.fail("HEALTH_PROBE_BIND_ADDRESS", &given, "a port different from METRICS_BIND_ADDRESS");
         }
 
         if !c.errors.is_empty() {
