@@ -15,6 +15,9 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// A write was refused because this replica's lease could not be renewed in time.
+    #[error("not the leader (the lease could not be renewed in time)")]
+    NotLeader,
     #[error("could not listen on {address}: {source}")]
     Listen {
         address: std::net::SocketAddr,
@@ -40,6 +43,7 @@ impl Error {
             Error::Timeout(_) => "timeout",
             Error::Encode { .. } => "encode",
             Error::Listen { .. } => "listen",
+            Error::NotLeader => "not_leader",
         }
     }
 

@@ -7,43 +7,42 @@
 //! fixed window) the state decides once. Timers (refresh, retention, quarantine retries, resync)
 //! only wake the same loop.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
-use k8s_openapi::api::core::v1::{Event as CoreEvent, ObjectReference, Pod, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use k8s_openapi::api::core::v1::{Event as CoreEvent, ObjectReference, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::events::{Event as KwarmEvent, EventType, Recorder, Reporter};
 use kube::runtime::watcher::{self, Event};
 use kube::{Client, Resource, ResourceExt};
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::daemonset::{STATE_ANNOTATION, held_images, selector_labels, selector_string};
+use crate::daemonset::{STATE_ANNOTATION, held_images, selector_string};
 use crate::error::{Error, Result, with_timeout};
 use crate::http::Shared;
 use crate::images::{DeploymentImages, DeploymentKey, summarize_deployment};
 use crate::leader::Fence;
 use crate::metrics::{CategoryLabel, StateLabel, StatusLabel, WatchLabel};
 use crate::status::{PodHolders, STATE_MAX_BYTES, parse_pulled_message, pod_holders};
+use secrets::{Mirrorer, Wanted};
 pub use state::mirror_name;
 use state::{Gauges, Notice, Observation, State};
 use streams::{Input, Listing, deployment_scopes, watch_streams};
 
+mod secrets;
 mod state;
 mod streams;
 
 /// The one field manager kwarm applies with.
 pub const FIELD_MANAGER: &str = "kwarm.io/manager";
-const API_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const API_TIMEOUT: Duration = Duration::from_secs(10);
 /// Events arriving within this window after the first are applied together.
 const COALESCE: Duration = Duration::from_millis(50);
-/// Inherited pull secrets are re-read from their source this often.
-const SECRET_SYNC: Duration = Duration::from_secs(60);
 /// Events waiting to be sent; more are dropped (and logged at debug level).
 const EVENT_QUEUE: usize = 4096;
 
@@ -66,8 +65,8 @@ struct Controller {
     ds_listing: Listing<DaemonSet>,
     pod_listing: Listing<(String, Option<PodHolders>)>,
     deployment_listings: Vec<Listing<(DeploymentKey, Option<DeploymentImages>)>>,
-    mirrored_secrets: BTreeMap<String, String>,
-    next_secret_sync: Instant,
+    /// The mirrors the Deployments want, for the pull-secret task (`None`: inheriting is off).
+    secrets_wanted: Option<watch::Sender<Option<Wanted>>>,
     retry_at: Option<Instant>,
     retry_delay: Duration,
     /// Checked right before every write to the cluster (see [`Fence`]).
@@ -88,6 +87,22 @@ pub async fn run(
     let mut inputs = watch_streams(&ctx.client, &config);
     let deployment_scopes = deployment_scopes(&config);
     let reporter = Reporter { controller: "kwarm".into(), instance: Some(ctx.identity.clone()) };
+    // Pull-secret mirroring runs in a task of its own; its results come back on `mirrors`.
+    let (secrets_wanted, mut mirrors) = if config.watch.inherit_pull_secrets {
+        let (wanted_tx, wanted_rx) = watch::channel(None);
+        let (done_tx, done_rx) = watch::channel(Vec::new());
+        let mirrorer = Mirrorer::new(
+            ctx.client.clone(),
+            config.namespace.clone(),
+            config.daemonset_name.clone(),
+            owner.clone(),
+            fence.clone(),
+        );
+        tokio::spawn(mirrorer.run(wanted_rx, done_tx));
+        (Some(wanted_tx), Some(done_rx))
+    } else {
+        (None, None)
+    };
     let state = State::new(
         &config,
         deployment_scopes.clone(),
@@ -107,8 +122,7 @@ pub async fn run(
         ds_listing: Listing::default(),
         pod_listing: Listing::default(),
         deployment_listings: deployment_scopes.iter().map(|_| Listing::default()).collect(),
-        mirrored_secrets: BTreeMap::new(),
-        next_secret_sync: Instant::now(),
+        secrets_wanted,
         retry_at: None,
         retry_delay: Duration::from_millis(500),
         fence,
@@ -136,6 +150,15 @@ pub async fn run(
                 Some(input) => dirty |= c.handle(input),
                 None => break,
             },
+            changed = async { mirrors.as_mut()?.changed().await.ok() }, if mirrors.is_some() => {
+                match (changed, mirrors.as_ref()) {
+                    (Some(()), Some(rx)) => {
+                        let names = rx.borrow().clone();
+                        dirty |= c.observe(Observation::PullSecrets(names));
+                    }
+                    _ => mirrors = None,
+                }
+            }
             _ = tokio::time::sleep_until(wake.into()) => dirty = true,
         }
         if dirty {
@@ -294,9 +317,6 @@ impl Controller {
         if let Some(t) = self.retry_at {
             next = next.min(t);
         }
-        if self.config().watch.inherit_pull_secrets && self.state.leader() {
-            next = next.min(self.next_secret_sync);
-        }
         next.max(now + Duration::from_millis(10))
     }
 
@@ -343,15 +363,16 @@ impl Controller {
             let live = with_timeout(API_TIMEOUT, self.ds_api.get_opt(&config.daemonset_name)).await?;
             self.observe(Observation::Resynced(live));
         }
-        if self.state.leader() && config.watch.inherit_pull_secrets {
-            // Optional: a mirroring failure never keeps the DaemonSet from being updated.
-            match self.sync_pull_secrets().await {
-                Ok(names) => {
-                    self.observe(Observation::PullSecrets(names));
-                }
-                Err(e) => tracing::warn!(error = %e, category = e.category(),
-                    "Pull secret mirroring failed; the DaemonSet keeps the mirrors it had"),
-            }
+        // The leader tells the pull-secret task what the Deployments want now (it never waits).
+        if let Some(wanted) = &self.secrets_wanted
+            && self.state.leader()
+        {
+            let now_wanted = self.state.pull_secrets_wanted();
+            wanted.send_if_modified(|old| {
+                let changed = old.as_ref() != Some(&now_wanted);
+                *old = Some(now_wanted);
+                changed
+            });
         }
         let decision = self.state.decide(&config, SystemTime::now());
         self.update_gauges(&decision.gauges);
@@ -513,89 +534,6 @@ impl Controller {
         if self.events.try_send((event, reference)).is_err() {
             tracing::debug!(reason, "Event queue full; event dropped");
         }
-    }
-
-    /// Mirrors the pull secrets of watched Deployments into kwarm's namespace (opt-in) and returns
-    /// the names of the mirrors to reference from the DaemonSet.
-    async fn sync_pull_secrets(&mut self) -> Result<Vec<String>> {
-        if !self.config().watch.inherit_pull_secrets {
-            return Ok(Vec::new());
-        }
-        if !self.fence.may_write(Instant::now()) {
-            return Ok(self.mirrored_secrets.keys().cloned().collect());
-        }
-        let wanted = self.state.pull_secrets_wanted();
-        let due = Instant::now() >= self.next_secret_sync;
-        let known: BTreeSet<&String> = self.mirrored_secrets.keys().collect();
-        if !due && wanted.keys().collect::<BTreeSet<_>>() == known {
-            return Ok(self.mirrored_secrets.keys().cloned().collect());
-        }
-        self.next_secret_sync = Instant::now() + SECRET_SYNC;
-        let ns = self.config().namespace.clone();
-        let mirrors: Api<Secret> = Api::namespaced(self.ctx.client.clone(), &ns);
-        let mut synced = BTreeMap::new();
-        for (mirror, (source_ns, source_name)) in &wanted {
-            let source_api: Api<Secret> = Api::namespaced(self.ctx.client.clone(), source_ns);
-            let source = match with_timeout(API_TIMEOUT, source_api.get_opt(source_name)).await {
-                Ok(Some(s)) => s,
-                Ok(None) => {
-                    tracing::warn!(secret = %format!("{source_ns}/{source_name}"), "Pull secret referenced by a Deployment does not exist");
-                    continue;
-                }
-                Err(e) => {
-                    tracing::warn!(secret = %format!("{source_ns}/{source_name}"), error = %e, "Cannot read pull secret to inherit");
-                    continue;
-                }
-            };
-            let type_ = source.type_.clone().unwrap_or_default();
-            if type_ != "kubernetes.io/dockerconfigjson" && type_ != "kubernetes.io/dockercfg" {
-                tracing::warn!(secret = %format!("{source_ns}/{source_name}"), %type_, "Not a registry secret; not inherited");
-                continue;
-            }
-            let digest = format!("{:?}", source.data);
-            if self.mirrored_secrets.get(mirror) != Some(&digest) {
-                let mut labels = selector_labels(&self.config().daemonset_name);
-                labels.insert("app.kubernetes.io/managed-by".into(), "kwarm".into());
-                labels.insert("app.kubernetes.io/component".into(), "pull-secret".into());
-                let copy = Secret {
-                    metadata: ObjectMeta {
-                        name: Some(mirror.clone()),
-                        namespace: Some(ns.clone()),
-                        labels: Some(labels),
-                        annotations: Some(BTreeMap::from([(
-                            "kwarm.io/source".to_string(),
-                            format!("{source_ns}/{source_name}"),
-                        )])),
-                        owner_references: self.state.owner().cloned().map(|o| vec![o]),
-                        ..Default::default()
-                    },
-                    type_: Some(type_),
-                    data: source.data.clone(),
-                    ..Default::default()
-                };
-                let params = PatchParams::apply(FIELD_MANAGER).force();
-                with_timeout(API_TIMEOUT, mirrors.patch(mirror, &params, &Patch::Apply(&copy))).await?;
-                tracing::info!(secret = %mirror, source = %format!("{source_ns}/{source_name}"), "Mirrored pull secret");
-            }
-            synced.insert(mirror.clone(), digest);
-        }
-        // Delete mirrors nothing references any more.
-        let selector = format!(
-            "{},app.kubernetes.io/component=pull-secret",
-            selector_string(&self.config().daemonset_name)
-        );
-        let existing =
-            with_timeout(API_TIMEOUT, mirrors.list_metadata(&ListParams::default().labels(&selector)))
-                .await?;
-        for s in existing {
-            let name = s.name_any();
-            if !wanted.contains_key(&name) {
-                with_timeout(API_TIMEOUT, mirrors.delete(&name, &DeleteParams::default())).await?;
-                tracing::info!(secret = %name, "Deleted pull secret no Deployment uses any more");
-            }
-        }
-        self.mirrored_secrets = synced;
-        Ok(self.mirrored_secrets.keys().cloned().collect())
     }
 }
 

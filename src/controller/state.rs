@@ -156,6 +156,9 @@ pub struct State {
     deployments_synced: Vec<bool>,
     deployments_forbidden_reported: bool,
     pull_secrets: Vec<String>,
+    /// Whether the pull-secret task reported once; until then the mirrors the live DaemonSet
+    /// references are kept (a restart must not drop them and roll every pod).
+    pull_secrets_reported: bool,
 
     quarantine: Quarantine,
     refreshed_at: Option<String>,
@@ -196,6 +199,7 @@ impl State {
             pods_synced: false,
             deployments_forbidden_reported: false,
             pull_secrets: Vec::new(),
+            pull_secrets_reported: false,
             quarantine: Quarantine::default(),
             refreshed_at: None,
             next_refresh: now + config.caching_interval,
@@ -212,10 +216,6 @@ impl State {
 
     pub fn leader(&self) -> bool {
         self.leader
-    }
-
-    pub fn owner(&self) -> Option<&OwnerReference> {
-        self.owner.as_ref()
     }
 
     pub fn live(&self) -> Option<&DaemonSet> {
@@ -341,6 +341,7 @@ impl State {
                 true
             }
             Observation::PullSecrets(names) => {
+                self.pull_secrets_reported = true;
                 let changed = names != self.pull_secrets;
                 self.pull_secrets = names;
                 changed
@@ -393,6 +394,16 @@ impl State {
             let last = humantime::parse_rfc3339(at).unwrap_or(now);
             let due = last.checked_add(config.caching_interval).unwrap_or(now);
             self.next_refresh = due.max(now + REFRESH_AFTER_RESTART);
+        }
+        if config.watch.inherit_pull_secrets && !self.pull_secrets_reported {
+            let pod = live.spec.as_ref().and_then(|s| s.template.spec.as_ref());
+            self.pull_secrets = pod
+                .and_then(|p| p.image_pull_secrets.as_ref())
+                .into_iter()
+                .flatten()
+                .map(|r| r.name.clone())
+                .filter(|name| !config.image_pull_secrets.contains(name))
+                .collect();
         }
         self.applied_images = Some(held_images(live));
     }

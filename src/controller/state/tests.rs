@@ -332,16 +332,30 @@ fn pull_secret_mirrors_are_referenced_and_wanted_from_the_deployments() {
     let key = ("team".to_string(), "api".to_string());
     let mut d = deployment(&[REDIS]);
     d.pull_secrets.insert("regcred".into());
-    s.observe(&c, Observation::Deployments(0, Seen::Applied((key, Some(d)))), at(0));
+    s.observe(&c, Observation::Deployments(0, Seen::Applied((key.clone(), Some(d.clone())))), at(0));
     let wanted = s.pull_secrets_wanted();
     let mirror = mirror_name("team", "regcred");
     assert_eq!(wanted, BTreeMap::from([(mirror.clone(), ("team".to_string(), "regcred".to_string()))]));
     assert!(s.observe(&c, Observation::PullSecrets(vec![mirror.clone()]), at(0)));
     let ds = s.decide(&c, at(0)).apply.expect("created");
-    let pod = ds.spec.and_then(|s| s.template.spec).expect("pod");
-    let secrets: Vec<String> = pod.image_pull_secrets.into_iter().flatten().map(|r| r.name).collect();
-    assert!(secrets.contains(&mirror), "{secrets:?}");
-    assert!(!s.observe(&c, Observation::PullSecrets(vec![mirror]), at(1)), "the same mirrors: nothing to do");
+    let secrets = |ds: &DaemonSet| -> Vec<String> {
+        let pod = ds.spec.as_ref().and_then(|s| s.template.spec.as_ref()).expect("pod");
+        pod.image_pull_secrets.iter().flatten().map(|r| r.name.clone()).collect()
+    };
+    assert!(secrets(&ds).contains(&mirror), "{:?}", secrets(&ds));
+    assert!(
+        !s.observe(&c, Observation::PullSecrets(vec![mirror.clone()]), at(1)),
+        "the same mirrors: nothing to do"
+    );
+
+    // a restarted manager keeps the mirrors the DaemonSet references until the task reports
+    let mut restarted = synced(&c, true, Some(applied(&ds, 1)), at(2));
+    restarted.observe(&c, Observation::Deployments(0, Seen::Applied((key, Some(d)))), at(2));
+    assert_eq!(restarted.decide(&c, at(2)).apply, None, "no write, no roll after a restart");
+    // and follows the task once it has reported
+    restarted.observe(&c, Observation::PullSecrets(vec![]), at(3));
+    let without = restarted.decide(&c, at(3)).apply.expect("the mirror is gone");
+    assert!(!secrets(&without).contains(&mirror));
 }
 
 #[test]
