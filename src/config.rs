@@ -245,9 +245,9 @@ impl Checker {
         self.errors.push(ConfigError { variable, value: value.to_string(), expected: expected.into() });
     }
 
-    /// The value as given (one of [`KNOWN_VARIABLES`]).
+    /// The value as given (one of [`VARIABLES`]).
     fn raw(&self, variable: &str) -> Option<&str> {
-        debug_assert!(KNOWN_VARIABLES.contains(&variable), "{variable} is not in KNOWN_VARIABLES");
+        debug_assert!(is_known(variable), "{variable} is not in VARIABLES");
         self.raw.get(variable).map(String::as_str)
     }
 
@@ -300,7 +300,9 @@ impl Config {
         let mut not_text = Vec::new();
         let mut vars = Vec::new();
         for (key, value) in std::env::vars_os() {
-            let Some(variable) = key.to_str().and_then(|k| KNOWN_VARIABLES.iter().find(|v| **v == k)) else {
+            let Some(variable) =
+                key.to_str().and_then(|k| VARIABLES.iter().find(|v| v.name == k)).map(|v| v.name)
+            else {
                 // only the name matters (a likely typo of one of ours is worth a warning)
                 if let Some(name) = key.to_str() {
                     vars.push((name.to_string(), String::new()));
@@ -329,8 +331,7 @@ impl Config {
         own_namespace: Option<String>,
     ) -> Result<Config, ConfigErrors> {
         // Only our variables are parsed; the names of the others are checked for likely typos.
-        let (ours, others): (Vec<_>, Vec<_>) =
-            vars.into_iter().partition(|(k, _)| KNOWN_VARIABLES.contains(&k.as_str()));
+        let (ours, others): (Vec<_>, Vec<_>) = vars.into_iter().partition(|(k, _)| is_known(k));
         let mut c = Checker { raw: ours.into_iter().collect(), errors: Vec::new(), warnings: Vec::new() };
         for (name, _) in &others {
             if let Some(known) = likely_typo(name) {
@@ -424,53 +425,71 @@ impl Config {
     }
 }
 
-/// Every variable kwarm reads, for `kwarm check` and for filtering the environment.
-pub const KNOWN_VARIABLES: &[&str] = &[
-    "IMAGES",
-    "DAEMONSET_NAME",
-    "DAEMONSET_ANNOTATIONS",
-    "NAMESPACE",
-    "DEPLOYMENT_NAME",
-    "CACHING_INTERVAL_HOURS",
-    "CACHING_INTERVAL",
-    "CACHING_MEMORY_REQUEST",
-    "CACHING_MEMORY_LIMIT",
-    "CACHING_CPU_REQUEST",
-    "CACHING_CPU_LIMIT",
-    "NODE_SELECTOR",
-    "AFFINITY",
-    "TOLERATIONS",
-    "IMAGE_PULL_SECRETS",
-    "KIP_IMAGE",
-    "PRIORITY_CLASS_NAME",
-    "IMAGE_PULL_POLICY",
-    "MAX_CONCURRENT_NODES",
-    "WATCH_DEPLOYMENTS",
-    "DEPLOYMENT_SELECTOR",
-    "WATCH_NAMESPACES",
-    "EXCLUDE_NAMESPACES",
-    "EXCLUDE_IMAGES",
-    "IMAGE_RETENTION",
-    "PULL_TIMEOUT",
-    "RETRY_BACKOFF",
-    "MAX_RETRIES",
-    "INHERIT_PULL_SECRETS",
-    "MAX_IMAGES",
-    "METRICS_BIND_ADDRESS",
-    "HEALTH_PROBE_BIND_ADDRESS",
-    "LEADER_ELECT",
-    "LOG_FORMAT",
+/// One variable kwarm reads: its name and its default as a user would write it (empty where
+/// the default is no value or is derived: the pod's namespace, kwarm's sleep image).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Variable {
+    pub name: &'static str,
+    pub default: &'static str,
+}
+
+const fn var(name: &'static str, default: &'static str) -> Variable {
+    Variable { name, default }
+}
+
+/// Every variable kwarm reads: the one list the environment is filtered by, typos are checked
+/// against and the README's table is tested against. Setting a variable to its `default` changes
+/// nothing (a unit test holds the parsers to it).
+pub const VARIABLES: &[Variable] = &[
+    var("IMAGES", ""),
+    var("DAEMONSET_NAME", "kubernetes-image-puller"),
+    var("DAEMONSET_ANNOTATIONS", "{}"),
+    var("NAMESPACE", ""),
+    var("DEPLOYMENT_NAME", ""),
+    var("CACHING_INTERVAL_HOURS", "1"),
+    var("CACHING_INTERVAL", ""),
+    var("CACHING_MEMORY_REQUEST", "10Mi"),
+    var("CACHING_MEMORY_LIMIT", "20Mi"),
+    var("CACHING_CPU_REQUEST", ".05"),
+    var("CACHING_CPU_LIMIT", ".2"),
+    var("NODE_SELECTOR", "{}"),
+    var("AFFINITY", "{}"),
+    var("TOLERATIONS", "[]"),
+    var("IMAGE_PULL_SECRETS", ""),
+    var("KIP_IMAGE", ""),
+    var("PRIORITY_CLASS_NAME", ""),
+    var("IMAGE_PULL_POLICY", ""),
+    var("MAX_CONCURRENT_NODES", "10"),
+    var("WATCH_DEPLOYMENTS", "true"),
+    var("DEPLOYMENT_SELECTOR", "kwarm.io/enabled=true"),
+    var("WATCH_NAMESPACES", "*"),
+    var("EXCLUDE_NAMESPACES", ""),
+    var("EXCLUDE_IMAGES", ""),
+    var("IMAGE_RETENTION", "24h"),
+    var("PULL_TIMEOUT", "10m"),
+    var("RETRY_BACKOFF", "30s"),
+    var("MAX_RETRIES", "3"),
+    var("INHERIT_PULL_SECRETS", "false"),
+    var("MAX_IMAGES", "100"),
+    var("METRICS_BIND_ADDRESS", ":8080"),
+    var("HEALTH_PROBE_BIND_ADDRESS", ":8081"),
+    var("LEADER_ELECT", "true"),
+    var("LOG_FORMAT", "text"),
 ];
+
+/// Whether `name` is one of kwarm's variables.
+pub fn is_known(name: &str) -> bool {
+    VARIABLES.iter().any(|v| v.name == name)
+}
 
 /// The variable of kwarm's that `name` most likely misspells (one or two letters off), if any.
 fn likely_typo(name: &str) -> Option<&'static str> {
     if name.len() < 5 {
         return None;
     }
-    KNOWN_VARIABLES
+    VARIABLES
         .iter()
-        .copied()
-        .map(|known| (strsim::osa_distance(name, known), known))
+        .map(|v| (strsim::osa_distance(name, v.name), v.name))
         .filter(|(distance, _)| (1..=2).contains(distance))
         .min()
         .map(|(_, known)| known)

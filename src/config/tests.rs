@@ -101,9 +101,9 @@ fn every_variable_has_its_documented_default() {
 #[test]
 fn blank_values_mean_the_default() {
     // ConfigMaps often carry `KEY: ""` for "not set".
-    let blank: Vec<(&str, &str)> = KNOWN_VARIABLES.iter().map(|v| (*v, "")).collect();
+    let blank: Vec<(&str, &str)> = VARIABLES.iter().map(|v| (v.name, "")).collect();
     assert_eq!(valid(&blank), valid(&[]));
-    let spaces: Vec<(&str, &str)> = KNOWN_VARIABLES.iter().map(|v| (*v, "  ")).collect();
+    let spaces: Vec<(&str, &str)> = VARIABLES.iter().map(|v| (v.name, "  ")).collect();
     assert_eq!(valid(&spaces), valid(&[]));
 }
 
@@ -180,18 +180,18 @@ fn known_variables_cover_every_documented_variable() {
         "LEADER_ELECT",
         "LOG_FORMAT",
     ];
-    let known: BTreeSet<&str> = KNOWN_VARIABLES.iter().copied().collect();
+    let known: BTreeSet<&str> = VARIABLES.iter().map(|v| v.name).collect();
     assert_eq!(known, documented.into_iter().collect::<BTreeSet<_>>());
-    assert_eq!(known.len(), KNOWN_VARIABLES.len(), "no variable listed twice");
+    assert_eq!(known.len(), VARIABLES.len(), "no variable listed twice");
 }
 
 #[test]
 fn every_known_variable_is_read() {
     // A value that no variable accepts: if a variable were listed but not read, no error
     // would name it. EXCLUDE_IMAGES takes any text (a substring to exclude).
-    for variable in KNOWN_VARIABLES.iter().filter(|v| **v != "EXCLUDE_IMAGES") {
+    for variable in VARIABLES.iter().map(|v| v.name).filter(|v| *v != "EXCLUDE_IMAGES") {
         let all = problems(&[(variable, "{ not valid for anything ]")]);
-        assert!(all.iter().any(|e| e.variable == *variable), "{variable} was not checked: {all:?}");
+        assert!(all.iter().any(|e| e.variable == variable), "{variable} was not checked: {all:?}");
     }
 }
 
@@ -1369,4 +1369,45 @@ fn a_repeated_json_key_is_an_error_naming_it() {
         ("IMAGES", "nginx:1"),
         ("TOLERATIONS", r#"[{"key":"a","operator":"Exists"},{"key":"b","operator":"Exists"}]"#),
     ]);
+}
+
+#[test]
+fn every_variable_set_to_its_documented_default_changes_nothing() {
+    let base = valid(&[("IMAGES", "nginx:1")]);
+    for v in VARIABLES.iter().filter(|v| !v.default.is_empty() && v.name != "IMAGES") {
+        let c = valid(&[("IMAGES", "nginx:1"), (v.name, v.default)]);
+        assert_eq!(c, base, "{}={:?} is not the default", v.name, v.default);
+    }
+}
+
+#[test]
+fn the_readme_documents_every_variable_with_its_default() {
+    let readme = include_str!("../../README.md");
+    let start = readme.find("| Variable | Default | Meaning |").expect("the configuration table");
+    let rows: Vec<&str> = readme[start..].lines().skip(2).take_while(|l| l.starts_with('|')).collect();
+    for v in VARIABLES {
+        // a row names the variable, or its suffix next to its sibling (`CACHING_MEMORY_REQUEST` / `_LIMIT`)
+        let suffix = v.name.rsplit_once('_').map(|(_, s)| format!("`_{s}`")).unwrap_or_default();
+        let row = rows
+            .iter()
+            .find(|r| r.contains(&format!("`{}`", v.name)))
+            .or_else(|| {
+                rows.iter().find(|r| {
+                    r.contains(&suffix)
+                        && r.contains(&format!("`{}", &v.name[..v.name.len() - suffix.len() + 3]))
+                })
+            })
+            .unwrap_or_else(|| panic!("README's table has no row for {}", v.name));
+        if !v.default.is_empty() {
+            assert!(
+                row.contains(&format!("`{}`", v.default)),
+                "README gives another default for {}: {row}",
+                v.name
+            );
+        }
+    }
+    for row in &rows {
+        let name = row.split('`').nth(1).unwrap_or_default();
+        assert!(is_known(name), "README documents {name:?}, which kwarm does not read");
+    }
 }
