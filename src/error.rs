@@ -9,12 +9,6 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("Kubernetes API did not answer within {0:?}")]
     Timeout(Duration),
-    #[error("could not encode {what}: {source}")]
-    Encode {
-        what: &'static str,
-        #[source]
-        source: serde_json::Error,
-    },
     /// A write was refused because this replica's lease could not be renewed in time.
     #[error("not the leader (the lease could not be renewed in time)")]
     NotLeader,
@@ -41,7 +35,6 @@ impl Error {
             },
             Error::Kube(_) => "connection",
             Error::Timeout(_) => "timeout",
-            Error::Encode { .. } => "encode",
             Error::Listen { .. } => "listen",
             Error::NotLeader => "not_leader",
         }

@@ -131,7 +131,7 @@ fn write_stdout(text: &str) -> anyhow::Result<()> {
 
 async fn status(config: Config, output: StatusFormat) -> anyhow::Result<()> {
     let client = kube::Client::try_default().await.context("connecting to Kubernetes")?;
-    let report = controller::fetch_status(client, &config).await?;
+    let report = kwarm::commands::status_report(client, &config).await?;
     match output {
         StatusFormat::Text => write_stdout(&report.to_text()),
         StatusFormat::Json => write_stdout(&format!("{}\n", serde_json::to_string_pretty(&report)?)),

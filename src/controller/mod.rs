@@ -13,16 +13,16 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
-use k8s_openapi::api::core::v1::{Event as CoreEvent, ObjectReference, Pod};
+use k8s_openapi::api::core::v1::{Event as CoreEvent, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event as KwarmEvent, EventType, Recorder, Reporter};
 use kube::runtime::watcher::{self, Event};
 use kube::{Client, Resource, ResourceExt};
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::daemonset::{STATE_ANNOTATION, held_images, selector_string};
+use crate::daemonset::held_images;
 use crate::error::{Error, Result, with_timeout};
 use crate::http::Shared;
 use crate::images::{DeploymentImages, DeploymentKey, summarize_deployment};
@@ -575,23 +575,4 @@ fn truncate(text: &str, max: usize) -> String {
         end -= 1;
     }
     format!("{}…", &text[..end])
-}
-
-/// Reads the DaemonSet and its pods once and summarises them for `kwarm status`.
-pub async fn fetch_status(client: Client, config: &Config) -> Result<crate::status::StatusReport> {
-    let ds_api: Api<DaemonSet> = Api::namespaced(client.clone(), &config.namespace);
-    let pod_api: Api<Pod> = Api::namespaced(client, &config.namespace);
-    let live = with_timeout(API_TIMEOUT, ds_api.get_opt(&config.daemonset_name)).await?;
-    let params = ListParams::default().labels(&selector_string(&config.daemonset_name));
-    let pods = with_timeout(API_TIMEOUT, pod_api.list(&params)).await?;
-    let holders: Vec<PodHolders> = pods.items.iter().filter_map(pod_holders).collect();
-    let images: Vec<String> = live.as_ref().map(held_images).unwrap_or_default().into_iter().collect();
-    Ok(crate::status::StatusReport::build(
-        &config.namespace,
-        &config.daemonset_name,
-        live.as_ref().map(|d| d.metadata.generation),
-        &images,
-        &holders,
-        live.as_ref().and_then(|d| d.annotations().get(STATE_ANNOTATION)).map(String::as_str),
-    ))
 }
