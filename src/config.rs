@@ -857,6 +857,9 @@ fn check_affinity(affinity: &Affinity) -> Result<(), String> {
         }
         labels::check_qualified_name(&term.topology_key)
             .map_err(|e| format!("topologyKey {:?}: {e}", term.topology_key))?;
+        for selector in term.label_selector.iter().chain(term.namespace_selector.iter()) {
+            check_label_selector(selector)?;
+        }
     }
     let Some(node) = &affinity.node_affinity else { return Ok(()) };
     let required =
@@ -883,6 +886,37 @@ fn check_affinity(affinity: &Affinity) -> Result<(), String> {
                     ));
                 }
             }
+        }
+    }
+    Ok(())
+}
+
+/// A pod (anti-)affinity term's label selector: label keys and values, and operators with the
+/// number of values each takes.
+fn check_label_selector(
+    selector: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+) -> Result<(), String> {
+    for (key, value) in selector.match_labels.iter().flatten() {
+        labels::check_qualified_name(key).map_err(|e| format!("labelSelector key {key:?}: {e}"))?;
+        labels::check_label_value(value).map_err(|e| format!("labelSelector value {value:?}: {e}"))?;
+    }
+    for e in selector.match_expressions.iter().flatten() {
+        labels::check_qualified_name(&e.key)
+            .map_err(|err| format!("labelSelector key {:?}: {err}", e.key))?;
+        let values = e.values.as_ref().map_or(0, Vec::len);
+        match e.operator.as_str() {
+            "In" | "NotIn" if values > 0 => {}
+            "Exists" | "DoesNotExist" if values == 0 => {}
+            op => {
+                return Err(format!(
+                    "labelSelector expression on {:?}: operator {op:?} with {values} values (In/NotIn need values, Exists/DoesNotExist none)",
+                    e.key
+                ));
+            }
+        }
+        for value in e.values.iter().flatten() {
+            labels::check_label_value(value)
+                .map_err(|err| format!("labelSelector value {value:?}: {err}"))?;
         }
     }
     Ok(())

@@ -1334,6 +1334,23 @@ fn what_the_api_server_would_refuse_is_refused_here() {
     assert!(valid(&[images, ("AFFINITY", &anti("kubernetes.io/hostname"))]).affinity.is_some());
     let e = problem(&[images, ("AFFINITY", &anti(""))]);
     assert!(e.expected.contains("topologyKey"), "{e}");
+    // and its label selector holds label keys and values, with operators that fit
+    let selector = |sel: &str| {
+        format!(
+            r#"{{"podAffinity":{{"preferredDuringSchedulingIgnoredDuringExecution":[{{"weight":1,"podAffinityTerm":{{"labelSelector":{sel},"topologyKey":"zone"}}}}]}}}}"#
+        )
+    };
+    valid(&[
+        images,
+        ("AFFINITY", &selector(r#"{"matchExpressions":[{"key":"app","operator":"In","values":["web"]}]}"#)),
+    ]);
+    let e = problem(&[images, ("AFFINITY", &selector(r#"{"matchLabels":{"bad key!":"x"}}"#))]);
+    assert!(e.expected.contains("bad key!"), "{e}");
+    let e = problem(&[
+        images,
+        ("AFFINITY", &selector(r#"{"matchExpressions":[{"key":"app","operator":"In"}]}"#)),
+    ]);
+    assert!(e.expected.contains("In/NotIn need values"), "{e}");
     // toleration values are label values
     let e = problem(&[images, ("TOLERATIONS", r#"[{"key":"a","operator":"Equal","value":"not a value!"}]"#)]);
     assert!(e.expected.contains("not a value!"), "{e}");
