@@ -437,3 +437,13 @@ def ctr_task_pids():
 
 def perf_available():
     return subprocess.run(["perf", "--version"], capture_output=True).returncode == 0
+
+def perf_reports(data):
+    out = {}
+    rep = subprocess.run(["perf", "report", "-i", data, "--no-children", "--stdio", "--percent-limit", "1.5",
+                          "--sort", "symbol", "-g", "none"], capture_output=True, text=True)
+    out["perf_top"] = [line for line in rep.stdout.splitlines() if line.strip() and not line.startswith("#")][:30]
+    rep = subprocess.run(["perf", "report", "-i", data, "--children", "--stdio", "--percent-limit", "2",
+                          "--sort", "symbol", "-g", "none"], capture_output=True, text=True)
+    out["perf_children"] = [line for line in rep.stdout.splitlines() if line.strip() and not line.startswith("#")][:400]
+    return out

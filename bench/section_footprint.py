@@ -117,12 +117,7 @@ def section_footprint():
             log(f"profile: perf record of the initial sync of {created} Deployments")
             prof = footprint_run(ns, created, pool, 0, binary=KWARM_PROFILE, name="fp-profile",
                                  wrap=["perf", "record", "-F", "999", "-g", "--call-graph", "dwarf,16384", "-o", data])
-            rep = subprocess.run(["perf", "report", "-i", data, "--no-children", "--stdio", "--percent-limit", "1.5",
-                                  "--sort", "symbol", "-g", "none"], capture_output=True, text=True)
-            prof["perf_top"] = [line for line in rep.stdout.splitlines() if line.strip() and not line.startswith("#")][:30]
-            rep = subprocess.run(["perf", "report", "-i", data, "--children", "--stdio", "--percent-limit", "2",
-                                  "--sort", "symbol", "-g", "none"], capture_output=True, text=True)
-            prof["perf_children"] = [line for line in rep.stdout.splitlines() if line.strip() and not line.startswith("#")][:400]
+            prof.update(perf_reports(data))
     finally:
         delete_ns(ns, wait=900)
     rows = []

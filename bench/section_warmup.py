@@ -36,15 +36,6 @@ def count_objects(ns):
     return out
 
 
-def perf_reports(data):
-    out = {}
-    rep = subprocess.run(["perf", "report", "-i", data, "--no-children", "--stdio", "--percent-limit", "1.5",
-                          "--sort", "symbol", "-g", "none"], capture_output=True, text=True)
-    out["perf_top"] = [line for line in rep.stdout.splitlines() if line.strip() and not line.startswith("#")][:30]
-    rep = subprocess.run(["perf", "report", "-i", data, "--children", "--stdio", "--percent-limit", "2",
-                          "--sort", "symbol", "-g", "none"], capture_output=True, text=True)
-    out["perf_children"] = [line for line in rep.stdout.splitlines() if line.strip() and not line.startswith("#")][:400]
-    return out
 
 
 def warmup_kwarm(n, m, binary=None, wrap=None, tag=""):
