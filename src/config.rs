@@ -12,6 +12,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Affinity, Toleration};
 use serde::de::DeserializeOwned;
 
+use crate::gate::{GateTaint, NodeGate};
 use crate::holder::{
     Holder, IDLE_HOLDER_NAME, INIT_CONTAINER_NAME, derived_holder_name, is_puller_image, is_reserved_name,
     parse_image_reference,
@@ -216,6 +217,8 @@ pub struct Config {
     pub retry_backoff: Duration,
     pub max_retries: u32,
     pub max_images: usize,
+    /// The node warm-up gate; `None` when `NODE_GATE_TAINT` is not set.
+    pub node_gate: Option<NodeGate>,
     /// `None` when set to `0` (disabled).
     pub metrics_bind_address: Option<SocketAddr>,
     pub health_probe_bind_address: Option<SocketAddr>,
@@ -354,6 +357,7 @@ impl Config {
                 .filter(|n| (1..=1000).contains(n))
                 .ok_or_else(|| "a whole number from 1 to 1000".to_string())
         });
+        let node_gate = parse_node_gate(&mut c);
         let (metrics_bind_address, health_probe_bind_address, leader_elect, log_format) =
             parse_server(&mut c);
 
@@ -416,6 +420,7 @@ impl Config {
             retry_backoff,
             max_retries,
             max_images,
+            node_gate,
             metrics_bind_address,
             health_probe_bind_address,
             leader_elect,
@@ -471,6 +476,8 @@ pub const VARIABLES: &[Variable] = &[
     var("MAX_RETRIES", "3"),
     var("INHERIT_PULL_SECRETS", "false"),
     var("MAX_IMAGES", "100"),
+    var("NODE_GATE_TAINT", ""),
+    var("NODE_GATE_TIMEOUT", "10m"),
     var("METRICS_BIND_ADDRESS", ":8080"),
     var("HEALTH_PROBE_BIND_ADDRESS", ":8081"),
     var("LEADER_ELECT", "true"),
@@ -652,6 +659,19 @@ fn parse_quarantine(c: &mut Checker) -> (Duration, Duration, u32) {
         v.parse::<u32>().ok().filter(|n| *n <= 30).ok_or_else(|| "a whole number from 0 to 30".to_string())
     });
     (pull_timeout, retry_backoff, max_retries)
+}
+
+/// NODE_GATE_TAINT, NODE_GATE_TIMEOUT.
+fn parse_node_gate(c: &mut Checker) -> Option<NodeGate> {
+    let taint = c.parse("NODE_GATE_TAINT", None, |v| GateTaint::parse(v).map(Some));
+    let timeout = c.parse("NODE_GATE_TIMEOUT", Duration::from_secs(600), |v| {
+        let d = parse_duration(v)?;
+        if d < Duration::from_secs(1) {
+            return Err("a duration of at least 1s, such as 5m or 10m".into());
+        }
+        Ok(d)
+    });
+    taint.map(|taint| NodeGate { taint, timeout })
 }
 
 /// METRICS_BIND_ADDRESS, HEALTH_PROBE_BIND_ADDRESS, LEADER_ELECT, LOG_FORMAT.

@@ -224,6 +224,13 @@ fn render_unhashed(config: &Config, input: &RenderInput) -> DaemonSet {
             pull_secrets.push(s.clone());
         }
     }
+    // The holders, and only they, tolerate the node gate's taint: they are what opens it.
+    let mut tolerations = config.tolerations.clone();
+    if let Some(gate) = &config.node_gate
+        && !tolerations.contains(&gate.taint.toleration())
+    {
+        tolerations.push(gate.taint.toleration());
+    }
     let pod = PodSpec {
         automount_service_account_token: Some(false),
         enable_service_links: Some(false),
@@ -231,7 +238,7 @@ fn render_unhashed(config: &Config, input: &RenderInput) -> DaemonSet {
         security_context: Some(pod_security(input.openshift)),
         node_selector: Some(config.node_selector.clone()),
         affinity: config.affinity.clone(),
-        tolerations: (!config.tolerations.is_empty()).then(|| config.tolerations.clone()),
+        tolerations: (!tolerations.is_empty()).then_some(tolerations),
         image_pull_secrets: (!pull_secrets.is_empty())
             .then(|| pull_secrets.into_iter().map(|name| LocalObjectReference { name }).collect()),
         priority_class_name: config.priority_class_name.clone(),

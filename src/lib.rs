@@ -11,6 +11,7 @@ pub mod config;
 pub mod controller;
 pub mod daemonset;
 pub mod error;
+pub mod gate;
 pub mod holder;
 pub mod http;
 pub mod images;

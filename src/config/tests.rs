@@ -175,6 +175,8 @@ fn known_variables_cover_every_documented_variable() {
         "MAX_RETRIES",
         "INHERIT_PULL_SECRETS",
         "MAX_IMAGES",
+        "NODE_GATE_TAINT",
+        "NODE_GATE_TIMEOUT",
         "METRICS_BIND_ADDRESS",
         "HEALTH_PROBE_BIND_ADDRESS",
         "LEADER_ELECT",
@@ -1427,4 +1429,30 @@ fn the_readme_documents_every_variable_with_its_default() {
         let name = row.split('`').nth(1).unwrap_or_default();
         assert!(is_known(name), "README documents {name:?}, which kwarm does not read");
     }
+}
+
+#[test]
+fn the_node_gate_is_off_unless_a_taint_is_named() {
+    assert_eq!(valid(&[("IMAGES", "nginx:1")]).node_gate, None);
+    assert_eq!(valid(&[("IMAGES", "nginx:1"), ("NODE_GATE_TIMEOUT", "1m")]).node_gate, None);
+    let c = valid(&[("IMAGES", "nginx:1"), ("NODE_GATE_TAINT", "kwarm.io/warming=true:NoExecute")]);
+    let gate = c.node_gate.expect("the gate is on");
+    assert_eq!(gate.taint.to_string(), "kwarm.io/warming=true:NoExecute");
+    assert_eq!(gate.timeout, Duration::from_secs(600));
+    let c = valid(&[
+        ("IMAGES", "nginx:1"),
+        ("NODE_GATE_TAINT", "kwarm.io/warming"),
+        ("NODE_GATE_TIMEOUT", "90s"),
+    ]);
+    assert_eq!(c.node_gate.map(|g| g.timeout), Some(Duration::from_secs(90)));
+}
+
+#[test]
+fn a_bad_node_gate_names_the_variable_and_what_is_expected() {
+    let all = problems(&[("NODE_GATE_TAINT", "kwarm.io/warming:Never"), ("NODE_GATE_TIMEOUT", "0s")]);
+    let taint = all.iter().find(|e| e.variable == "NODE_GATE_TAINT").expect("taint error");
+    assert_eq!(taint.value, "kwarm.io/warming:Never");
+    assert!(taint.expected.contains("NoSchedule, PreferNoSchedule, NoExecute"), "{}", taint.expected);
+    let timeout = all.iter().find(|e| e.variable == "NODE_GATE_TIMEOUT").expect("timeout error");
+    assert!(timeout.expected.contains("at least 1s"), "{}", timeout.expected);
 }

@@ -740,3 +740,27 @@ fn held_images_are_the_canonical_holder_images_without_the_idle_one() {
     let idle = render_daemonset(&config(&[("IMAGES", "nginx:1")]), &RenderInput::default());
     assert!(held_images(&idle).is_empty());
 }
+
+#[test]
+fn the_holders_tolerate_the_node_gate_once_next_to_the_users_tolerations() {
+    let gated = config(&[
+        ("IMAGES", "nginx:1"),
+        ("TOLERATIONS", r#"[{"key":"gpu","operator":"Exists","effect":"NoSchedule"}]"#),
+        ("NODE_GATE_TAINT", "kwarm.io/warming=true"),
+    ]);
+    let tolerations = pod(&render(&gated)).tolerations.clone().unwrap_or_default();
+    let keys: Vec<_> =
+        tolerations.iter().map(|t| (t.key.as_deref(), t.operator.as_deref(), t.value.as_deref())).collect();
+    assert_eq!(
+        keys,
+        vec![(Some("gpu"), Some("Exists"), None), (Some("kwarm.io/warming"), Some("Equal"), Some("true"))]
+    );
+    // a user who already tolerates exactly the gate does not get it twice
+    let already = config(&[
+        ("IMAGES", "nginx:1"),
+        ("TOLERATIONS", r#"[{"key":"kwarm.io/warming","operator":"Exists","effect":"NoSchedule"}]"#),
+        ("NODE_GATE_TAINT", "kwarm.io/warming"),
+    ]);
+    assert_eq!(pod(&render(&already)).tolerations.as_ref().map(Vec::len), Some(1));
+    assert_eq!(pod(&render(&config(&[("IMAGES", "nginx:1")]))).tolerations, None, "gate off: nothing added");
+}
