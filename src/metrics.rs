@@ -26,6 +26,11 @@ pub struct CategoryLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WatchLabel {
     pub watch: &'static str,
 }
@@ -46,6 +51,9 @@ pub struct Metrics {
     pub last_sync: Gauge<f64, AtomicU64>,
     pub watch_errors: Family<WatchLabel, Counter>,
     pub leader: Gauge<i64, AtomicI64>,
+    pub gated_nodes: Gauge,
+    pub node_gate_duration: Histogram,
+    pub node_gate_releases: Family<ReasonLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -75,6 +83,9 @@ impl Metrics {
             last_sync: Gauge::default(),
             watch_errors: Family::default(),
             leader: Gauge::default(),
+            gated_nodes: Gauge::default(),
+            node_gate_duration: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
+            node_gate_releases: Family::default(),
         };
         registry.register_with_unit(
             "pull_duration",
@@ -132,6 +143,18 @@ impl Metrics {
         );
         registry.register("watch_errors", "Watch stream errors by watched resource", m.watch_errors.clone());
         registry.register("leader", "1 while this replica is the leader", m.leader.clone());
+        registry.register("gated_nodes", "Nodes carrying the node gate taint", m.gated_nodes.clone());
+        registry.register_with_unit(
+            "node_gate_duration",
+            "Time from a node's gate closing (join, or the taint's timeAdded) to kwarm removing the taint",
+            Unit::Seconds,
+            m.node_gate_duration.clone(),
+        );
+        registry.register(
+            "node_gate_releases",
+            "Gate taints removed by reason (warm, timeout, not_selected)",
+            m.node_gate_releases.clone(),
+        );
         Metrics { registry, ..m }
     }
 

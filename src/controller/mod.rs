@@ -24,16 +24,19 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::daemonset::held_images;
 use crate::error::{Error, Result, with_timeout};
+use crate::gate::{GatedNode, Release, gated_node};
 use crate::http::Shared;
 use crate::images::{DeploymentImages, DeploymentKey, summarize_deployment};
 use crate::leader::Fence;
 use crate::metrics::{CategoryLabel, StateLabel, StatusLabel, WatchLabel};
 use crate::status::{PodHolders, STATE_MAX_BYTES, parse_pulled_message, pod_holders};
+use release::Releaser;
 use secrets::{Mirrorer, Wanted};
 pub use state::mirror_name;
 use state::{Gauges, Notice, Observation, State};
 use streams::{Input, Listing, deployment_scopes, watch_streams};
 
+mod release;
 mod secrets;
 mod state;
 mod streams;
@@ -59,12 +62,15 @@ pub struct Context {
 struct Controller {
     ctx: Context,
     ds_api: Api<DaemonSet>,
-    /// Events for user Deployments and the DaemonSet, sent by [`send_events`].
-    events: tokio::sync::mpsc::Sender<(KwarmEvent, ObjectReference)>,
+    /// Events for user Deployments, nodes and the DaemonSet, sent by [`send_events`].
+    events: EventQueue,
     state: State,
     ds_listing: Listing<DaemonSet>,
     pod_listing: Listing<(String, Option<PodHolders>)>,
     deployment_listings: Vec<Listing<(DeploymentKey, Option<DeploymentImages>)>>,
+    node_listing: Listing<(String, Option<GatedNode>)>,
+    /// Releases for the node-gate task (`None`: the gate is off).
+    releases: Option<tokio::sync::mpsc::UnboundedSender<Release>>,
     /// The mirrors the Deployments want, for the pull-secret task (`None`: inheriting is off).
     secrets_wanted: Option<watch::Sender<Option<Wanted>>>,
     retry_at: Option<Instant>,
@@ -103,6 +109,24 @@ pub async fn run(
     } else {
         (None, None)
     };
+    let events = {
+        let (tx, rx) = tokio::sync::mpsc::channel(EVENT_QUEUE);
+        tokio::spawn(send_events(Recorder::new(ctx.client.clone(), reporter), rx));
+        EventQueue(tx)
+    };
+    // Gate taints are removed by a task of its own; the state's releases go to it.
+    let releases = config.node_gate.as_ref().map(|gate| {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let releaser = Releaser {
+            api: Api::all(ctx.client.clone()),
+            gate: gate.taint.clone(),
+            fence: fence.clone(),
+            events: events.clone(),
+            shared: ctx.shared.clone(),
+        };
+        tokio::spawn(releaser.run(rx));
+        tx
+    });
     let state = State::new(
         &config,
         deployment_scopes.clone(),
@@ -113,15 +137,13 @@ pub async fn run(
     );
     let mut c = Controller {
         ds_api: Api::namespaced(ctx.client.clone(), &config.namespace),
-        events: {
-            let (tx, rx) = tokio::sync::mpsc::channel(EVENT_QUEUE);
-            tokio::spawn(send_events(Recorder::new(ctx.client.clone(), reporter), rx));
-            tx
-        },
+        events,
         state,
         ds_listing: Listing::default(),
         pod_listing: Listing::default(),
         deployment_listings: deployment_scopes.iter().map(|_| Listing::default()).collect(),
+        node_listing: Listing::default(),
+        releases,
         secrets_wanted,
         retry_at: None,
         retry_delay: Duration::from_millis(500),
@@ -265,6 +287,19 @@ impl Controller {
                     .fold(event, summarize)
                     .map(|seen| Observation::Deployments(i, seen))
             }
+            Input::Node(event) => {
+                let config = &self.ctx.config;
+                let gate = config.node_gate.as_ref().map(|g| &g.taint);
+                let now = SystemTime::now();
+                self.node_listing
+                    .fold(event, |node| {
+                        let gated = gate.and_then(|g| {
+                            gated_node(&node, g, &config.node_selector, config.affinity.as_ref(), now)
+                        });
+                        (node.name_any(), gated)
+                    })
+                    .map(Observation::Nodes)
+            }
             // Kubelet events only feed metrics: their listing never holds a decision back.
             Input::Pulled(event) => match event {
                 // Events listed at start happened before this manager; only count new pulls.
@@ -280,6 +315,8 @@ impl Controller {
                     | watcher::Error::WatchStartFailed(kube::Error::Api(s)) if s.code == 403);
                 if watch == "deployments" && forbidden {
                     Some(Observation::DeploymentsForbidden(error.to_string()))
+                } else if watch == "nodes" && forbidden {
+                    Some(Observation::NodesForbidden(error.to_string()))
                 } else {
                     tracing::warn!(watch, error = %error, "Watch failed; retrying with backoff");
                     None
@@ -329,6 +366,7 @@ impl Controller {
             tracing::info!(
                 deployments = self.state.deployments().len(),
                 pods = self.state.pods(),
+                gated_nodes = self.state.gated().len(),
                 "Every watch synced"
             );
         }
@@ -377,6 +415,12 @@ impl Controller {
         let decision = self.state.decide(&config, SystemTime::now());
         self.update_gauges(&decision.gauges);
         self.announce();
+        if let Some(queue) = &self.releases {
+            for release in decision.releases {
+                // The task ends only with the process.
+                let _ = queue.send(release);
+            }
+        }
         match decision.apply {
             Some(desired) => self.apply(&desired).await,
             None => Ok(()),
@@ -420,6 +464,7 @@ impl Controller {
             m.images.get_or_create(&StateLabel { state }).set(value);
         }
         m.active_pulls.set(g.active_pulls);
+        m.gated_nodes.set(g.gated_nodes);
     }
 
     /// Logs what the state has to say and queues its Events (a separate task sends them, so the
@@ -434,6 +479,9 @@ impl Controller {
                 Notice::DeploymentsForbidden { error } => tracing::error!(%error,
                     "Not allowed to list/watch Deployments (RBAC); warming only IMAGES. \
                      Grant list/watch on deployments.apps or set WATCH_DEPLOYMENTS=false"),
+                Notice::NodesForbidden { error } => tracing::error!(%error,
+                    "Not allowed to list/watch Nodes (RBAC): the node gate cannot open any node. \
+                     Grant get/list/watch/patch on nodes (the chart does with configMap.nodeGateTaint) or unset NODE_GATE_TAINT"),
                 Notice::StateUnreadable { error } => {
                     tracing::warn!(%error, "Ignoring unreadable kwarm.io/state annotation");
                 }
@@ -524,6 +572,16 @@ impl Controller {
         action: &str,
         note: String,
     ) {
+        self.events.queue(reference, reason, type_, action, note);
+    }
+}
+
+/// Events waiting for [`send_events`]; queuing never waits (a full queue drops the Event).
+#[derive(Clone)]
+struct EventQueue(tokio::sync::mpsc::Sender<(KwarmEvent, ObjectReference)>);
+
+impl EventQueue {
+    fn queue(&self, reference: ObjectReference, reason: &str, type_: EventType, action: &str, note: String) {
         let event = KwarmEvent {
             type_,
             reason: reason.into(),
@@ -531,7 +589,7 @@ impl Controller {
             action: action.into(),
             secondary: None,
         };
-        if self.events.try_send((event, reference)).is_err() {
+        if self.0.try_send((event, reference)).is_err() {
             tracing::debug!(reason, "Event queue full; event dropped");
         }
     }

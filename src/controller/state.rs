@@ -16,6 +16,7 @@ use crate::daemonset::{
     REFRESHED_AT_ANNOTATION, RenderInput, STATE_ANNOTATION, daemonset_matches, foreign_daemonset,
     held_images, refresh_would_repull, render_daemonset,
 };
+use crate::gate::{self, GatedNode, Release};
 use crate::holder::parse_image_reference;
 use crate::images::{DeploymentImages, DeploymentKey, ImageTracker, plan_holders};
 use crate::status::{
@@ -31,6 +32,8 @@ pub const PROGRESS_LOG_EVERY: Duration = Duration::from_secs(5);
 pub const EVENT_FANOUT: usize = 20;
 /// A restart never refreshes: the next refresh is at least this far away.
 const REFRESH_AFTER_RESTART: Duration = Duration::from_secs(60);
+/// A node still gated this long after its release was asked for is asked for again.
+pub const RELEASE_RETRY: Duration = Duration::from_secs(30);
 
 /// What a watch (or the shell's own call) saw.
 #[derive(Debug, Clone)]
@@ -48,6 +51,10 @@ pub enum Observation {
     Leader(bool),
     /// The pull-secret mirrors that exist now, to reference from the DaemonSet.
     PullSecrets(Vec<String>),
+    /// Nodes, reduced to their gate state (`None`: not gated). Only with the node gate on.
+    Nodes(Seen<(String, Option<GatedNode>)>),
+    /// Listing or watching Nodes is forbidden: the gate cannot work.
+    NodesForbidden(String),
 }
 
 /// Something to tell the user: the shell logs it and, where `users` or the DaemonSet is named,
@@ -56,6 +63,9 @@ pub enum Observation {
 pub enum Notice {
     DaemonSetDeleted,
     DeploymentsForbidden {
+        error: String,
+    },
+    NodesForbidden {
         error: String,
     },
     StateUnreadable {
@@ -123,6 +133,8 @@ pub struct Gauges {
     pub quarantined: i64,
     pub overflow: i64,
     pub active_pulls: i64,
+    /// Nodes carrying the gate taint.
+    pub gated_nodes: i64,
 }
 
 /// What to do now.
@@ -130,6 +142,8 @@ pub struct Gauges {
 pub struct Decision {
     /// The DaemonSet to apply; `None` when the live one is right (or kwarm may not write).
     pub apply: Option<DaemonSet>,
+    /// Nodes whose gate taint to remove (only a leader releases).
+    pub releases: Vec<Release>,
     pub gauges: Gauges,
 }
 
@@ -173,6 +187,14 @@ pub struct State {
     /// UID of a foreign DaemonSet holding kwarm's name, once reported.
     name_in_use_reported: Option<String>,
 
+    /// Nodes carrying the gate taint (only with the gate on).
+    gated: BTreeMap<String, GatedNode>,
+    /// Whether the Node watch listed once (always true with the gate off).
+    nodes_synced: bool,
+    nodes_forbidden_reported: bool,
+    /// Gated nodes whose release was asked for, and when.
+    releasing: BTreeMap<String, SystemTime>,
+
     notices: Vec<Notice>,
 }
 
@@ -210,6 +232,10 @@ impl State {
             init_failure_reported: false,
             state_trimmed_reported: false,
             name_in_use_reported: None,
+            gated: BTreeMap::new(),
+            nodes_synced: config.node_gate.is_none(),
+            nodes_forbidden_reported: false,
+            releasing: BTreeMap::new(),
             notices: Vec::new(),
         }
     }
@@ -225,7 +251,7 @@ impl State {
     /// Every watch kwarm decides from has listed once. The kubelet-events watch only feeds
     /// metrics: it never holds decisions back.
     pub fn synced(&self) -> bool {
-        self.ds_synced && self.pods_synced && self.deployments_synced.iter().all(|s| *s)
+        self.ds_synced && self.pods_synced && self.nodes_synced && self.deployments_synced.iter().all(|s| *s)
     }
 
     pub fn pods(&self) -> usize {
@@ -234,6 +260,11 @@ impl State {
 
     pub fn deployments(&self) -> &BTreeMap<DeploymentKey, DeploymentImages> {
         self.tracker.deployments()
+    }
+
+    /// Nodes carrying the gate taint.
+    pub fn gated(&self) -> &BTreeMap<String, GatedNode> {
+        &self.gated
     }
 
     /// Whether the periodic re-read of the DaemonSet is due.
@@ -346,6 +377,36 @@ impl State {
                 self.pull_secrets = names;
                 changed
             }
+            Observation::Nodes(seen) => {
+                let before = self.gated.clone();
+                match seen {
+                    Seen::Listed(listed) => {
+                        self.nodes_synced = true;
+                        self.gated =
+                            listed.into_iter().filter_map(|(name, g)| g.map(|g| (name, g))).collect();
+                    }
+                    Seen::Applied((name, Some(g))) => {
+                        self.gated.insert(name, g);
+                    }
+                    Seen::Applied((name, None)) | Seen::Deleted((name, _)) => {
+                        self.gated.remove(&name);
+                    }
+                }
+                let gated = &self.gated;
+                self.releasing.retain(|node, _| gated.contains_key(node));
+                // Node heartbeats change nothing kwarm keeps: no decision for them.
+                self.gated != before
+            }
+            Observation::NodesForbidden(error) => {
+                if !self.nodes_forbidden_reported {
+                    self.nodes_forbidden_reported = true;
+                    self.notices.push(Notice::NodesForbidden { error });
+                }
+                // The DaemonSet must not wait for a watch that cannot work.
+                let first = !self.nodes_synced;
+                self.nodes_synced = true;
+                first
+            }
         }
     }
 
@@ -441,6 +502,14 @@ impl State {
         if !self.warming.is_empty() {
             next = next.min(now + PROGRESS_LOG_EVERY);
         }
+        if let Some(g) = &config.node_gate {
+            for (node, gated) in &self.gated {
+                match self.releasing.get(node) {
+                    Some(asked) => next = next.min(*asked + RELEASE_RETRY),
+                    None => next = next.min(gate::deadline(gated, g.timeout)),
+                }
+            }
+        }
         next
     }
 
@@ -476,6 +545,8 @@ impl State {
         self.overflow_reported = overflow;
         let mut gauges = gauges(&statuses, self.quarantine.excluded().len());
         gauges.overflow = plan.overflow.len() as i64;
+        gauges.gated_nodes = self.gated.len() as i64;
+        let releases = self.releases(config, &plan.holders, now);
 
         if now >= self.next_refresh {
             self.next_refresh = now + config.caching_interval;
@@ -486,7 +557,7 @@ impl State {
         }
 
         if !self.leader {
-            return Decision { apply: None, gauges };
+            return Decision { apply: None, releases: Vec::new(), gauges };
         }
         let state = PersistedState::new(self.tracker.released(), &self.quarantine);
         let state = (!state.is_empty()).then(|| {
@@ -514,14 +585,49 @@ impl State {
                 self.name_in_use_reported = Some(uid);
                 self.notices.push(Notice::NameInUse { why });
             }
-            return Decision { apply: None, gauges };
+            return Decision { apply: None, releases, gauges };
         }
         if self.name_in_use_reported.take().is_some() {
             self.notices.push(Notice::NameFree);
         }
         let apply =
             (!self.live.as_ref().is_some_and(|live| daemonset_matches(&desired, live))).then_some(desired);
-        Decision { apply, gauges }
+        Decision { apply, releases, gauges }
+    }
+
+    /// Gated nodes to release now: warm, not selected, or past the timeout; each asked for once,
+    /// and again after [`RELEASE_RETRY`] if it is still gated. Only a leader releases.
+    fn releases(
+        &mut self,
+        config: &Config,
+        holders: &[crate::holder::Holder],
+        now: SystemTime,
+    ) -> Vec<Release> {
+        let Some(g) = &config.node_gate else { return Vec::new() };
+        if !self.leader || self.gated.is_empty() {
+            return Vec::new();
+        }
+        let desired: BTreeSet<String> = holders
+            .iter()
+            .map(|h| parse_image_reference(&h.image).unwrap_or_else(|_| h.image.clone()))
+            .collect();
+        // What each node holds: any holder pod there (an old one during a roll counts too).
+        let mut warm: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+        for pod in self.pods.values() {
+            let held = pod.images.iter().filter(|(_, s)| **s == HolderState::Warm).map(|(i, _)| i.as_str());
+            warm.entry(pod.node.as_str()).or_default().extend(held);
+        }
+        let waiting: BTreeMap<String, GatedNode> = self
+            .gated
+            .iter()
+            .filter(|(node, _)| self.releasing.get(*node).is_none_or(|asked| now >= *asked + RELEASE_RETRY))
+            .map(|(n, g)| (n.clone(), g.clone()))
+            .collect();
+        let out = gate::releases(&waiting, &warm, &desired, g.timeout, now);
+        for r in &out {
+            self.releasing.insert(r.node.clone(), now);
+        }
+        out
     }
 
     fn note_quarantine(&mut self, changes: &crate::status::QuarantineChanges, statuses: &[ImageStatus]) {

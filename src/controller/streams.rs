@@ -4,7 +4,7 @@
 use futures::stream::{BoxStream, SelectAll};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
-use k8s_openapi::api::core::v1::{Event as CoreEvent, Pod};
+use k8s_openapi::api::core::v1::{Event as CoreEvent, Node, Pod};
 use kube::api::Api;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event, watcher};
@@ -20,6 +20,8 @@ pub enum Input {
     /// Index of the Deployment stream (one per watched namespace, or one for all).
     Deployment(usize, Event<Deployment>),
     Pulled(Event<CoreEvent>),
+    /// Only with the node gate on.
+    Node(Event<Node>),
     WatchError(&'static str, watcher::Error),
 }
 
@@ -106,6 +108,15 @@ pub fn watch_streams(client: &Client, config: &Config) -> SelectAll<BoxStream<'s
         .default_backoff()
         .map(|r| r.map_or_else(|e| Input::WatchError("events", e), Input::Pulled));
     all.push(pulled.boxed());
+
+    if config.node_gate.is_some() {
+        // Every node: a gated node may match no selector kwarm could name in advance.
+        let nodes = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
+            .default_backoff()
+            .modify(strip)
+            .map(|r| r.map_or_else(|e| Input::WatchError("nodes", e), Input::Node));
+        all.push(nodes.boxed());
+    }
 
     let selector = config.watch.selector.to_string();
     for (i, scope) in deployment_scopes(config).into_iter().enumerate() {

@@ -34,6 +34,9 @@ fn synced(c: &Config, leader: bool, live: Option<DaemonSet>, now: SystemTime) ->
     for i in 0..scopes.len() {
         s.observe(c, Observation::Deployments(i, Seen::Listed(vec![])), now);
     }
+    if c.node_gate.is_some() {
+        s.observe(c, Observation::Nodes(Seen::Listed(vec![])), now);
+    }
     assert!(s.synced());
     s
 }
@@ -81,6 +84,7 @@ fn names(notices: &[Notice]) -> Vec<&'static str> {
         .map(|n| match n {
             Notice::DaemonSetDeleted => "DaemonSetDeleted",
             Notice::DeploymentsForbidden { .. } => "DeploymentsForbidden",
+            Notice::NodesForbidden { .. } => "NodesForbidden",
             Notice::StateUnreadable { .. } => "StateUnreadable",
             Notice::PullsFailed(_) => "PullsFailed",
             Notice::Quarantined { .. } => "Quarantined",
@@ -389,4 +393,160 @@ fn the_next_wakeup_is_the_earliest_deadline() {
     let s = synced(&c, true, None, at(0));
     assert_eq!(s.next_wakeup(&c, at(0)), at(RESYNC.as_secs()));
     assert!(s.resync_due(at(RESYNC.as_secs())) && !s.resync_due(at(1)));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The node gate
+
+fn gated_at(since: u64, placeable: bool) -> Option<GatedNode> {
+    Some(GatedNode { index: 1, since: at(since), placeable })
+}
+
+fn join(s: &mut State, c: &Config, node: &str, g: Option<GatedNode>, now: SystemTime) -> bool {
+    s.observe(c, Observation::Nodes(Seen::Applied((node.to_string(), g))), now)
+}
+
+fn released(d: &Decision) -> Vec<(&str, &gate::Why)> {
+    d.releases.iter().map(|r| (r.node.as_str(), &r.why)).collect()
+}
+
+#[test]
+fn with_the_gate_on_nothing_is_decided_before_the_nodes_listed() {
+    let c = config(&[("IMAGES", "nginx:1.25"), ("NODE_GATE_TAINT", "kwarm.io/warming")]);
+    let mut s = State::new(&c, vec![], true, false, None, at(0));
+    s.observe(&c, Observation::DaemonSet(Seen::Listed(vec![])), at(0));
+    s.observe(&c, Observation::Pods(Seen::Listed(vec![])), at(0));
+    assert!(!s.synced(), "the Node watch has not listed yet");
+    s.observe(
+        &c,
+        Observation::Nodes(Seen::Listed(vec![("n1".into(), gated_at(0, true)), ("n2".into(), None)])),
+        at(0),
+    );
+    assert!(s.synced());
+    assert_eq!(s.gated().keys().collect::<Vec<_>>(), ["n1"]);
+    // without the Node rights the gate cannot work, and the DaemonSet does not wait for it
+    let mut s = State::new(&c, vec![], true, false, None, at(0));
+    s.observe(&c, Observation::DaemonSet(Seen::Listed(vec![])), at(0));
+    s.observe(&c, Observation::Pods(Seen::Listed(vec![])), at(0));
+    assert!(s.observe(&c, Observation::NodesForbidden("403".into()), at(0)));
+    assert!(!s.observe(&c, Observation::NodesForbidden("403".into()), at(1)));
+    assert!(s.synced());
+    assert_eq!(names(&s.take_notices()), ["NodesForbidden"]);
+}
+
+#[test]
+fn a_gated_node_is_released_once_its_holders_run_every_image() {
+    let c = config(&[("IMAGES", "nginx:1.25;redis:7"), ("NODE_GATE_TAINT", "kwarm.io/warming")]);
+    let mut s = synced(&c, true, None, at(0));
+    decide_and_apply(&mut s, &c, at(0)).expect("created");
+    assert!(join(&mut s, &c, "n1", gated_at(5, true), at(5)));
+    assert!(!join(&mut s, &c, "n1", gated_at(5, true), at(6)), "a heartbeat of a gated node decides nothing");
+    let d = s.decide(&c, at(6));
+    assert!(d.releases.is_empty(), "no holder runs there yet");
+    assert_eq!(d.gauges.gated_nodes, 1);
+
+    let half = pod("n1", 1, &[(NGINX, HolderState::Warm), (REDIS, HolderState::Pulling)]);
+    s.observe(&c, Observation::Pods(Seen::Applied(("h1".into(), Some(half)))), at(8));
+    assert!(s.decide(&c, at(8)).releases.is_empty(), "one image of two is held");
+    let warm = pod("n1", 1, &[(NGINX, HolderState::Warm), (REDIS, HolderState::Warm)]);
+    s.observe(&c, Observation::Pods(Seen::Applied(("h1".into(), Some(warm)))), at(9));
+    let d = s.decide(&c, at(9));
+    assert_eq!(released(&d), [("n1", &gate::Why::Warm { images: 2 })]);
+    assert_eq!((d.releases[0].index, d.releases[0].since), (1, at(5)), "the patch tests the index kwarm saw");
+
+    // asked for once; again only if the node is still gated after RELEASE_RETRY
+    assert!(s.decide(&c, at(10)).releases.is_empty());
+    assert_eq!(s.next_wakeup(&c, at(10)), at(9) + RELEASE_RETRY);
+    assert_eq!(released(&s.decide(&c, at(9) + RELEASE_RETRY)), [("n1", &gate::Why::Warm { images: 2 })]);
+    // the taint is gone: nothing more to do
+    assert!(join(&mut s, &c, "n1", None, at(45)));
+    let d = s.decide(&c, at(45));
+    assert!(d.releases.is_empty());
+    assert_eq!(d.gauges.gated_nodes, 0);
+}
+
+#[test]
+fn an_old_holder_pod_on_the_node_counts_while_the_new_one_starts() {
+    let c = config(&[("IMAGES", "nginx:1.25"), ("NODE_GATE_TAINT", "kwarm.io/warming")]);
+    let mut s = synced(&c, true, None, at(0));
+    decide_and_apply(&mut s, &c, at(0)).expect("created");
+    join(&mut s, &c, "n1", gated_at(0, true), at(1));
+    s.observe(
+        &c,
+        Observation::Pods(Seen::Applied((
+            "new".into(),
+            Some(pod("n1", 2, &[(NGINX, HolderState::Pulling)])),
+        ))),
+        at(2),
+    );
+    s.observe(
+        &c,
+        Observation::Pods(Seen::Applied(("old".into(), Some(pod("n1", 1, &[(NGINX, HolderState::Warm)]))))),
+        at(2),
+    );
+    assert_eq!(released(&s.decide(&c, at(2))), [("n1", &gate::Why::Warm { images: 1 })]);
+}
+
+#[test]
+fn past_the_timeout_a_node_goes_anyway_naming_the_images_not_held() {
+    let c = config(&[
+        ("IMAGES", &format!("nginx:1.25;bad={MISSING}")),
+        ("NODE_GATE_TAINT", "kwarm.io/warming"),
+        ("NODE_GATE_TIMEOUT", "2m"),
+        ("PULL_TIMEOUT", "1h"),
+    ]);
+    let mut s = synced(&c, true, None, at(0));
+    decide_and_apply(&mut s, &c, at(0)).expect("created");
+    join(&mut s, &c, "n1", gated_at(100, true), at(100));
+    let holders = pod("n1", 1, &[(NGINX, HolderState::Warm), (MISSING, failed())]);
+    s.observe(&c, Observation::Pods(Seen::Applied(("h1".into(), Some(holders)))), at(110));
+    assert!(s.decide(&c, at(219)).releases.is_empty(), "failing, but neither quarantined nor timed out");
+    assert_eq!(s.next_wakeup(&c, at(219)), at(220), "woken at the deadline");
+    assert_eq!(
+        released(&s.decide(&c, at(220))),
+        [("n1", &gate::Why::Timeout { not_warm: vec![MISSING.into()] })]
+    );
+}
+
+#[test]
+fn a_quarantined_image_does_not_hold_the_gate() {
+    let c = config(&[
+        ("IMAGES", &format!("nginx:1.25;bad={MISSING}")),
+        ("NODE_GATE_TAINT", "kwarm.io/warming"),
+        ("NODE_GATE_TIMEOUT", "1h"),
+        ("PULL_TIMEOUT", "1m"),
+    ]);
+    let mut s = synced(&c, true, None, at(0));
+    decide_and_apply(&mut s, &c, at(0)).expect("created");
+    join(&mut s, &c, "n1", gated_at(0, true), at(0));
+    let holders = pod("n1", 1, &[(NGINX, HolderState::Warm), (MISSING, failed())]);
+    s.observe(&c, Observation::Pods(Seen::Applied(("h1".into(), Some(holders)))), at(1));
+    assert!(s.decide(&c, at(1)).releases.is_empty());
+    let d = s.decide(&c, at(62));
+    assert!(d.apply.is_some(), "quarantined: left out of the DaemonSet");
+    assert_eq!(
+        released(&d),
+        [("n1", &gate::Why::Warm { images: 1 })],
+        "the image left out no longer holds the gate"
+    );
+}
+
+#[test]
+fn unselected_nodes_go_at_once_and_a_follower_never_releases() {
+    let c = config(&[("IMAGES", "nginx:1.25"), ("NODE_GATE_TAINT", "kwarm.io/warming")]);
+    let mut follower = synced(&c, false, None, at(0));
+    join(&mut follower, &c, "windows", gated_at(0, false), at(0));
+    join(&mut follower, &c, "n1", gated_at(0, true), at(0));
+    let d = follower.decide(&c, at(10_000));
+    assert!(d.releases.is_empty(), "a follower never patches nodes");
+    assert_eq!(d.gauges.gated_nodes, 2, "but it reports them");
+    // a new leader continues the clocks: they come from the nodes, not from memory
+    follower.observe(&c, Observation::Leader(true), at(10_001));
+    let d = follower.decide(&c, at(10_001));
+    let mut got = released(&d);
+    got.sort_by_key(|(node, _)| *node);
+    assert_eq!(
+        got,
+        [("n1", &gate::Why::Timeout { not_warm: vec![NGINX.into()] }), ("windows", &gate::Why::NotSelected)]
+    );
 }
