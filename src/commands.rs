@@ -1,8 +1,9 @@
 //! What the one-shot commands read from the cluster: `kwarm status` reads the DaemonSet and its
-//! holder pods once (no watch, no write) and summarises them with [`crate::status::StatusReport`].
+//! holder pods once (no watch, no write) and summarises them with [`crate::status::StatusReport`];
+//! with the node gate on, the nodes too.
 
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
 
@@ -10,23 +11,40 @@ use crate::config::Config;
 use crate::controller::API_TIMEOUT;
 use crate::daemonset::{STATE_ANNOTATION, held_images, selector_string};
 use crate::error::{Result, with_timeout};
-use crate::status::{PodHolders, pod_holders};
+use crate::gate::gated_node;
+use crate::status::{NodeGateReport, PodHolders, pod_holders};
 
 /// Reads the DaemonSet and its pods once and summarises them for `kwarm status`.
 pub async fn status_report(client: Client, config: &Config) -> Result<crate::status::StatusReport> {
     let ds_api: Api<DaemonSet> = Api::namespaced(client.clone(), &config.namespace);
-    let pod_api: Api<Pod> = Api::namespaced(client, &config.namespace);
+    let pod_api: Api<Pod> = Api::namespaced(client.clone(), &config.namespace);
     let live = with_timeout(API_TIMEOUT, ds_api.get_opt(&config.daemonset_name)).await?;
     let params = ListParams::default().labels(&selector_string(&config.daemonset_name));
     let pods = with_timeout(API_TIMEOUT, pod_api.list(&params)).await?;
     let holders: Vec<PodHolders> = pods.items.iter().filter_map(pod_holders).collect();
     let images: Vec<String> = live.as_ref().map(held_images).unwrap_or_default().into_iter().collect();
-    Ok(crate::status::StatusReport::build(
+    let mut report = crate::status::StatusReport::build(
         &config.namespace,
         &config.daemonset_name,
         live.as_ref().map(|d| d.metadata.generation),
         &images,
         &holders,
         live.as_ref().and_then(|d| d.annotations().get(STATE_ANNOTATION)).map(String::as_str),
-    ))
+    );
+    if let Some(gate) = &config.node_gate {
+        let node_api: Api<Node> = Api::all(client);
+        let nodes = with_timeout(API_TIMEOUT, node_api.list(&ListParams::default())).await?;
+        let now = std::time::SystemTime::now();
+        let gated: Vec<_> = nodes
+            .items
+            .iter()
+            .filter_map(|n| {
+                let g = gated_node(n, &gate.taint, &config.node_selector, config.affinity.as_ref(), now)?;
+                Some((n.name_any(), g))
+            })
+            .collect();
+        let images: Vec<String> = report.images.iter().map(|s| s.image.clone()).collect();
+        report.node_gate = Some(NodeGateReport::build(gate, &gated, &holders, &images));
+    }
+    Ok(report)
 }

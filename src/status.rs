@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 use k8s_openapi::api::core::v1::Pod;
 use serde::{Deserialize, Serialize};
 
+use crate::gate::{GatedNode, NodeGate};
 use crate::holder::parse_image_reference;
 
 /// What one holder container on one node is doing.
@@ -300,6 +301,16 @@ impl Quarantine {
     }
 }
 
+mod time {
+    use std::time::SystemTime;
+
+    use serde::Serializer;
+
+    pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_rfc3339_seconds(*t).to_string())
+    }
+}
+
 mod opt_time {
     use std::time::SystemTime;
 
@@ -451,6 +462,61 @@ pub struct StatusReport {
     pub quarantined: BTreeMap<String, QuarantineEntry>,
     /// Init-container (`KIP_IMAGE`) failure reason → node count.
     pub init_failures: BTreeMap<String, usize>,
+    /// The node gate, when `NODE_GATE_TAINT` is set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_gate: Option<NodeGateReport>,
+}
+
+/// The node gate in `kwarm status`: its taint, and every node still carrying it.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeGateReport {
+    pub taint: String,
+    pub timeout_seconds: u64,
+    pub gated: Vec<GatedNodeReport>,
+}
+
+impl NodeGateReport {
+    /// The gated nodes with what each still waits for: the DaemonSet's `images` that no holder
+    /// pod on the node runs yet.
+    pub fn build(
+        gate: &NodeGate,
+        gated: &[(String, GatedNode)],
+        pods: &[PodHolders],
+        images: &[String],
+    ) -> Self {
+        let gated = gated
+            .iter()
+            .map(|(node, g)| {
+                let held = |image: &String| {
+                    pods.iter().any(|p| &p.node == node && p.images.get(image) == Some(&HolderState::Warm))
+                };
+                GatedNodeReport {
+                    node: node.clone(),
+                    since: g.since,
+                    deadline: crate::gate::deadline(g, gate.timeout),
+                    selected: g.placeable,
+                    not_warm: images.iter().filter(|i| !held(i)).cloned().collect(),
+                }
+            })
+            .collect();
+        NodeGateReport { taint: gate.taint.to_string(), timeout_seconds: gate.timeout.as_secs(), gated }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GatedNodeReport {
+    pub node: String,
+    #[serde(with = "time")]
+    pub since: SystemTime,
+    /// When kwarm opens the gate at the latest.
+    #[serde(with = "time")]
+    pub deadline: SystemTime,
+    /// The holders' node selector or affinity never admits the node (released at once).
+    pub selected: bool,
+    /// Images of the DaemonSet the node does not hold yet.
+    pub not_warm: Vec<String>,
 }
 
 impl StatusReport {
@@ -485,6 +551,7 @@ impl StatusReport {
             images: statuses,
             quarantined,
             init_failures,
+            node_gate: None,
         }
     }
 
@@ -537,6 +604,29 @@ impl StatusReport {
             let _ = writeln!(out, "\nInit container (KIP_IMAGE) failing, holders cannot start:");
             for (reason, nodes) in &self.init_failures {
                 let _ = writeln!(out, "  on {nodes} nodes: {reason}");
+            }
+        }
+        if let Some(gate) = &self.node_gate {
+            let _ = writeln!(
+                out,
+                "\nNode gate {}: {} nodes gated (released when warm, at the latest after {})",
+                gate.taint,
+                gate.gated.len(),
+                humantime::format_duration(Duration::from_secs(gate.timeout_seconds))
+            );
+            for g in &gate.gated {
+                let deadline = humantime::format_rfc3339_seconds(g.deadline);
+                let waiting = if !g.selected {
+                    "not selected by NODE_SELECTOR/AFFINITY: released at once".to_string()
+                } else if g.not_warm.is_empty() {
+                    "warm: being released".to_string()
+                } else {
+                    let shown: Vec<&str> = g.not_warm.iter().take(5).map(String::as_str).collect();
+                    let more = g.not_warm.len().saturating_sub(shown.len());
+                    let more = if more > 0 { format!(" and {more} more") } else { String::new() };
+                    format!("waiting for {}{more}", shown.join(", "))
+                };
+                let _ = writeln!(out, "  {}  until {deadline}  {waiting}", g.node);
             }
         }
         if !self.quarantined.is_empty() {

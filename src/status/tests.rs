@@ -818,3 +818,41 @@ fn a_failing_init_container_is_reported_apart_from_the_images() {
     assert!(text.contains("Init container (KIP_IMAGE) failing"), "{text}");
     assert!(text.contains("on 1 nodes: ImagePullBackOff: not found"), "{text}");
 }
+
+#[test]
+fn status_report_shows_each_gated_node_and_what_it_waits_for() {
+    use HolderState::*;
+    let gate = NodeGate {
+        taint: crate::gate::GateTaint::parse("kwarm.io/warming").unwrap(),
+        timeout: Duration::from_secs(600),
+    };
+    let since = humantime::parse_rfc3339("2026-12-01T10:00:00Z").unwrap();
+    let gated = [
+        ("new-1".to_string(), GatedNode { index: 0, since, placeable: true }),
+        ("new-2".to_string(), GatedNode { index: 0, since, placeable: true }),
+        ("win-1".to_string(), GatedNode { index: 0, since, placeable: false }),
+    ];
+    let pods = [
+        holders("new-1", Some(1), &[(NGINX_CANONICAL, Warm), (MISSING, Pulling)]),
+        holders("new-2", Some(1), &[(NGINX_CANONICAL, Warm), (MISSING, Warm)]),
+    ];
+    let images = images(&[NGINX, MISSING]);
+    let mut report = StatusReport::build("ns", "ds", Some(Some(1)), &images, &pods, None);
+    let canonical: Vec<String> = report.images.iter().map(|s| s.image.clone()).collect();
+    report.node_gate = Some(NodeGateReport::build(&gate, &gated, &pods, &canonical));
+    let text = report.to_text();
+    let section = &text[text.find("Node gate").expect("a gate section")..];
+    assert_eq!(
+        section,
+        "Node gate kwarm.io/warming:NoSchedule: 3 nodes gated (released when warm, at the latest after 10m)\n  \
+         new-1  until 2026-12-01T10:10:00Z  waiting for quay.io/team/missing:1\n  \
+         new-2  until 2026-12-01T10:10:00Z  warm: being released\n  \
+         win-1  until 2026-12-01T10:10:00Z  not selected by NODE_SELECTOR/AFFINITY: released at once\n"
+    );
+    let json = serde_json::to_value(&report).expect("serializes");
+    assert_eq!(json["nodeGate"]["gated"][0]["notWarm"], json!([MISSING_CANONICAL]));
+    assert_eq!(json["nodeGate"]["gated"][0]["deadline"], "2026-12-01T10:10:00Z");
+    assert_eq!(json["nodeGate"]["timeoutSeconds"], 600);
+    let off = StatusReport::build("ns", "ds", Some(Some(1)), &images, &pods, None);
+    assert!(serde_json::to_value(&off).unwrap().get("nodeGate").is_none(), "gate off: no nodeGate field");
+}
