@@ -372,3 +372,83 @@ async fn a_user_pod_waits_for_the_gate_and_starts_without_a_pull() -> Result<()>
     delete_namespace(&client, &ns, Duration::from_secs(60)).await?;
     result
 }
+
+#[tokio::test]
+async fn the_chart_grants_the_gate_its_rights_only_when_it_is_on() -> Result<()> {
+    use support::tools::helm;
+    // rendered: no node rights without the gate, and a clear refusal where they cannot be granted
+    let off = helm(&["template", "kwarm", "deploy/helm"]).await?;
+    if off.contains("resources: [nodes]") {
+        bail!("the chart grants node rights with the gate off:\n{off}");
+    }
+    let refused = helm(&[
+        "template",
+        "kwarm",
+        "deploy/helm",
+        "--set",
+        "configMap.nodeGateTaint=kwarm.io/warming",
+        "--set",
+        "rbac.clusterWide=false",
+    ])
+    .await
+    .expect_err("a gate without cluster-wide RBAC");
+    if !format!("{refused:#}").contains("needs rbac.clusterWide=true") {
+        bail!("unclear refusal: {refused:#}");
+    }
+
+    // installed: the in-cluster manager, with only the chart's rights, opens a node's gate
+    let client = client().await?;
+    let ns = create_namespace(&client, "e2e-gate-helm-").await?;
+    let taint = format!("kwarm.io/warming-{}", ns.rsplit('-').next().unwrap_or("x"));
+    let node = format!("gate-{ns}");
+    let result = async {
+        helm(&[
+            "install",
+            "kwarm",
+            "deploy/helm",
+            "-n",
+            &ns,
+            "-f",
+            "deploy/helm/ci/local-cluster-values.yaml",
+            "--set",
+            "metrics.port=18280",
+            "--set",
+            "health.port=18281",
+            "--set",
+            &format!("configMap.images=small={}", small()),
+            "--set-string",
+            &format!("configMap.nodeGateTaint={taint}"),
+            "--set-string",
+            &format!("configMap.watchNamespaces={ns}"),
+            "--wait",
+            "--timeout",
+            "120s",
+        ])
+        .await?;
+        let nodes: Api<Node> = Api::all(client.clone());
+        let mut gated = kwok_node(&node, &BTreeMap::new());
+        gated.spec.as_mut().context("spec")?.taints =
+            Some(vec![Taint { key: taint.clone(), effect: "NoSchedule".into(), ..Default::default() }]);
+        nodes.create(&PostParams::default(), &gated).await?;
+        // the chart's holders run on the real node only: the fake node is released at once
+        wait_until(&format!("the gate taint {taint} to leave {node}"), Duration::from_secs(60), || async {
+            let keys = taint_keys(&nodes, &node).await?;
+            Ok(if keys.contains(&taint) {
+                Check::Pending(format!("taints {keys:?}"))
+            } else {
+                Check::Done(())
+            })
+        })
+        .await?;
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(e) = &result {
+        let logs = support::tools::kubectl(&["logs", "-n", &ns, "deploy/kwarm", "--tail", "40"], None).await;
+        eprintln!("{e:#}\nmanager log:\n{}", logs.unwrap_or_else(|e| format!("{e:#}")));
+    }
+    let _ = helm(&["uninstall", "kwarm", "-n", &ns, "--wait", "--timeout", "90s"]).await;
+    delete_nodes(&client, &[node]).await?;
+    delete_namespace(&client, &ns, Duration::from_secs(90)).await?;
+    result
+}

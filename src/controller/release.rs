@@ -53,6 +53,12 @@ impl Releaser {
             let error = match self.remove_taint(&r.node, index).await {
                 Ok(()) => return self.report(&r),
                 Err(e) if e.api_code() == Some(404) => return,
+                Err(e) if e.api_code() == Some(403) => {
+                    tracing::error!(node = %r.node, error = %e,
+                        "Not allowed to patch nodes (RBAC): the gate stays closed. Grant patch on nodes \
+                         (the chart does with configMap.nodeGateTaint) or unset NODE_GATE_TAINT");
+                    return;
+                }
                 Err(e) => e,
             };
             tracing::debug!(node = %r.node, index, error = %error, "Gate taint not removed; reading the node again");
