@@ -1,6 +1,7 @@
 //! What the one-shot commands read from the cluster: `kwarm status` reads the DaemonSet and its
 //! holder pods once (no watch, no write) and summarises them with [`crate::status::StatusReport`];
-//! with the node gate on, the nodes too.
+//! with the node gate on, the nodes too. `kwarm ungate` opens every gate kwarm holds (before an
+//! uninstall: the chart runs it as a pre-delete hook).
 
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -47,4 +48,32 @@ pub async fn status_report(client: Client, config: &Config) -> Result<crate::sta
         report.node_gate = Some(NodeGateReport::build(gate, &gated, &holders, &images));
     }
     Ok(report)
+}
+
+/// Removes the node gate's taint from every node that carries it; returns the nodes released.
+/// Each removal tests the taint is still at the index just read, so other taints are never
+/// touched; a node that changed in between is read again.
+pub async fn ungate(client: Client, config: &Config) -> Result<Vec<String>> {
+    let Some(gate) = &config.node_gate else { return Ok(Vec::new()) };
+    let api: Api<Node> = Api::all(client);
+    let nodes = with_timeout(API_TIMEOUT, api.list(&ListParams::default())).await?;
+    let mut released = Vec::new();
+    for node in nodes.items {
+        let name = node.name_any();
+        let mut current = Some(node);
+        for attempt in 1..=5 {
+            let Some(node) = current.take() else { break };
+            let taints = node.spec.and_then(|s| s.taints).unwrap_or_default();
+            let Some(index) = taints.iter().position(|t| gate.taint.matches(t)) else { break };
+            match crate::controller::remove_gate_taint(&api, &gate.taint, &name, index).await {
+                Ok(()) => {
+                    released.push(name.clone());
+                    break;
+                }
+                Err(e) if attempt == 5 || e.api_code() == Some(403) => return Err(e),
+                Err(_) => current = with_timeout(API_TIMEOUT, api.get_opt(&name)).await?,
+            }
+        }
+    }
+    Ok(released)
 }

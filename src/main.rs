@@ -39,6 +39,8 @@ enum Command {
         #[arg(short, long, value_enum, default_value_t = StatusFormat::Text)]
         output: StatusFormat,
     },
+    /// Open every gate kwarm holds: remove NODE_GATE_TAINT from every node (before an uninstall)
+    Ungate,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -92,6 +94,7 @@ fn main() -> ExitCode {
         }
         Command::Render { output, openshift } => render(&config, output, openshift),
         Command::Status { output } => runtime().and_then(|rt| rt.block_on(status(config, output))),
+        Command::Ungate => runtime().and_then(|rt| rt.block_on(ungate(config))),
         Command::Run => runtime().and_then(|rt| rt.block_on(run(config))),
     };
     match result {
@@ -127,6 +130,19 @@ fn write_stdout(text: &str) -> anyhow::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         Err(e) => Err(e).context("writing the output"),
     }
+}
+
+async fn ungate(config: Config) -> anyhow::Result<()> {
+    let Some(gate) = &config.node_gate else {
+        return write_stdout("NODE_GATE_TAINT is not set: kwarm holds no node gate\n");
+    };
+    let client = kube::Client::try_default().await.context("connecting to Kubernetes")?;
+    let released = kwarm::commands::ungate(client, &config).await.context("removing the node gate taint")?;
+    let mut text = format!("Removed {} from {} nodes\n", gate.taint, released.len());
+    for node in released {
+        text += &format!("  {node}\n");
+    }
+    write_stdout(&text)
 }
 
 async fn status(config: Config, output: StatusFormat) -> anyhow::Result<()> {

@@ -440,6 +440,23 @@ async fn the_chart_grants_the_gate_its_rights_only_when_it_is_on() -> Result<()>
             })
         })
         .await?;
+
+        // uninstall opens the gates the manager has not opened yet (pre-delete hook `kwarm ungate`)
+        support::tools::kubectl(&["scale", "-n", &ns, "deploy/kwarm", "--replicas=0"], None).await?;
+        support::tools::wait_no_pods(
+            &client,
+            &ns,
+            "app.kubernetes.io/name=kwarm-manager",
+            Duration::from_secs(60),
+        )
+        .await?;
+        add_taint(&nodes, &node, &taint, "NoSchedule", false).await?;
+        add_taint(&nodes, &node, "example.com/not-kwarms", "NoSchedule", false).await?;
+        helm(&["uninstall", "kwarm", "-n", &ns, "--wait", "--timeout", "90s"]).await?;
+        let keys = taint_keys(&nodes, &node).await?;
+        if keys != ["example.com/not-kwarms"] {
+            bail!("after helm uninstall the node should keep only the other taint: {keys:?}");
+        }
         anyhow::Ok(())
     }
     .await;

@@ -31,6 +31,7 @@ use crate::leader::Fence;
 use crate::metrics::{CategoryLabel, StateLabel, StatusLabel, WatchLabel};
 use crate::status::{PodHolders, STATE_MAX_BYTES, parse_pulled_message, pod_holders};
 use release::Releaser;
+pub use release::remove_gate_taint;
 use secrets::{Mirrorer, Wanted};
 pub use state::mirror_name;
 use state::{Gauges, Notice, Observation, State};

@@ -81,16 +81,7 @@ impl Releaser {
     }
 
     async fn remove_taint(&self, node: &str, index: usize) -> Result<()> {
-        let path = format!("/spec/taints/{index}");
-        let patch: json_patch::Patch = serde_json::from_value(serde_json::json!([
-            {"op": "test", "path": format!("{path}/key"), "value": self.gate.key},
-            {"op": "test", "path": format!("{path}/effect"), "value": self.gate.effect},
-            {"op": "remove", "path": path},
-        ]))
-        .expect("a JSON patch of three operations");
-        let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
-        with_timeout(API_TIMEOUT, self.api.patch(node, &params, &Patch::<()>::Json(patch))).await?;
-        Ok(())
+        remove_gate_taint(&self.api, &self.gate, node, index).await
     }
 
     fn report(&self, r: &Release) {
@@ -130,5 +121,47 @@ impl Releaser {
             ..Default::default()
         };
         self.events.queue(reference, reason, type_, "Release", note);
+    }
+}
+
+/// Removes the taint at `index` of `node` if it is still the gate (key and effect tested in the
+/// same patch); fails with 422 when the list changed.
+pub async fn remove_gate_taint(api: &Api<Node>, gate: &GateTaint, node: &str, index: usize) -> Result<()> {
+    let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+    let patch = Patch::<()>::Json(gate_removal(gate, index));
+    with_timeout(API_TIMEOUT, api.patch(node, &params, &patch)).await?;
+    Ok(())
+}
+
+/// The JSON patch of [`remove_gate_taint`].
+fn gate_removal(gate: &GateTaint, index: usize) -> json_patch::Patch {
+    use json_patch::{PatchOperation, RemoveOperation, TestOperation, jsonptr::PointerBuf};
+    let index = index.to_string();
+    let at = |field: Option<&str>| {
+        PointerBuf::from_tokens(["spec", "taints", index.as_str()].into_iter().chain(field))
+    };
+    json_patch::Patch(vec![
+        PatchOperation::Test(TestOperation { path: at(Some("key")), value: gate.key.clone().into() }),
+        PatchOperation::Test(TestOperation { path: at(Some("effect")), value: gate.effect.clone().into() }),
+        PatchOperation::Remove(RemoveOperation { path: at(None) }),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_removal_tests_key_and_effect_at_the_index_before_removing() {
+        let gate = GateTaint::parse("kwarm.io/warming=true:NoExecute").unwrap();
+        let patch = serde_json::to_value(gate_removal(&gate, 3)).unwrap();
+        assert_eq!(
+            patch,
+            serde_json::json!([
+                {"op": "test", "path": "/spec/taints/3/key", "value": "kwarm.io/warming"},
+                {"op": "test", "path": "/spec/taints/3/effect", "value": "NoExecute"},
+                {"op": "remove", "path": "/spec/taints/3"},
+            ])
+        );
     }
 }
