@@ -378,24 +378,24 @@ impl State {
                 changed
             }
             Observation::Nodes(seen) => {
-                let before = self.gated.clone();
-                match seen {
+                // Node heartbeats change nothing kwarm keeps: no decision for them.
+                let changed = match seen {
                     Seen::Listed(listed) => {
                         self.nodes_synced = true;
-                        self.gated =
+                        let gated: BTreeMap<String, GatedNode> =
                             listed.into_iter().filter_map(|(name, g)| g.map(|g| (name, g))).collect();
+                        let changed = gated != self.gated;
+                        self.gated = gated;
+                        changed
                     }
-                    Seen::Applied((name, Some(g))) => {
-                        self.gated.insert(name, g);
-                    }
+                    Seen::Applied((name, Some(g))) => self.gated.insert(name, g.clone()) != Some(g),
                     Seen::Applied((name, None)) | Seen::Deleted((name, _)) => {
-                        self.gated.remove(&name);
+                        self.gated.remove(&name).is_some()
                     }
-                }
+                };
                 let gated = &self.gated;
                 self.releasing.retain(|node, _| gated.contains_key(node));
-                // Node heartbeats change nothing kwarm keeps: no decision for them.
-                self.gated != before
+                changed
             }
             Observation::NodesForbidden(error) => {
                 if !self.nodes_forbidden_reported {
