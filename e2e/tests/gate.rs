@@ -492,3 +492,82 @@ async fn the_chart_grants_the_gate_its_rights_only_when_it_is_on() -> Result<()>
     delete_namespace(&client, &ns, Duration::from_secs(90)).await?;
     result
 }
+
+/// The node rules of the ClusterRoles among `objects`, and the ConfigMap's NODE_GATE_TAINT.
+fn gate_rights(objects: &[serde_json::Value]) -> (Vec<String>, Option<String>) {
+    let mut verbs = Vec::new();
+    for role in objects.iter().filter(|o| o["kind"] == "ClusterRole") {
+        for rule in role["rules"].as_array().into_iter().flatten() {
+            if rule["resources"].as_array().is_some_and(|r| r.iter().any(|x| x == "nodes")) {
+                verbs.extend(
+                    rule["verbs"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|v| v.as_str())
+                        .map(String::from),
+                );
+            }
+        }
+    }
+    let taint = objects
+        .iter()
+        .find(|o| o["kind"] == "ConfigMap")
+        .and_then(|c| c["data"]["NODE_GATE_TAINT"].as_str())
+        .map(String::from);
+    (verbs, taint)
+}
+
+#[tokio::test]
+async fn the_openshift_template_and_the_kustomize_component_grant_the_gate_its_rights() -> Result<()> {
+    use support::tools::{kubectl, process_template, yaml_documents};
+    let want: Vec<String> = ["get", "list", "watch", "patch"].map(String::from).to_vec();
+
+    // OpenShift: node-gate.yaml next to the usual three; NODE_GATE_TAINT through configmap.yaml
+    let rbac = process_template(&["openshift/node-gate.yaml", "-p", "NAMESPACE=team-cache"]).await?;
+    let items = rbac["items"].as_array().context("items")?.clone();
+    if gate_rights(&items).0 != want {
+        bail!("openshift/node-gate.yaml does not grant {want:?} on nodes: {rbac}");
+    }
+    let binding = items.iter().find(|o| o["kind"] == "ClusterRoleBinding").context("a ClusterRoleBinding")?;
+    if binding["subjects"][0]["namespace"] != "team-cache" {
+        bail!("the binding does not name the project's ServiceAccount: {binding}");
+    }
+    kubectl(&["apply", "--dry-run=server", "-f", "-"], Some(&rbac.to_string())).await?;
+    let config =
+        process_template(&["openshift/configmap.yaml", "-p", "NODE_GATE_TAINT=kwarm.io/warming"]).await?;
+    let config = config["items"].as_array().context("items")?.clone();
+    if gate_rights(&config).1.as_deref() != Some("kwarm.io/warming") {
+        bail!("configmap.yaml does not carry NODE_GATE_TAINT: {config:?}");
+    }
+    support::tools::kwarm_check(support::tools::find(&config, "ConfigMap")?).await?;
+    let base = process_template(&["openshift/serviceaccount.yaml"]).await?;
+    if !gate_rights(base["items"].as_array().context("items")?).0.is_empty() {
+        bail!("serviceaccount.yaml grants node rights without the gate");
+    }
+
+    // kustomize: the component added to an overlay of the base
+    // (kustomize takes relative paths only; the directory is _output/e2e-install/<name>)
+    let dir = support::tools::tempdir("gate-kustomize")?;
+    std::fs::write(
+        dir.join("kustomization.yaml"),
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - ../../../deploy/kustomize/base\ncomponents:\n  - ../../../deploy/kustomize/components/node-gate\n",
+    )?;
+    let with = yaml_documents(
+        &kubectl(
+            &["kustomize", "--load-restrictor=LoadRestrictionsNone", dir.to_str().context("path")?],
+            None,
+        )
+        .await?,
+    )
+    .await?;
+    let (verbs, taint) = gate_rights(&with);
+    if verbs != want || taint.as_deref() != Some("kwarm.io/warming") {
+        bail!("the node-gate component gives {verbs:?} and NODE_GATE_TAINT {taint:?}");
+    }
+    let without = yaml_documents(&kubectl(&["kustomize", "deploy/kustomize/base"], None).await?).await?;
+    if !gate_rights(&without).0.is_empty() {
+        bail!("the kustomize base grants node rights without the gate");
+    }
+    Ok(())
+}
