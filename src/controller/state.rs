@@ -611,18 +611,18 @@ impl State {
             .iter()
             .map(|h| parse_image_reference(&h.image).unwrap_or_else(|_| h.image.clone()))
             .collect();
-        // What each node holds: any holder pod there (an old one during a roll counts too).
-        let mut warm: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-        for pod in self.pods.values() {
-            let held = pod.images.iter().filter(|(_, s)| **s == HolderState::Warm).map(|(i, _)| i.as_str());
-            warm.entry(pod.node.as_str()).or_default().extend(held);
-        }
         let waiting: BTreeMap<String, GatedNode> = self
             .gated
             .iter()
             .filter(|(node, _)| self.releasing.get(*node).is_none_or(|asked| now >= *asked + RELEASE_RETRY))
             .map(|(n, g)| (n.clone(), g.clone()))
             .collect();
+        // What each waiting node holds: any holder pod there (an old one during a roll counts too).
+        let mut warm: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+        for pod in self.pods.values().filter(|p| waiting.contains_key(&p.node)) {
+            let held = pod.images.iter().filter(|(_, s)| **s == HolderState::Warm).map(|(i, _)| i.as_str());
+            warm.entry(pod.node.as_str()).or_default().extend(held);
+        }
         let out = gate::releases(&waiting, &warm, &desired, g.timeout, now);
         for r in &out {
             self.releasing.insert(r.node.clone(), now);
