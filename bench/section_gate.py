@@ -124,6 +124,8 @@ def section_gate():
         "A node is released once its holder pod runs every image, so join → released is bound by the"
         " DaemonSet controller (pod creates at its client rate limit), the scheduler and KWOK marking"
         " the pods Running; kwarm's part is one JSON patch per node (test key and effect, remove) and"
-        " one Event. No peer gates nodes on warm images, so there is nothing to compare side by side.",
+        " one Event. Events are counted up to the moment the last node opened (the manager is stopped"
+        " then; its Event sender works through its queue one Event at a time, behind the patches)."
+        " No peer gates nodes on warm images, so there is nothing to compare side by side.",
     ]
     write_section("gate", "\n".join(md), results)

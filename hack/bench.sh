@@ -9,12 +9,14 @@
 #   warmup     time until M images are held on N KWOK nodes, objects, API requests
 #   reaction   Deployment change -> DaemonSet updated (p50/p99), -> image in containerd vs ctr pull
 #   footprint  manager RSS/CPU with 1,000 and 10,000 watched Deployments, idle API writes, profile
+#   gate       N KWOK nodes joining with the node gate taint: join -> released p50/p99, writes, CPU
 # Settings (environment):
 #   BENCH_NODES="100 500 1000"   KWOK node counts for warmup      BENCH_IMAGES=20  images held
 #   BENCH_SEED_MODEL_NODES="100"  node counts for the seed-design model (M x N Jobs)
 #   BENCH_REACTION_SAMPLES=200   Deployment changes               BENCH_PULL_SAMPLES=6 per size
 #   BENCH_DEPLOYMENTS="1000 10000"                                BENCH_IDLE=600   idle window (s)
 #   BENCH_HOLDER_SAMPLES=20      holders of each kind             BENCH_PROFILE=1  perf the 10k sync
+#   BENCH_GATE_NODES="1000"      KWOK node counts joining gated
 # Everything it creates is its own: namespaces kwarm-bench-*, fake nodes bench-node-*, images
 # 127.0.0.1:5000/kwarm-bench/*; built tools go to the cache (~/.cache/kwarm/bench), logs to
 # _output/bench.
@@ -23,7 +25,7 @@
 # shellcheck source=hack/cluster/common.sh
 . "$HACK_DIR/cluster/common.sh"
 
-ALL_SECTIONS=(holder image warmup reaction footprint)
+ALL_SECTIONS=(holder image warmup reaction footprint gate)
 BENCH_CACHE="$CACHE_DIR/bench"
 SECTIONS_DIR="$ROOT_DIR/bench/sections"
 RESULTS="$ROOT_DIR/bench/RESULTS.md"
