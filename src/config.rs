@@ -217,6 +217,8 @@ pub struct Config {
     pub retry_backoff: Duration,
     pub max_retries: u32,
     pub max_images: usize,
+    /// Digest-aware refresh; `None` when `DIGEST_CHECK_INTERVAL=0`.
+    pub digest_check: Option<DigestCheck>,
     /// The node warm-up gate; `None` when `NODE_GATE_TAINT` is not set.
     pub node_gate: Option<NodeGate>,
     /// `None` when set to `0` (disabled).
@@ -358,6 +360,7 @@ impl Config {
                 .ok_or_else(|| "a whole number from 1 to 1000".to_string())
         });
         let node_gate = parse_node_gate(&mut c);
+        let digest_check = parse_digest_check(&mut c, caching_interval);
         let (metrics_bind_address, health_probe_bind_address, leader_elect, log_format) =
             parse_server(&mut c);
 
@@ -420,6 +423,7 @@ impl Config {
             retry_backoff,
             max_retries,
             max_images,
+            digest_check,
             node_gate,
             metrics_bind_address,
             health_probe_bind_address,
@@ -476,6 +480,8 @@ pub const VARIABLES: &[Variable] = &[
     var("MAX_RETRIES", "3"),
     var("INHERIT_PULL_SECRETS", "false"),
     var("MAX_IMAGES", "100"),
+    var("DIGEST_CHECK_INTERVAL", ""),
+    var("INSECURE_REGISTRIES", ""),
     var("NODE_GATE_TAINT", ""),
     var("NODE_GATE_TIMEOUT", "10m"),
     var("METRICS_BIND_ADDRESS", ":8080"),
@@ -659,6 +665,49 @@ fn parse_quarantine(c: &mut Checker) -> (Duration, Duration, u32) {
         v.parse::<u32>().ok().filter(|n| *n <= 30).ok_or_else(|| "a whole number from 0 to 30".to_string())
     });
     (pull_timeout, retry_backoff, max_retries)
+}
+
+/// How often warmed tags are resolved to digests in their registries, and which registries speak
+/// plain HTTP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DigestCheck {
+    pub interval: Duration,
+    /// `host[:port]` of registries reached over plain HTTP instead of HTTPS.
+    pub insecure_registries: BTreeSet<String>,
+}
+
+/// The shortest DIGEST_CHECK_INTERVAL: each check is one manifest HEAD per tag.
+const MIN_DIGEST_CHECK_INTERVAL: Duration = Duration::from_secs(10);
+
+/// DIGEST_CHECK_INTERVAL (default: the caching interval; `0`: off), INSECURE_REGISTRIES.
+fn parse_digest_check(c: &mut Checker, caching_interval: Duration) -> Option<DigestCheck> {
+    let interval = c.parse("DIGEST_CHECK_INTERVAL", Some(caching_interval), |v| {
+        if v == "0" {
+            return Ok(None);
+        }
+        let d = parse_duration(v)?;
+        if d < MIN_DIGEST_CHECK_INTERVAL {
+            return Err("a duration of at least 10s (one manifest HEAD per tag each time), or 0 to turn the check off".into());
+        }
+        Ok(Some(d))
+    });
+    let insecure_registries = c.parse("INSECURE_REGISTRIES", BTreeSet::new(), |v| {
+        let mut hosts = BTreeSet::new();
+        for host in v.split([',', ' ', '\n', '\t']).map(str::trim).filter(|h| !h.is_empty()) {
+            let (name, port) = match host.rsplit_once(':') {
+                Some((n, p)) if !n.ends_with(']') || host.starts_with('[') => (n, Some(p)),
+                _ => (host, None),
+            };
+            let name_ok = !name.is_empty() && name.chars().all(|ch| ch.is_ascii_alphanumeric() || "-.[]:".contains(ch));
+            let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0));
+            if !name_ok || !port_ok || host.contains('/') {
+                return Err(format!("registry {host:?}: a comma-separated list of registry hosts with an optional port, e.g. registry.local:5000"));
+            }
+            hosts.insert(host.to_string());
+        }
+        Ok(hosts)
+    });
+    interval.map(|interval| DigestCheck { interval, insecure_registries })
 }
 
 /// NODE_GATE_TAINT, NODE_GATE_TIMEOUT.

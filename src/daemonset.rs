@@ -17,6 +17,9 @@ use crate::holder::{Holder, IDLE_HOLDER_NAME, INIT_CONTAINER_NAME, parse_image_r
 
 /// Pod-template annotation bumped to roll holders for a refresh.
 pub const REFRESHED_AT_ANNOTATION: &str = "kwarm.io/refreshed-at";
+/// Pod-template annotation: tag → the registry digest the holders last rolled for (JSON). A new
+/// digest changes the template, so the holders roll (surge) and pull the tag again.
+pub const DIGESTS_ANNOTATION: &str = "kwarm.io/digests";
 /// DaemonSet annotation with kwarm's own state (retained and quarantined images), so a restarted
 /// manager continues where the last one stopped instead of changing the DaemonSet.
 pub const STATE_ANNOTATION: &str = "kwarm.io/state";
@@ -39,6 +42,8 @@ pub struct RenderInput {
     /// The manager's own Deployment, when `DEPLOYMENT_NAME` is set.
     pub owner: Option<OwnerReference>,
     pub refreshed_at: Option<String>,
+    /// [`DIGESTS_ANNOTATION`]: tag → digest rolled for.
+    pub digests: BTreeMap<String, String>,
     /// Serialized [`STATE_ANNOTATION`], when there is state to keep.
     pub state: Option<String>,
 }
@@ -177,10 +182,15 @@ fn render_unhashed(config: &Config, input: &RenderInput) -> DaemonSet {
     if let Some(state) = &input.state {
         annotations.insert(STATE_ANNOTATION.into(), state.clone());
     }
-    let template_annotations = input
-        .refreshed_at
-        .as_ref()
-        .map(|at| BTreeMap::from([(REFRESHED_AT_ANNOTATION.to_string(), at.clone())]));
+    let mut template_annotations = BTreeMap::new();
+    if let Some(at) = &input.refreshed_at {
+        template_annotations.insert(REFRESHED_AT_ANNOTATION.to_string(), at.clone());
+    }
+    if !input.digests.is_empty() {
+        let digests = serde_json::to_string(&input.digests).unwrap_or_default();
+        template_annotations.insert(DIGESTS_ANNOTATION.to_string(), digests);
+    }
+    let template_annotations = (!template_annotations.is_empty()).then_some(template_annotations);
 
     let resources = holder_resources(config);
     let mount = |read_only: bool| VolumeMount {
@@ -202,7 +212,8 @@ fn render_unhashed(config: &Config, input: &RenderInput) -> DaemonSet {
     // A pod needs at least one container: with nothing to warm (yet), one idle holder keeps the
     // DaemonSet valid and in place, holding only the small sleep image itself.
     let idle = [Holder { name: IDLE_HOLDER_NAME.into(), image: config.kip_image.clone() }];
-    let holders = if input.holders.is_empty() { &idle[..] } else { &input.holders[..] };
+    let (holders, idle) =
+        if input.holders.is_empty() { (&idle[..], true) } else { (&input.holders[..], false) };
     let holders = holders
         .iter()
         .map(|h| Container {
@@ -210,7 +221,7 @@ fn render_unhashed(config: &Config, input: &RenderInput) -> DaemonSet {
             image: Some(h.image.clone()),
             command: Some(vec![format!("{KIP_MOUNT}/sleep")]),
             args: Some(vec!["infinity".into()]),
-            image_pull_policy: config.image_pull_policy.map(|p| p.as_str().to_string()),
+            image_pull_policy: holder_pull_policy(config, &h.image, idle),
             resources: Some(resources.clone()),
             security_context: Some(container_security(input.openshift)),
             volume_mounts: Some(vec![mount(true)]),
@@ -300,7 +311,20 @@ pub fn refresh_would_repull(config: &Config, holders: &[Holder]) -> bool {
     match config.image_pull_policy {
         Some(PullPolicy::Always) => !holders.is_empty(),
         Some(_) => false,
+        // With digest checks, a tag is pulled again when its digest changed, never on a timer.
+        None if config.digest_check.is_some() => false,
         None => holders.iter().any(|h| defaults_to_always(&h.image)),
+    }
+}
+
+/// The holders' pull policy: `IMAGE_PULL_POLICY` when set; with digest checks, `Always` for tags,
+/// so that a roll for a new digest pulls the tag again and the node's tag points at the new
+/// content (a user pod naming the tag with `IfNotPresent` then finds it); else the default.
+fn holder_pull_policy(config: &Config, image: &str, idle: bool) -> Option<String> {
+    match config.image_pull_policy {
+        Some(p) => Some(p.as_str().to_string()),
+        None if config.digest_check.is_some() && !idle && !image.contains('@') => Some("Always".into()),
+        None => None,
     }
 }
 

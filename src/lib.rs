@@ -19,6 +19,7 @@ pub mod labels;
 pub mod leader;
 pub mod metrics;
 pub mod quantity;
+pub mod registry;
 pub mod status;
 
 pub use error::{Error, Result};

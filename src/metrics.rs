@@ -31,6 +31,11 @@ pub struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WatchLabel {
     pub watch: &'static str,
 }
@@ -54,6 +59,8 @@ pub struct Metrics {
     pub gated_nodes: Gauge,
     pub node_gate_duration: Histogram,
     pub node_gate_releases: Family<ReasonLabel, Counter>,
+    pub digest_checks: Family<ResultLabel, Counter>,
+    pub stale_images: Gauge,
 }
 
 impl Default for Metrics {
@@ -86,6 +93,8 @@ impl Metrics {
             gated_nodes: Gauge::default(),
             node_gate_duration: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
             node_gate_releases: Family::default(),
+            digest_checks: Family::default(),
+            stale_images: Gauge::default(),
         };
         registry.register_with_unit(
             "pull_duration",
@@ -154,6 +163,16 @@ impl Metrics {
             "node_gate_releases",
             "Gate taints removed by reason (warm, timeout, not_selected)",
             m.node_gate_releases.clone(),
+        );
+        registry.register(
+            "digest_checks",
+            "Tag digest checks by result (ok, unreachable, auth, not_found, throttled, server, other)",
+            m.digest_checks.clone(),
+        );
+        registry.register(
+            "stale_images",
+            "Tags whose registry digest some node's holder does not hold",
+            m.stale_images.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -47,6 +47,9 @@ pub struct PodHolders {
     /// The init container (`KIP_IMAGE`) failing: reason and message. Holders cannot start then,
     /// which is not the fault of their images.
     pub init_failure: Option<(String, String)>,
+    /// Canonical image reference → the digest (`sha256:…`) the node's runtime resolved it to, from
+    /// the container's `imageID` (`repo@sha256:…`): what the node holds.
+    pub digests: BTreeMap<String, String>,
 }
 
 /// Reduces a holder pod to its node and the state of each holder image.
@@ -74,9 +77,14 @@ pub fn pod_holders(pod: &Pod) -> Option<PodHolders> {
         .find(|w| w.reason.as_deref().is_some_and(|r| FAILURE_REASONS.contains(&r)))
         .map(|w| (w.reason.clone().unwrap_or_default(), w.message.clone().unwrap_or_default()));
     let mut images = BTreeMap::new();
+    let mut digests = BTreeMap::new();
     for container in &spec.containers {
         let Some(image) = container.image.clone() else { continue };
         let status = statuses.and_then(|all| all.iter().find(|s| s.name == container.name));
+        let canonical = parse_image_reference(&image).unwrap_or_else(|_| image.clone());
+        if let Some(digest) = status.and_then(|s| repo_digest(&s.image_id)) {
+            digests.insert(canonical.clone(), digest.to_string());
+        }
         let state = match status.and_then(|s| s.state.as_ref()) {
             Some(st) if st.running.is_some() => HolderState::Warm,
             // A holder that ran and stopped still had its image on the node.
@@ -92,9 +100,17 @@ pub fn pod_holders(pod: &Pod) -> Option<PodHolders> {
             },
             None => HolderState::Pulling,
         };
-        images.insert(parse_image_reference(&image).unwrap_or(image), state);
+        images.insert(canonical, state);
     }
-    Some(PodHolders { node, generation, images, init_failure })
+    Some(PodHolders { node, generation, images, init_failure, digests })
+}
+
+/// The digest of a runtime's `imageID` when it names the registry content (`repo@sha256:…`, as
+/// containerd reports it); `None` for an empty ID or a bare image-config ID (`sha256:…`).
+pub fn repo_digest(image_id: &str) -> Option<&str> {
+    let (_, digest) = image_id.rsplit_once('@')?;
+    let hex = digest.strip_prefix("sha256:")?;
+    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then_some(digest)
 }
 
 /// Node counts of one image.

@@ -175,6 +175,8 @@ fn known_variables_cover_every_documented_variable() {
         "MAX_RETRIES",
         "INHERIT_PULL_SECRETS",
         "MAX_IMAGES",
+        "DIGEST_CHECK_INTERVAL",
+        "INSECURE_REGISTRIES",
         "NODE_GATE_TAINT",
         "NODE_GATE_TIMEOUT",
         "METRICS_BIND_ADDRESS",
@@ -1455,4 +1457,34 @@ fn a_bad_node_gate_names_the_variable_and_what_is_expected() {
     assert!(taint.expected.contains("NoSchedule, PreferNoSchedule, NoExecute"), "{}", taint.expected);
     let timeout = all.iter().find(|e| e.variable == "NODE_GATE_TIMEOUT").expect("timeout error");
     assert!(timeout.expected.contains("at least 1s"), "{}", timeout.expected);
+}
+
+#[test]
+fn digests_are_checked_every_caching_interval_unless_told_otherwise() {
+    let c = valid(&[("IMAGES", "nginx:1")]);
+    assert_eq!(c.digest_check.as_ref().map(|d| d.interval), Some(Duration::from_secs(3600)));
+    let c = valid(&[("IMAGES", "nginx:1"), ("CACHING_INTERVAL", "6h")]);
+    assert_eq!(c.digest_check.as_ref().map(|d| d.interval), Some(Duration::from_secs(6 * 3600)));
+    let c = valid(&[
+        ("IMAGES", "nginx:1"),
+        ("DIGEST_CHECK_INTERVAL", "30s"),
+        ("INSECURE_REGISTRIES", "127.0.0.1:5000, registry.local"),
+    ]);
+    let check = c.digest_check.expect("on");
+    assert_eq!(check.interval, Duration::from_secs(30));
+    assert_eq!(
+        check.insecure_registries,
+        ["127.0.0.1:5000", "registry.local"].map(String::from).into_iter().collect()
+    );
+    assert_eq!(valid(&[("IMAGES", "nginx:1"), ("DIGEST_CHECK_INTERVAL", "0")]).digest_check, None);
+}
+
+#[test]
+fn a_bad_digest_check_names_the_variable_and_what_is_expected() {
+    let all =
+        problems(&[("DIGEST_CHECK_INTERVAL", "2s"), ("INSECURE_REGISTRIES", "http://registry.local/x")]);
+    let interval = all.iter().find(|e| e.variable == "DIGEST_CHECK_INTERVAL").expect("interval error");
+    assert!(interval.expected.contains("at least 10s"), "{}", interval.expected);
+    let insecure = all.iter().find(|e| e.variable == "INSECURE_REGISTRIES").expect("registries error");
+    assert!(insecure.expected.contains("registry hosts"), "{}", insecure.expected);
 }

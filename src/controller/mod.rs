@@ -37,6 +37,7 @@ pub use state::mirror_name;
 use state::{Gauges, Notice, Observation, State};
 use streams::{Input, Listing, deployment_scopes, watch_streams};
 
+mod digests;
 mod release;
 mod secrets;
 mod state;
@@ -72,6 +73,8 @@ struct Controller {
     node_listing: Listing<(String, Option<GatedNode>)>,
     /// Releases for the node-gate task (`None`: the gate is off).
     releases: Option<tokio::sync::mpsc::UnboundedSender<Release>>,
+    /// The tags and secrets for the digest-check task (`None`: checks are off).
+    digests_wanted: Option<watch::Sender<Option<digests::Wanted>>>,
     /// The mirrors the Deployments want, for the pull-secret task (`None`: inheriting is off).
     secrets_wanted: Option<watch::Sender<Option<Wanted>>>,
     retry_at: Option<Instant>,
@@ -128,6 +131,23 @@ pub async fn run(
         tokio::spawn(releaser.run(rx));
         tx
     });
+    // Digest checks run in a task of their own; its answers come back on `registry`.
+    let (digests_wanted, mut registry) = match &config.digest_check {
+        Some(check) => {
+            let (wanted_tx, wanted_rx) = watch::channel(None);
+            let (answers_tx, answers_rx) = watch::channel(Default::default());
+            let checker = digests::Checker::new(
+                ctx.client.clone(),
+                &config.namespace,
+                check.interval,
+                &check.insecure_registries,
+                ctx.shared.clone(),
+            );
+            tokio::spawn(checker.run(wanted_rx, answers_tx));
+            (Some(wanted_tx), Some(answers_rx))
+        }
+        None => (None, None),
+    };
     let state = State::new(
         &config,
         deployment_scopes.clone(),
@@ -145,6 +165,7 @@ pub async fn run(
         deployment_listings: deployment_scopes.iter().map(|_| Listing::default()).collect(),
         node_listing: Listing::default(),
         releases,
+        digests_wanted,
         secrets_wanted,
         retry_at: None,
         retry_delay: Duration::from_millis(500),
@@ -180,6 +201,15 @@ pub async fn run(
                         dirty |= c.observe(Observation::PullSecrets(names));
                     }
                     _ => mirrors = None,
+                }
+            }
+            changed = async { registry.as_mut()?.changed().await.ok() }, if registry.is_some() => {
+                match (changed, registry.as_ref()) {
+                    (Some(()), Some(rx)) => {
+                        let answers = rx.borrow().clone();
+                        dirty |= c.observe(Observation::Registry(answers));
+                    }
+                    _ => registry = None,
                 }
             }
             _ = tokio::time::sleep_until(wake.into()) => dirty = true,
@@ -416,6 +446,20 @@ impl Controller {
         let decision = self.state.decide(&config, SystemTime::now());
         self.update_gauges(&decision.gauges);
         self.announce();
+        // The leader tells the digest-check task which tags it warms now (it never waits).
+        if let Some(wanted) = &self.digests_wanted
+            && self.state.leader()
+        {
+            let now_wanted = digests::Wanted {
+                images: self.state.digest_wanted().clone(),
+                secrets: self.state.pull_secret_names(&config),
+            };
+            wanted.send_if_modified(|old| {
+                let changed = old.as_ref() != Some(&now_wanted);
+                *old = Some(now_wanted);
+                changed
+            });
+        }
         if let Some(queue) = &self.releases {
             for release in decision.releases {
                 // The task ends only with the process.
@@ -466,6 +510,7 @@ impl Controller {
         }
         m.active_pulls.set(g.active_pulls);
         m.gated_nodes.set(g.gated_nodes);
+        m.stale_images.set(g.stale_images);
     }
 
     /// Logs what the state has to say and queues its Events (a separate task sends them, so the
@@ -542,6 +587,28 @@ impl Controller {
                 }
                 Notice::NameFree => tracing::info!(daemonset = %config.daemonset_name,
                     "The DaemonSet name is free: creating kwarm's own"),
+                Notice::DigestChanged { image, digest, stale, users } => {
+                    tracing::info!(image = %image, %digest, stale_nodes = stale,
+                        "Tag changed in its registry: rolling the holders so the nodes pull it again");
+                    let note =
+                        format!("Image {image} changed in its registry ({digest}): updating {stale} nodes");
+                    self.publish_to_users(&users, "ImageChanged", EventType::Normal, note);
+                }
+                Notice::ImageUpdated { image, digest, nodes, seconds, users } => {
+                    tracing::info!(image = %image, %digest, nodes, seconds = format!("{seconds:.1}"),
+                        "Tag updated on every node that holds it");
+                    let note =
+                        format!("Image {image} updated to {digest} on {nodes} nodes in {seconds:.1} s");
+                    self.publish_to_users(&users, "ImageUpdated", EventType::Normal, note.clone());
+                    let reference = ObjectReference {
+                        api_version: Some("apps/v1".into()),
+                        kind: Some("DaemonSet".into()),
+                        namespace: Some(config.namespace.clone()),
+                        name: Some(config.daemonset_name.clone()),
+                        ..Default::default()
+                    };
+                    self.queue_event(reference, "ImageUpdated", EventType::Normal, "Refresh", note);
+                }
                 Notice::StateTrimmed { dropped } => tracing::warn!(
                     dropped,
                     max_bytes = STATE_MAX_BYTES,

@@ -13,12 +13,13 @@ use kube::ResourceExt;
 use super::streams::Seen;
 use crate::config::Config;
 use crate::daemonset::{
-    REFRESHED_AT_ANNOTATION, RenderInput, STATE_ANNOTATION, daemonset_matches, foreign_daemonset,
-    held_images, refresh_would_repull, render_daemonset,
+    DIGESTS_ANNOTATION, REFRESHED_AT_ANNOTATION, RenderInput, STATE_ANNOTATION, daemonset_matches,
+    foreign_daemonset, held_images, refresh_would_repull, render_daemonset,
 };
 use crate::gate::{self, GatedNode, Release};
 use crate::holder::parse_image_reference;
 use crate::images::{DeploymentImages, DeploymentKey, ImageTracker, plan_holders};
+use crate::registry::Resolution;
 use crate::status::{
     HolderState, ImageStatus, PersistedState, PodHolders, Quarantine, QuarantinePolicy, STATE_MAX_BYTES,
     image_statuses,
@@ -55,6 +56,8 @@ pub enum Observation {
     Nodes(Seen<(String, Option<GatedNode>)>),
     /// Listing or watching Nodes is forbidden: the gate cannot work.
     NodesForbidden(String),
+    /// What the registries answered for the warmed tags (the latest answer per tag).
+    Registry(BTreeMap<String, Resolution>),
 }
 
 /// Something to tell the user: the shell logs it and, where `users` or the DaemonSet is named,
@@ -122,6 +125,21 @@ pub enum Notice {
     StateTrimmed {
         dropped: usize,
     },
+    /// A tag's registry digest differs from what `stale` nodes hold: the holders roll.
+    DigestChanged {
+        image: String,
+        digest: String,
+        stale: usize,
+        users: Vec<DeploymentKey>,
+    },
+    /// Every node that holds the tag now holds its registry digest.
+    ImageUpdated {
+        image: String,
+        digest: String,
+        nodes: usize,
+        seconds: f64,
+        users: Vec<DeploymentKey>,
+    },
 }
 
 /// Image counts for the gauges.
@@ -135,6 +153,8 @@ pub struct Gauges {
     pub active_pulls: i64,
     /// Nodes carrying the gate taint.
     pub gated_nodes: i64,
+    /// Tags whose registry digest some node does not hold.
+    pub stale_images: i64,
 }
 
 /// What to do now.
@@ -195,6 +215,15 @@ pub struct State {
     /// Gated nodes whose release was asked for, and when.
     releasing: BTreeMap<String, SystemTime>,
 
+    /// The registries' latest answers, per tag.
+    registry: BTreeMap<String, Resolution>,
+    /// Tag → the digest the holders last rolled for ([`DIGESTS_ANNOTATION`]).
+    rolled: BTreeMap<String, String>,
+    /// Tags being updated on the nodes: digest and since when.
+    updating: BTreeMap<String, (String, SystemTime)>,
+    /// The images of the last plan (canonical), for the digest checks.
+    planned: BTreeSet<String>,
+
     notices: Vec<Notice>,
 }
 
@@ -236,6 +265,10 @@ impl State {
             nodes_synced: config.node_gate.is_none(),
             nodes_forbidden_reported: false,
             releasing: BTreeMap::new(),
+            registry: BTreeMap::new(),
+            rolled: BTreeMap::new(),
+            updating: BTreeMap::new(),
+            planned: BTreeSet::new(),
             notices: Vec::new(),
         }
     }
@@ -397,6 +430,11 @@ impl State {
                 self.releasing.retain(|node, _| gated.contains_key(node));
                 changed
             }
+            Observation::Registry(answers) => {
+                let changed = answers != self.registry;
+                self.registry = answers;
+                changed
+            }
             Observation::NodesForbidden(error) => {
                 if !self.nodes_forbidden_reported {
                     self.nodes_forbidden_reported = true;
@@ -449,6 +487,10 @@ impl State {
             .as_ref()
             .and_then(|s| s.template.metadata.as_ref())
             .and_then(|m| m.annotations.as_ref());
+        self.rolled = template_annotations
+            .and_then(|a| a.get(DIGESTS_ANNOTATION))
+            .and_then(|d| serde_json::from_str(d).ok())
+            .unwrap_or_default();
         if let Some(at) = template_annotations.and_then(|a| a.get(REFRESHED_AT_ANNOTATION)) {
             self.refreshed_at = Some(at.clone());
             // Never refresh because of a restart: the next refresh is at least a minute away.
@@ -547,6 +589,12 @@ impl State {
         gauges.overflow = plan.overflow.len() as i64;
         gauges.gated_nodes = self.gated.len() as i64;
         let releases = self.releases(config, &plan.holders, now);
+        self.planned = plan
+            .holders
+            .iter()
+            .map(|h| parse_image_reference(&h.image).unwrap_or_else(|_| h.image.clone()))
+            .collect();
+        gauges.stale_images = self.check_digests(config, now) as i64;
 
         if now >= self.next_refresh {
             self.next_refresh = now + config.caching_interval;
@@ -574,6 +622,7 @@ impl State {
             openshift: self.openshift,
             owner: self.owner.clone(),
             refreshed_at: self.refreshed_at.clone(),
+            digests: self.rolled.clone(),
             state,
         };
         let desired = render_daemonset(config, &input);
@@ -593,6 +642,62 @@ impl State {
         let apply =
             (!self.live.as_ref().is_some_and(|live| daemonset_matches(&desired, live))).then_some(desired);
         Decision { apply, releases, gauges }
+    }
+
+    /// The pull secrets the holders get (`IMAGE_PULL_SECRETS`, then the mirrors): the digest checks
+    /// use the same credentials.
+    pub fn pull_secret_names(&self, config: &Config) -> Vec<String> {
+        config.image_pull_secrets.iter().chain(&self.pull_secrets).cloned().collect()
+    }
+
+    /// The tags to resolve in their registries (digest-pinned images are skipped by the resolver).
+    pub fn digest_wanted(&self) -> &BTreeSet<String> {
+        &self.planned
+    }
+
+    /// Compares each planned tag's registry digest with what the nodes hold. A leader rolls the
+    /// holders (a new [`DIGESTS_ANNOTATION`] value) once per new digest some node lacks, and says
+    /// when every node has it. Returns the number of stale tags. Nodes whose runtime reports no
+    /// digest count as neither.
+    fn check_digests(&mut self, config: &Config, now: SystemTime) -> usize {
+        if config.digest_check.is_none() {
+            return 0;
+        }
+        let planned = &self.planned;
+        self.rolled.retain(|image, _| planned.contains(image));
+        self.updating.retain(|image, _| planned.contains(image));
+        let mut stale_images = 0;
+        for image in &self.planned {
+            let Some(digest) = self.registry.get(image).and_then(Resolution::digest) else { continue };
+            let (holding, stale) = node_digests(self.pods.values(), image, digest);
+            if stale > 0 {
+                stale_images += 1;
+                if self.leader && self.rolled.get(image).map(String::as_str) != Some(digest) {
+                    self.rolled.insert(image.clone(), digest.to_string());
+                    self.updating.insert(image.clone(), (digest.to_string(), now));
+                    let users = self.users_of(image);
+                    let notice =
+                        Notice::DigestChanged { image: image.clone(), digest: digest.into(), stale, users };
+                    self.notices.push(notice);
+                }
+            } else if holding > 0
+                && let Some((rolled_for, since)) = self.updating.get(image)
+                && rolled_for == digest
+            {
+                let seconds = now.duration_since(*since).unwrap_or_default().as_secs_f64();
+                let users = self.users_of(image);
+                let notice = Notice::ImageUpdated {
+                    image: image.clone(),
+                    digest: digest.into(),
+                    nodes: holding,
+                    seconds,
+                    users,
+                };
+                self.notices.push(notice);
+                self.updating.remove(image);
+            }
+        }
+        stale_images
     }
 
     /// Gated nodes to release now: warm, not selected, or past the timeout; each asked for once,
@@ -703,6 +808,18 @@ impl State {
             self.notices.push(Notice::Warm { image, warm, nodes, seconds, users });
         }
     }
+}
+
+/// Nodes holding `digest` of `image`, and nodes whose holders report only other digests of it.
+fn node_digests<'a>(pods: impl Iterator<Item = &'a PodHolders>, image: &str, digest: &str) -> (usize, usize) {
+    let mut per_node: BTreeMap<&str, bool> = BTreeMap::new();
+    for pod in pods {
+        if let Some(held) = pod.digests.get(image) {
+            *per_node.entry(pod.node.as_str()).or_default() |= held == digest;
+        }
+    }
+    let holding = per_node.values().filter(|h| **h).count();
+    (holding, per_node.len() - holding)
 }
 
 /// Holders of a pod that just entered a failure state.

@@ -152,6 +152,10 @@ fn everything_set() -> (Config, RenderInput) {
             block_owner_deletion: Some(true),
         }),
         refreshed_at: Some("2024-05-01T10:00:00Z".into()),
+        digests: BTreeMap::from([(
+            "docker.io/library/redis:7".to_string(),
+            format!("sha256:{}", "7".repeat(64)),
+        )]),
         state: Some(serde_json::to_string(&state).expect("state")),
     };
     (c, input)
@@ -187,7 +191,7 @@ fn holders_follow_images_order_and_run_the_copied_sleep() {
     for h in holders(&ds) {
         assert_eq!(h.command.as_deref(), Some(&["/kip/sleep".to_string()][..]), "{}", h.name);
         assert_eq!(h.args.as_deref(), Some(&["infinity".to_string()][..]), "{}", h.name);
-        assert_eq!(h.image_pull_policy, None, "Kubernetes' default unless IMAGE_PULL_POLICY is set");
+        assert_eq!(h.image_pull_policy.as_deref(), Some("Always"), "tags, with digest checks on");
         let mounts = h.volume_mounts.as_ref().expect("mounts");
         assert_eq!(mounts.len(), 1);
         assert_eq!((mounts[0].name.as_str(), mounts[0].mount_path.as_str()), ("kip", "/kip"));
@@ -368,7 +372,13 @@ fn owner_refreshed_at_and_state_are_rendered() {
         ds.spec.as_ref().and_then(|s| s.template.metadata.as_ref()).and_then(|m| m.annotations.clone());
     assert_eq!(
         template_annotations,
-        Some(BTreeMap::from([(REFRESHED_AT_ANNOTATION.to_string(), "2024-05-01T10:00:00Z".to_string())]))
+        Some(BTreeMap::from([
+            (REFRESHED_AT_ANNOTATION.to_string(), "2024-05-01T10:00:00Z".to_string()),
+            (
+                DIGESTS_ANNOTATION.to_string(),
+                format!(r#"{{"docker.io/library/redis:7":"sha256:{}"}}"#, "7".repeat(64))
+            ),
+        ]))
     );
     let annotations = ds.metadata.annotations.as_ref().expect("annotations");
     assert_eq!(annotations.get("team").map(String::as_str), Some("platform"));
@@ -626,7 +636,8 @@ fn refresh_only_when_some_holder_would_pull_again() {
     let h = |image: &str| Holder { name: "h".into(), image: image.into() };
     let pinned = format!("nginx@{DIGEST}");
     let tagged_pinned = format!("nginx:latest@{DIGEST}");
-    let default_policy = config(&[]);
+    // without digest checks, Kubernetes' default policy decides (with them, see below)
+    let default_policy = config(&[("DIGEST_CHECK_INTERVAL", "0")]);
     for (image, expected) in [
         ("nginx:latest", true),
         ("nginx", true),
@@ -656,6 +667,24 @@ fn refresh_only_when_some_holder_would_pull_again() {
         let c = config(&[("IMAGE_PULL_POLICY", policy)]);
         assert!(!refresh_would_repull(&c, &[h("nginx:latest"), h("nginx")]), "{policy}");
     }
+    // with digest checks a tag is pulled again when its digest changes, never on the timer;
+    // IMAGE_PULL_POLICY=Always keeps the puller's periodic re-pull
+    assert!(!refresh_would_repull(&config(&[]), &[h("nginx:latest"), h("nginx")]));
+    assert!(refresh_would_repull(&config(&[("IMAGE_PULL_POLICY", "Always")]), &[h("nginx:1.25")]));
+}
+
+#[test]
+fn with_digest_checks_tags_are_pulled_always_and_pinned_images_not() {
+    let c = config(&[("IMAGES", &format!("tag=nginx:1.25;pinned=nginx@{DIGEST}"))]);
+    let policies: Vec<_> = holders(&render(&c)).iter().map(|h| h.image_pull_policy.clone()).collect();
+    assert_eq!(policies, [Some("Always".to_string()), None], "a roll for a new digest must pull the tag");
+    let off = config(&[("IMAGES", "nginx:1.25"), ("DIGEST_CHECK_INTERVAL", "0")]);
+    assert_eq!(holders(&render(&off))[0].image_pull_policy, None);
+    let explicit = config(&[("IMAGES", "nginx:1.25"), ("IMAGE_PULL_POLICY", "IfNotPresent")]);
+    assert_eq!(holders(&render(&explicit))[0].image_pull_policy.as_deref(), Some("IfNotPresent"));
+    // nothing to warm: the idle holder of the sleep image is never pulled again
+    let idle = config(&[("WATCH_DEPLOYMENTS", "true")]);
+    assert_eq!(holders(&render(&idle))[0].image_pull_policy, None);
 }
 
 #[test]

@@ -238,6 +238,7 @@ fn holders(node: &str, generation: Option<i64>, images: &[(&str, HolderState)]) 
         generation,
         images: images.iter().map(|(i, s)| (i.to_string(), s.clone())).collect(),
         init_failure: None,
+        digests: BTreeMap::new(),
     }
 }
 

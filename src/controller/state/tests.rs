@@ -67,6 +67,7 @@ fn pod(node: &str, generation: i64, images: &[(&str, HolderState)]) -> PodHolder
         generation: Some(generation),
         images: images.iter().map(|(i, s)| (i.to_string(), s.clone())).collect(),
         init_failure: None,
+        digests: BTreeMap::new(),
     }
 }
 
@@ -99,6 +100,8 @@ fn names(notices: &[Notice]) -> Vec<&'static str> {
             Notice::NameInUse { .. } => "NameInUse",
             Notice::NameFree => "NameFree",
             Notice::StateTrimmed { .. } => "StateTrimmed",
+            Notice::DigestChanged { .. } => "DigestChanged",
+            Notice::ImageUpdated { .. } => "ImageUpdated",
         })
         .collect()
 }
@@ -549,4 +552,109 @@ fn unselected_nodes_go_at_once_and_a_follower_never_releases() {
         got,
         [("n1", &gate::Why::Timeout { not_warm: vec![NGINX.into()] }), ("windows", &gate::Why::NotSelected)]
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Digest-aware refresh
+
+const OLD: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+const NEW: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+
+fn holding(node: &str, generation: i64, digest: &str) -> PodHolders {
+    let mut p = pod(node, generation, &[(NGINX, HolderState::Warm)]);
+    p.digests.insert(NGINX.into(), digest.into());
+    p
+}
+
+fn answer(digest: &str) -> Observation {
+    Observation::Registry(BTreeMap::from([(NGINX.to_string(), Resolution::Digest { digest: digest.into() })]))
+}
+
+fn digests_of(ds: &DaemonSet) -> Option<String> {
+    ds.spec.as_ref()?.template.metadata.as_ref()?.annotations.as_ref()?.get(DIGESTS_ANNOTATION).cloned()
+}
+
+#[test]
+fn a_tag_the_nodes_hold_at_its_registry_digest_rolls_nothing() {
+    let c = config(&[("IMAGES", "nginx:1.25")]);
+    let mut s = synced(&c, true, None, at(0));
+    decide_and_apply(&mut s, &c, at(0)).expect("created");
+    s.observe(&c, Observation::Pods(Seen::Applied(("h1".into(), Some(holding("n1", 1, OLD))))), at(1));
+    assert_eq!(s.digest_wanted().iter().collect::<Vec<_>>(), [NGINX], "the tag is what gets checked");
+    s.observe(&c, answer(OLD), at(2));
+    let d = s.decide(&c, at(2));
+    assert_eq!(d.apply, None, "nothing changed in the registry: no roll");
+    assert_eq!(d.gauges.stale_images, 0);
+    // a registry that cannot be asked is no reason to roll either
+    let failed =
+        Resolution::Failed { reason: crate::registry::FailureReason::Unreachable, message: "refused".into() };
+    s.observe(&c, Observation::Registry(BTreeMap::from([(NGINX.to_string(), failed)])), at(3));
+    assert_eq!(s.decide(&c, at(3)).apply, None);
+}
+
+#[test]
+fn a_new_digest_rolls_the_holders_once_and_is_announced_when_every_node_has_it() {
+    let c = config(&[("IMAGES", "nginx:1.25")]);
+    let mut s = synced(&c, true, None, at(0));
+    decide_and_apply(&mut s, &c, at(0)).expect("created");
+    s.observe(&c, Observation::Pods(Seen::Applied(("h1".into(), Some(holding("n1", 1, OLD))))), at(1));
+    s.observe(&c, Observation::Pods(Seen::Applied(("h2".into(), Some(holding("n2", 1, OLD))))), at(1));
+    s.take_notices();
+    s.observe(&c, answer(NEW), at(10));
+    let d = s.decide(&c, at(10));
+    assert_eq!(d.gauges.stale_images, 1);
+    let rolled = d.apply.expect("the template changes: the holders roll");
+    assert_eq!(digests_of(&rolled), Some(format!(r#"{{"{NGINX}":"{NEW}"}}"#)));
+    assert!(names(&s.take_notices()).contains(&"DigestChanged"));
+    s.observe(&c, Observation::Applied(applied(&rolled, 2)), at(10));
+    // while the roll goes on (old pods still report the old digest) nothing rolls again
+    assert_eq!(s.decide(&c, at(11)).apply, None);
+    s.observe(&c, Observation::Pods(Seen::Applied(("h3".into(), Some(holding("n1", 2, NEW))))), at(12));
+    s.observe(&c, Observation::Pods(Seen::Deleted(("h1".into(), None))), at(12));
+    assert!(!names(&s.take_notices()).contains(&"ImageUpdated"));
+    s.decide(&c, at(12));
+    assert!(!names(&s.take_notices()).contains(&"ImageUpdated"), "n2 still has the old content");
+    s.observe(&c, Observation::Pods(Seen::Applied(("h4".into(), Some(holding("n2", 2, NEW))))), at(14));
+    s.observe(&c, Observation::Pods(Seen::Deleted(("h2".into(), None))), at(14));
+    let d = s.decide(&c, at(14));
+    assert_eq!((d.apply, d.gauges.stale_images), (None, 0));
+    let notices = s.take_notices();
+    let Some(Notice::ImageUpdated { digest, nodes, seconds, .. }) =
+        notices.iter().find(|n| matches!(n, Notice::ImageUpdated { .. }))
+    else {
+        panic!("no ImageUpdated in {notices:?}");
+    };
+    assert_eq!((digest.as_str(), *nodes, *seconds), (NEW, 2, 4.0));
+
+    // a restarted manager renders the same template: no roll
+    let mut restarted = synced(&c, true, Some(applied(&rolled, 2)), at(20));
+    restarted.observe(
+        &c,
+        Observation::Pods(Seen::Listed(vec![("h3".into(), Some(holding("n1", 2, NEW)))])),
+        at(20),
+    );
+    restarted.observe(&c, answer(NEW), at(21));
+    assert_eq!(restarted.decide(&c, at(21)).apply, None, "the rolled-for digest survives the restart");
+}
+
+#[test]
+fn a_follower_never_rolls_for_a_digest_and_checks_can_be_off() {
+    let c = config(&[("IMAGES", "nginx:1.25")]);
+    let mut follower = synced(&c, false, None, at(0));
+    follower.observe(&c, Observation::Pods(Seen::Applied(("h1".into(), Some(holding("n1", 1, OLD))))), at(1));
+    follower.observe(&c, answer(NEW), at(2));
+    let d = follower.decide(&c, at(2));
+    assert_eq!(
+        (d.apply, d.gauges.stale_images),
+        (None, 1),
+        "it sees the stale tag, and leaves it to the leader"
+    );
+    assert!(!names(&follower.take_notices()).contains(&"DigestChanged"));
+
+    let off = config(&[("IMAGES", "nginx:1.25"), ("DIGEST_CHECK_INTERVAL", "0")]);
+    let mut s = synced(&off, true, None, at(0));
+    decide_and_apply(&mut s, &off, at(0)).expect("created");
+    s.observe(&off, Observation::Pods(Seen::Applied(("h1".into(), Some(holding("n1", 1, OLD))))), at(1));
+    s.observe(&off, answer(NEW), at(2));
+    assert_eq!(s.decide(&off, at(2)).apply, None, "DIGEST_CHECK_INTERVAL=0: digests never roll");
 }

@@ -1,0 +1,147 @@
+//! Digest checks in a task of their own, so a slow registry never holds a reconcile back. The
+//! leader sends the tags it warms and the pull secrets the holders get; every
+//! `DIGEST_CHECK_INTERVAL` (and as soon as new tags appear) the task resolves them
+//! ([`crate::registry::Resolver`]) and sends the answers back.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::Client;
+use kube::api::Api;
+use tokio::sync::watch;
+
+use super::API_TIMEOUT;
+use crate::error::with_timeout;
+use crate::http::Shared;
+use crate::metrics::ResultLabel;
+use crate::registry::{Credentials, Resolution, Resolver};
+
+/// What to check: tags, and the pull secrets (in the DaemonSet's namespace) to check them with.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Wanted {
+    pub images: BTreeSet<String>,
+    pub secrets: Vec<String>,
+}
+
+pub struct Checker {
+    pub resolver: Resolver,
+    pub secrets: Api<Secret>,
+    pub interval: Duration,
+    pub shared: Arc<Shared>,
+}
+
+impl Checker {
+    pub fn new(
+        client: Client,
+        namespace: &str,
+        interval: Duration,
+        insecure: &BTreeSet<String>,
+        shared: Arc<Shared>,
+    ) -> Self {
+        Checker {
+            resolver: Resolver::new(insecure),
+            secrets: Api::namespaced(client, namespace),
+            interval,
+            shared,
+        }
+    }
+
+    /// Checks what `wanted` says until it closes; the answers go out on `answers`.
+    pub async fn run(
+        mut self,
+        mut wanted: watch::Receiver<Option<Wanted>>,
+        answers: watch::Sender<BTreeMap<String, Resolution>>,
+    ) {
+        let mut next_round = tokio::time::Instant::now();
+        let mut checked: BTreeSet<String> = BTreeSet::new();
+        let mut forbidden_said = false;
+        loop {
+            let current = wanted.borrow_and_update().clone();
+            if let Some(current) = current {
+                let due = tokio::time::Instant::now() >= next_round;
+                // New tags are resolved at once; all of them every interval.
+                let images: BTreeSet<String> = if due {
+                    current.images.clone()
+                } else {
+                    current.images.difference(&checked).cloned().collect()
+                };
+                if !images.is_empty() {
+                    let credentials = self.credentials(&current.secrets, &mut forbidden_said).await;
+                    let results = self.resolver.resolve(&images, &credentials, SystemTime::now()).await;
+                    self.record(&results, &answers.borrow());
+                    checked.extend(images);
+                    checked.retain(|i| current.images.contains(i));
+                    answers.send_modify(|all| {
+                        all.retain(|image, _| current.images.contains(image));
+                        all.extend(results);
+                    });
+                }
+                if due {
+                    next_round = tokio::time::Instant::now() + self.interval;
+                }
+            }
+            tokio::select! {
+                changed = wanted.changed() => if changed.is_err() { return },
+                _ = tokio::time::sleep_until(next_round) => {}
+            }
+        }
+    }
+
+    /// Registry credentials of the pull secrets that exist and can be read; the others are
+    /// skipped (a missing secret is the holders' problem too, and said by the kubelet).
+    async fn credentials(&self, names: &[String], forbidden_said: &mut bool) -> Credentials {
+        let mut credentials = Credentials::default();
+        for name in names {
+            match with_timeout(API_TIMEOUT, self.secrets.get_opt(name)).await {
+                Ok(Some(secret)) => {
+                    let data = secret.data.unwrap_or_default();
+                    let Some(config) = data.get(".dockerconfigjson").or_else(|| data.get(".dockercfg"))
+                    else {
+                        continue;
+                    };
+                    if let Err(e) = credentials.add_docker_config(&config.0) {
+                        tracing::warn!(secret = %name, error = %e, "Pull secret unusable for digest checks");
+                    }
+                }
+                Ok(None) => {}
+                Err(e) if e.api_code() == Some(403) => {
+                    if !*forbidden_said {
+                        *forbidden_said = true;
+                        tracing::warn!(secret = %name, error = %e,
+                            "Not allowed to read pull secrets (RBAC): private tags are checked anonymously");
+                    }
+                }
+                Err(e) => tracing::debug!(secret = %name, error = %e, "Could not read a pull secret"),
+            }
+        }
+        credentials
+    }
+
+    /// Counts the answers, and logs a failure when it starts (or its reason changes) and the
+    /// recovery, not every round.
+    fn record(&self, results: &BTreeMap<String, Resolution>, before: &BTreeMap<String, Resolution>) {
+        let m = &self.shared.metrics;
+        for (image, resolution) in results {
+            let earlier = before.get(image);
+            let result = match resolution {
+                Resolution::Digest { digest } => {
+                    if matches!(earlier, Some(Resolution::Failed { .. })) {
+                        tracing::info!(image = %image, %digest, "Digest check works again");
+                    }
+                    "ok"
+                }
+                Resolution::Failed { reason, message } => {
+                    let same = matches!(earlier, Some(Resolution::Failed { reason: r, .. }) if r == reason);
+                    if !same {
+                        tracing::warn!(image = %image, reason = reason.as_str(), %message,
+                            "Could not check the tag's digest; nothing is rolled for it until it can");
+                    }
+                    reason.as_str()
+                }
+            };
+            m.digest_checks.get_or_create(&ResultLabel { result }).inc();
+        }
+    }
+}
