@@ -32,6 +32,9 @@ pub async fn status_report(client: Client, config: &Config) -> Result<crate::sta
         &holders,
         live.as_ref().and_then(|d| d.annotations().get(STATE_ANNOTATION)).map(String::as_str),
     );
+    if let Some(check) = &config.digest_check {
+        report.digests = check_digests(&client, config, check, live.as_ref(), &holders).await;
+    }
     if let Some(gate) = &config.node_gate {
         let node_api: Api<Node> = Api::all(client);
         let nodes = with_timeout(API_TIMEOUT, node_api.list(&ListParams::default())).await?;
@@ -76,4 +79,35 @@ pub async fn ungate(client: Client, config: &Config) -> Result<Vec<String>> {
         }
     }
     Ok(released)
+}
+
+/// Asks the registries about the DaemonSet's tags, with its pull secrets, as the manager does.
+async fn check_digests(
+    client: &Client,
+    config: &Config,
+    check: &crate::config::DigestCheck,
+    live: Option<&DaemonSet>,
+    holders: &[PodHolders],
+) -> Vec<crate::status::DigestReport> {
+    use k8s_openapi::api::core::v1::Secret;
+    let Some(live) = live else { return Vec::new() };
+    let images = held_images(live);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &config.namespace);
+    let names = live
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .and_then(|p| p.image_pull_secrets.clone())
+        .unwrap_or_default();
+    let mut credentials = crate::registry::Credentials::default();
+    for name in names {
+        if let Ok(Some(secret)) = with_timeout(API_TIMEOUT, secrets.get_opt(&name.name)).await
+            && let Some(config) = secret.data.as_ref().and_then(|d| d.get(".dockerconfigjson"))
+        {
+            let _ = credentials.add_docker_config(&config.0);
+        }
+    }
+    let mut resolver = crate::registry::Resolver::new(&check.insecure_registries);
+    let answers = resolver.resolve(&images, &credentials, std::time::SystemTime::now()).await;
+    crate::status::DigestReport::build(&answers, holders)
 }

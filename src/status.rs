@@ -105,6 +105,51 @@ pub fn pod_holders(pod: &Pod) -> Option<PodHolders> {
     Some(PodHolders { node, generation, images, init_failure, digests })
 }
 
+/// Nodes holding `digest` of `image`, and nodes whose holders report only other digests of it
+/// (stale). Nodes whose runtime reports no digest count as neither.
+pub fn digest_counts<'a>(
+    pods: impl IntoIterator<Item = &'a PodHolders>,
+    image: &str,
+    digest: &str,
+) -> (usize, usize) {
+    let mut per_node: BTreeMap<&str, bool> = BTreeMap::new();
+    for pod in pods {
+        if let Some(held) = pod.digests.get(image) {
+            *per_node.entry(pod.node.as_str()).or_default() |= held == digest;
+        }
+    }
+    let holding = per_node.values().filter(|h| **h).count();
+    (holding, per_node.len() - holding)
+}
+
+/// One tag in `kwarm status`: what its registry answered and how many nodes hold that.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DigestReport {
+    pub image: String,
+    pub registry: crate::registry::Resolution,
+    pub holding: usize,
+    pub stale: usize,
+}
+
+impl DigestReport {
+    pub fn build(
+        answers: &BTreeMap<String, crate::registry::Resolution>,
+        pods: &[PodHolders],
+    ) -> Vec<DigestReport> {
+        answers
+            .iter()
+            .map(|(image, registry)| {
+                let (holding, stale) = match registry.digest() {
+                    Some(d) => digest_counts(pods, image, d),
+                    None => (0, 0),
+                };
+                DigestReport { image: image.clone(), registry: registry.clone(), holding, stale }
+            })
+            .collect()
+    }
+}
+
 /// The digest of a runtime's `imageID` when it names the registry content (`repo@sha256:…`, as
 /// containerd reports it); `None` for an empty ID or a bare image-config ID (`sha256:…`).
 pub fn repo_digest(image_id: &str) -> Option<&str> {
@@ -478,6 +523,9 @@ pub struct StatusReport {
     pub quarantined: BTreeMap<String, QuarantineEntry>,
     /// Init-container (`KIP_IMAGE`) failure reason → node count.
     pub init_failures: BTreeMap<String, usize>,
+    /// Tags and their registry digests, when digest checks are on.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub digests: Vec<DigestReport>,
     /// The node gate, when `NODE_GATE_TAINT` is set.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node_gate: Option<NodeGateReport>,
@@ -567,6 +615,7 @@ impl StatusReport {
             images: statuses,
             quarantined,
             init_failures,
+            digests: Vec::new(),
             node_gate: None,
         }
     }
@@ -620,6 +669,24 @@ impl StatusReport {
             let _ = writeln!(out, "\nInit container (KIP_IMAGE) failing, holders cannot start:");
             for (reason, nodes) in &self.init_failures {
                 let _ = writeln!(out, "  on {nodes} nodes: {reason}");
+            }
+        }
+        if !self.digests.is_empty() {
+            let _ = writeln!(out, "\nTags in their registries:");
+            for d in &self.digests {
+                match &d.registry {
+                    crate::registry::Resolution::Digest { digest } => {
+                        let short = digest.get(..19).unwrap_or(digest);
+                        let _ = writeln!(
+                            out,
+                            "  {}  {short}…  held on {} nodes, {} stale",
+                            d.image, d.holding, d.stale
+                        );
+                    }
+                    crate::registry::Resolution::Failed { reason, message } => {
+                        let _ = writeln!(out, "  {}  not checked ({}): {message}", d.image, reason.as_str());
+                    }
+                }
             }
         }
         if let Some(gate) = &self.node_gate {

@@ -669,7 +669,7 @@ impl State {
         let mut stale_images = 0;
         for image in &self.planned {
             let Some(digest) = self.registry.get(image).and_then(Resolution::digest) else { continue };
-            let (holding, stale) = node_digests(self.pods.values(), image, digest);
+            let (holding, stale) = crate::status::digest_counts(self.pods.values(), image, digest);
             if stale > 0 {
                 stale_images += 1;
                 if self.leader && self.rolled.get(image).map(String::as_str) != Some(digest) {
@@ -808,18 +808,6 @@ impl State {
             self.notices.push(Notice::Warm { image, warm, nodes, seconds, users });
         }
     }
-}
-
-/// Nodes holding `digest` of `image`, and nodes whose holders report only other digests of it.
-fn node_digests<'a>(pods: impl Iterator<Item = &'a PodHolders>, image: &str, digest: &str) -> (usize, usize) {
-    let mut per_node: BTreeMap<&str, bool> = BTreeMap::new();
-    for pod in pods {
-        if let Some(held) = pod.digests.get(image) {
-            *per_node.entry(pod.node.as_str()).or_default() |= held == digest;
-        }
-    }
-    let holding = per_node.values().filter(|h| **h).count();
-    (holding, per_node.len() - holding)
 }
 
 /// Holders of a pod that just entered a failure state.

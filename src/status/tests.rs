@@ -857,3 +857,35 @@ fn status_report_shows_each_gated_node_and_what_it_waits_for() {
     let off = StatusReport::build("ns", "ds", Some(Some(1)), &images, &pods, None);
     assert!(serde_json::to_value(&off).unwrap().get("nodeGate").is_none(), "gate off: no nodeGate field");
 }
+
+#[test]
+fn status_report_shows_each_tags_registry_digest_and_the_nodes_that_hold_it() {
+    use crate::registry::{FailureReason, Resolution};
+    use HolderState::*;
+    let (old, new) = (format!("sha256:{}", "1".repeat(64)), format!("sha256:{}", "2".repeat(64)));
+    let mut on_new = holders("node-1", Some(1), &[(NGINX_CANONICAL, Warm)]);
+    on_new.digests.insert(NGINX_CANONICAL.into(), new.clone());
+    let mut on_old = holders("node-2", Some(1), &[(NGINX_CANONICAL, Warm)]);
+    on_old.digests.insert(NGINX_CANONICAL.into(), old);
+    let pods = [on_new, on_old, holders("kwok-1", Some(1), &[(NGINX_CANONICAL, Warm)])];
+    let answers = BTreeMap::from([
+        (NGINX_CANONICAL.to_string(), Resolution::Digest { digest: new }),
+        (
+            MISSING_CANONICAL.to_string(),
+            Resolution::Failed { reason: FailureReason::Unreachable, message: "connection refused".into() },
+        ),
+    ]);
+    let mut report = StatusReport::build("ns", "ds", Some(Some(1)), &images(&[NGINX]), &pods, None);
+    report.digests = DigestReport::build(&answers, &pods);
+    let text = report.to_text();
+    let section = &text[text.find("Tags in their registries").expect("a digest section")..];
+    assert_eq!(
+        section,
+        "Tags in their registries:\n  \
+         docker.io/library/nginx:1.25  sha256:222222222222…  held on 1 nodes, 1 stale\n  \
+         quay.io/team/missing:1  not checked (unreachable): connection refused\n"
+    );
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["digests"][0]["stale"], 1, "a node without a reported digest is neither");
+    assert_eq!(json["digests"][1]["registry"]["reason"], "unreachable");
+}
