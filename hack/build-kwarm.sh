@@ -12,3 +12,8 @@ mkdir -p _output/bin
 cp target/static/x86_64-unknown-linux-gnu/release/kwarm _output/bin/.kwarm.new
 mv -f _output/bin/.kwarm.new _output/bin/kwarm
 echo "_output/bin/kwarm: $(stat -c %s _output/bin/kwarm) bytes"
+# The image is FROM scratch: it carries the build machine's CA bundle (Debian's ca-certificates),
+# so digest checks can reach registries over HTTPS.
+ca=/etc/ssl/certs/ca-certificates.crt
+[ -s "$ca" ] || { echo "error: $ca is missing (apt-get install ca-certificates; hack/install-deps.sh does)" >&2; exit 1; }
+cp "$ca" _output/ca-certificates.crt

@@ -180,7 +180,8 @@ pub fn by_registry<'a>(images: impl IntoIterator<Item = &'a String>) -> BTreeMap
 /// Resolves tags with one HTTP client (its token cache kept between rounds) and a backoff per
 /// registry.
 pub struct Resolver {
-    client: Client,
+    /// `None` when no HTTP client could be built: every check then fails (and is reported).
+    client: Option<Client>,
     backoff: BTreeMap<String, Backoff>,
 }
 
@@ -193,12 +194,21 @@ impl Resolver {
             protocol: oci_client::client::ClientProtocol::HttpsExcept(
                 insecure_registries.iter().cloned().collect(),
             ),
+            tls_certs_only: if system_ca_store() { Vec::new() } else { bundled_roots() },
             read_timeout: Some(REQUEST_TIMEOUT),
             connect_timeout: Some(Duration::from_secs(5)),
             user_agent: concat!("kwarm/", env!("CARGO_PKG_VERSION")),
             ..Default::default()
         };
-        Resolver { client: Client::new(config), backoff: BTreeMap::new() }
+        // oci-client builds a default HTTP client besides the configured one, and that panics
+        // where the system has no CA store: contained here, the checks are then off.
+        let client = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || Client::new(config))).ok();
+        if client.is_none() {
+            tracing::error!(
+                "Digest checks are off: no HTTPS client without a system CA store (set SSL_CERT_FILE)"
+            );
+        }
+        Resolver { client, backoff: BTreeMap::new() }
     }
 
     /// Resolves every tag among `images` (digest-pinned ones are skipped): registries in
@@ -210,7 +220,13 @@ impl Resolver {
         now: SystemTime,
     ) -> BTreeMap<String, Resolution> {
         let groups = by_registry(images);
-        let client = &self.client;
+        let Some(client) = &self.client else {
+            let failed = Resolution::Failed {
+                reason: FailureReason::Unreachable,
+                message: "no HTTPS client: the system has no CA store (set SSL_CERT_FILE)".into(),
+            };
+            return groups.into_values().flatten().map(|i| (i, failed.clone())).collect();
+        };
         let backoff = &self.backoff;
         let rounds = groups.into_iter().map(|(registry, images)| async move {
             if let Some(until) = backoff.get(&registry).and_then(|b| b.blocked_until(now)) {
@@ -249,6 +265,27 @@ impl Resolver {
         }
         out
     }
+}
+
+/// Whether the system has a CA store the HTTPS client can load (`SSL_CERT_FILE`/`SSL_CERT_DIR`, or
+/// a distribution's bundle). kwarm's own image has none.
+fn system_ca_store() -> bool {
+    const BUNDLES: &[&str] =
+        &["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem"];
+    std::env::var_os("SSL_CERT_FILE").is_some()
+        || std::env::var_os("SSL_CERT_DIR").is_some()
+        || BUNDLES.iter().any(|b| std::path::Path::new(b).is_file())
+}
+
+/// Mozilla's root certificates, compiled in.
+fn bundled_roots() -> Vec<oci_client::client::Certificate> {
+    webpki_root_certs::TLS_SERVER_ROOT_CERTS
+        .iter()
+        .map(|c| oci_client::client::Certificate {
+            encoding: oci_client::client::CertificateEncoding::Der,
+            data: c.to_vec(),
+        })
+        .collect()
 }
 
 async fn resolve_one(client: &Client, image: &str, auth: &RegistryAuth) -> Resolution {

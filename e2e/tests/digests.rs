@@ -272,3 +272,168 @@ async fn a_private_mutable_tag_is_checked_with_the_holders_pull_secret() -> Resu
     delete_namespace(&client, &ns, Duration::from_secs(90)).await?;
     result
 }
+
+/// A registry of the test's own on a free loopback port, with an access log (to count what
+/// reaches it), known to the node's containerd through a hosts.toml of its own.
+struct OwnRegistry {
+    address: String,
+    dir: std::path::PathBuf,
+    hosts: std::path::PathBuf,
+    child: Option<tokio::process::Child>,
+}
+
+impl OwnRegistry {
+    async fn start() -> Result<OwnRegistry> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let address = format!("127.0.0.1:{port}");
+        let dir = support::tools::tempdir("own-registry")?;
+        let config = format!(
+            "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {address}\n",
+            dir.join("data").display()
+        );
+        std::fs::write(dir.join("config.yml"), config)?;
+        let hosts = kwarm_e2e::cluster_dir().join("containerd/certs.d").join(&address);
+        std::fs::create_dir_all(&hosts)?;
+        std::fs::write(
+            hosts.join("hosts.toml"),
+            format!(
+                "server = \"http://{address}\"\n\n[host.\"http://{address}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
+            ),
+        )?;
+        let mut registry = OwnRegistry { address, dir, hosts, child: None };
+        registry.up().await?;
+        Ok(registry)
+    }
+
+    async fn up(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("access.log"))?;
+        let child = tokio::process::Command::new("docker-registry")
+            .arg("serve")
+            .arg(self.dir.join("config.yml"))
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .context("docker-registry (installed with the cluster's packages)")?;
+        self.child = Some(child);
+        wait_until(&format!("registry {} to answer", self.address), Duration::from_secs(20), || async {
+            Ok(match tokio::net::TcpStream::connect(&self.address).await {
+                Ok(_) => Check::Done(()),
+                Err(e) => Check::Pending(e.to_string()),
+            })
+        })
+        .await
+    }
+
+    async fn down(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await?;
+        }
+        Ok(())
+    }
+
+    /// Requests (method, path) in the access log from line `from` on.
+    fn requests(&self, from: usize) -> Vec<(String, String)> {
+        let text = std::fs::read_to_string(self.dir.join("access.log")).unwrap_or_default();
+        text.lines()
+            .skip(from)
+            .filter_map(|l| {
+                let quoted = l.split('"').nth(1)?;
+                let mut parts = quoted.split(' ');
+                let (method, path) = (parts.next()?, parts.next()?);
+                path.starts_with("/v2/").then(|| (method.to_string(), path.to_string()))
+            })
+            .collect()
+    }
+
+    fn lines(&self) -> usize {
+        std::fs::read_to_string(self.dir.join("access.log")).map_or(0, |t| t.lines().count())
+    }
+}
+
+impl Drop for OwnRegistry {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.hosts);
+    }
+}
+
+#[tokio::test]
+async fn an_unchanged_tag_costs_a_manifest_head_per_check_and_a_registry_outage_rolls_nothing() -> Result<()>
+{
+    let client = client().await?;
+    let ns = create_namespace(&client, "e2e-digests-outage-").await?;
+    let mut registry = OwnRegistry::start().await?;
+    let image = format!("{}/test/mutable:next", registry.address);
+    copy(&format!("{REGISTRY}/test/small:v1"), &image, None).await?;
+    let mut env = base_env(&ns);
+    env.insert("IMAGES".into(), format!("mutable={image}"));
+    env.insert("DIGEST_CHECK_INTERVAL".into(), "10s".into());
+    env.insert("INSECURE_REGISTRIES".into(), registry.address.clone());
+    let mut manager = Manager::start("digests-outage", &env).await?;
+    let result = async {
+        manager.wait_ready(Duration::from_secs(30)).await?;
+        support::wait_holders_ready(&client, &ns, "kwarm-holders", 1, Duration::from_secs(90)).await?;
+
+        // 1. Unchanged: what reaches the registry is kwarm's manifest HEADs, nothing else.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let (from, gen0) = (registry.lines(), generation(&client, &ns).await?);
+        tokio::time::sleep(Duration::from_secs(32)).await;
+        let seen = registry.requests(from);
+        let heads = seen.iter().filter(|(m, p)| m == "HEAD" && p == "/v2/test/mutable/manifests/next").count();
+        // besides the HEADs only the API version check (`GET /v2/`, oci-client's auth discovery,
+        // once per check against an anonymous registry): no manifest or blob is fetched
+        let others: Vec<_> = seen
+            .iter()
+            .filter(|(m, p)| !(m == "HEAD" && p.ends_with("/manifests/next") || m == "GET" && p == "/v2/"))
+            .collect();
+        if heads < 2 || !others.is_empty() || generation(&client, &ns).await? != gen0 {
+            bail!("in 32 s unchanged: {heads} manifest HEADs, other requests {others:?}, generation {gen0} → {}",
+                generation(&client, &ns).await?);
+        }
+        println!("unchanged tag, 32 s: {heads} manifest HEADs, no other request, no roll");
+
+        // 2. The registry goes away: no roll, and status says why.
+        registry.down().await?;
+        tokio::time::sleep(Duration::from_secs(25)).await;
+        if generation(&client, &ns).await? != gen0 {
+            bail!("the holders rolled while their registry was down");
+        }
+        let output = tokio::process::Command::new(support::kwarm_bin())
+            .env_clear()
+            .envs(&env)
+            .env("KUBECONFIG", kwarm_e2e::kubeconfig_path())
+            .args(["status", "-o", "json"])
+            .output()
+            .await?;
+        let status: serde_json::Value = serde_json::from_slice(&output.stdout)
+            .with_context(|| format!("status -o json: {}", String::from_utf8_lossy(&output.stderr)))?;
+        if status["digests"][0]["registry"]["reason"] != "unreachable" {
+            bail!("kwarm status should say the registry is unreachable: {status}");
+        }
+        let metrics = manager.metrics_text().await?;
+        if !metrics.lines().any(|l| l.starts_with("kwarm_digest_checks_total{result=\"unreachable\"}")) {
+            bail!("no failed check counted:\n{metrics}");
+        }
+
+        // 3. It comes back with new content: kwarm notices (after its backoff) and the node gets it.
+        registry.up().await?;
+        copy(&format!("{REGISTRY}/test/small:v2"), &image, None).await?;
+        let v2 = registry_digest(&image, None).await?;
+        let back = Instant::now();
+        wait_until(&format!("{image} at {v2} in containerd"), Duration::from_secs(150), || async {
+            let held = node_digest(&image).await?;
+            Ok(if held.as_deref() == Some(v2.as_str()) { Check::Done(()) } else { Check::Pending(format!("{held:?}")) })
+        })
+        .await?;
+        println!("registry back with new content: on the node {:.0} s later", back.elapsed().as_secs_f64());
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(e) = &result {
+        eprintln!("{e:#}\nmanager log:\n{}", manager.log_text());
+    }
+    manager.stop().await?;
+    registry.down().await?;
+    delete_namespace(&client, &ns, Duration::from_secs(90)).await?;
+    result
+}

@@ -75,3 +75,14 @@ fn only_tags_are_resolved_grouped_by_registry() {
     assert_eq!(groups["127.0.0.1:5000"].len(), 2);
     assert_eq!(registry_host("https://Registry.Example.com:443/v2/"), "registry.example.com:443");
 }
+
+#[test]
+fn the_bundled_roots_make_a_client_without_a_system_store() {
+    // kwarm's image has no CA store: the client must still build (and not fall back to one that
+    // panics), from the compiled-in roots alone
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let roots = bundled_roots();
+    assert!(roots.len() > 100, "{} roots", roots.len());
+    let config = oci_client::client::ClientConfig { tls_certs_only: roots, ..Default::default() };
+    assert!(Client::try_from(config).is_ok());
+}
