@@ -417,9 +417,9 @@ impl State {
                         self.nodes_synced = true;
                         let gated: BTreeMap<String, GatedNode> =
                             listed.into_iter().filter_map(|(name, g)| g.map(|g| (name, g))).collect();
-                        let changed = gated != self.gated;
                         self.gated = gated;
-                        changed
+                        // a listing is always worth a decision: the first one may complete the sync
+                        true
                     }
                     Seen::Applied((name, Some(g))) => self.gated.insert(name, g.clone()) != Some(g),
                     Seen::Applied((name, None)) | Seen::Deleted((name, _)) => {

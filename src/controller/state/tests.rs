@@ -420,6 +420,12 @@ fn with_the_gate_on_nothing_is_decided_before_the_nodes_listed() {
     s.observe(&c, Observation::DaemonSet(Seen::Listed(vec![])), at(0));
     s.observe(&c, Observation::Pods(Seen::Listed(vec![])), at(0));
     assert!(!s.synced(), "the Node watch has not listed yet");
+    // the node listing may be the last to arrive: even without gated nodes it asks for a decision
+    let mut last = State::new(&c, vec![], true, false, None, at(0));
+    last.observe(&c, Observation::DaemonSet(Seen::Listed(vec![])), at(0));
+    last.observe(&c, Observation::Pods(Seen::Listed(vec![])), at(0));
+    assert!(last.observe(&c, Observation::Nodes(Seen::Listed(vec![("n1".into(), None)])), at(0)));
+    assert!(last.synced());
     s.observe(
         &c,
         Observation::Nodes(Seen::Listed(vec![("n1".into(), gated_at(0, true)), ("n2".into(), None)])),
