@@ -213,15 +213,7 @@ async fn a_missing_image_is_quarantined_while_a_good_one_warms() -> Result<()> {
         "event has no reason: {note}"
     );
 
-    let output = tokio::process::Command::new(support::kwarm_bin())
-        .env_clear()
-        .envs(&env)
-        .env("KUBECONFIG", kwarm_e2e::kubeconfig_path())
-        .args(["status", "-o", "json"])
-        .output()
-        .await?;
-    let status: serde_json::Value = serde_json::from_slice(&output.stdout)
-        .with_context(|| format!("status -o json: {}", String::from_utf8_lossy(&output.stderr)))?;
+    let status = support::status_json(&env).await?;
     assert!(status["quarantined"].get(missing).is_some(), "status lacks the quarantined image: {status}");
     let good_status =
         status["images"].as_array().and_then(|a| a.iter().find(|i| i["image"] == good)).cloned();

@@ -398,15 +398,7 @@ async fn an_unchanged_tag_costs_a_manifest_head_per_check_and_a_registry_outage_
         if generation(&client, &ns).await? != gen0 {
             bail!("the holders rolled while their registry was down");
         }
-        let output = tokio::process::Command::new(support::kwarm_bin())
-            .env_clear()
-            .envs(&env)
-            .env("KUBECONFIG", kwarm_e2e::kubeconfig_path())
-            .args(["status", "-o", "json"])
-            .output()
-            .await?;
-        let status: serde_json::Value = serde_json::from_slice(&output.stdout)
-            .with_context(|| format!("status -o json: {}", String::from_utf8_lossy(&output.stderr)))?;
+        let status = support::status_json(&env).await?;
         if status["digests"][0]["registry"]["reason"] != "unreachable" {
             bail!("kwarm status should say the registry is unreachable: {status}");
         }

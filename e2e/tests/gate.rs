@@ -244,15 +244,7 @@ async fn a_node_that_cannot_get_warm_is_released_at_the_timeout_even_across_a_re
             bail!("the gate opened within 10 s, before NODE_GATE_TIMEOUT=20s, with {missing} not held");
         }
         // what an operator sees meanwhile
-        let output = tokio::process::Command::new(support::kwarm_bin())
-            .env_clear()
-            .envs(&env)
-            .env("KUBECONFIG", kwarm_e2e::kubeconfig_path())
-            .args(["status", "-o", "json"])
-            .output()
-            .await?;
-        let status: serde_json::Value = serde_json::from_slice(&output.stdout)
-            .with_context(|| format!("status -o json: {}", String::from_utf8_lossy(&output.stderr)))?;
+        let status = support::status_json(&env).await?;
         let gated = &status["nodeGate"]["gated"];
         if gated[0]["node"] != REAL_NODE || gated[0]["notWarm"] != json!([missing]) {
             bail!("kwarm status should show {REAL_NODE} gated, waiting for {missing}: {status}");

@@ -576,14 +576,13 @@ impl Controller {
                 ),
                 Notice::NameInUse { why } => {
                     tracing::error!(daemonset = %config.daemonset_name, "{why}");
-                    let reference = ObjectReference {
-                        api_version: Some("apps/v1".into()),
-                        kind: Some("DaemonSet".into()),
-                        namespace: Some(config.namespace.clone()),
-                        name: Some(config.daemonset_name.clone()),
-                        ..Default::default()
-                    };
-                    self.queue_event(reference, "NameInUse", EventType::Warning, "Apply", why);
+                    self.queue_event(
+                        daemonset_reference(&config),
+                        "NameInUse",
+                        EventType::Warning,
+                        "Apply",
+                        why,
+                    );
                 }
                 Notice::NameFree => tracing::info!(daemonset = %config.daemonset_name,
                     "The DaemonSet name is free: creating kwarm's own"),
@@ -600,14 +599,13 @@ impl Controller {
                     let note =
                         format!("Image {image} updated to {digest} on {nodes} nodes in {seconds:.1} s");
                     self.publish_to_users(&users, "ImageUpdated", EventType::Normal, note.clone());
-                    let reference = ObjectReference {
-                        api_version: Some("apps/v1".into()),
-                        kind: Some("DaemonSet".into()),
-                        namespace: Some(config.namespace.clone()),
-                        name: Some(config.daemonset_name.clone()),
-                        ..Default::default()
-                    };
-                    self.queue_event(reference, "ImageUpdated", EventType::Normal, "Refresh", note);
+                    self.queue_event(
+                        daemonset_reference(&config),
+                        "ImageUpdated",
+                        EventType::Normal,
+                        "Refresh",
+                        note,
+                    );
                 }
                 Notice::StateTrimmed { dropped } => tracing::warn!(
                     dropped,
@@ -641,6 +639,17 @@ impl Controller {
         note: String,
     ) {
         self.events.queue(reference, reason, type_, action, note);
+    }
+}
+
+/// The DaemonSet kwarm manages, as the object of an Event.
+fn daemonset_reference(config: &Config) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("apps/v1".into()),
+        kind: Some("DaemonSet".into()),
+        namespace: Some(config.namespace.clone()),
+        name: Some(config.daemonset_name.clone()),
+        ..Default::default()
     }
 }
 

@@ -155,6 +155,19 @@ impl Manager {
     }
 }
 
+/// `kwarm status -o json` with the manager's environment `env` and the admin kubeconfig.
+pub async fn status_json(env: &BTreeMap<String, String>) -> Result<serde_json::Value> {
+    let output = tokio::process::Command::new(kwarm_bin())
+        .env_clear()
+        .envs(env)
+        .env("KUBECONFIG", kubeconfig_path())
+        .args(["status", "-o", "json"])
+        .output()
+        .await?;
+    serde_json::from_slice(&output.stdout)
+        .with_context(|| format!("status -o json: {}", String::from_utf8_lossy(&output.stderr)))
+}
+
 /// HTTP GET on a loopback address: the status code and the body as text.
 pub async fn http_get(address: &str, path: &str) -> Result<(u16, String)> {
     use http_body_util::{BodyExt, Empty};
