@@ -19,6 +19,7 @@ use crate::holder::{
 };
 use crate::labels::{self, LabelSelector};
 use crate::quantity::Quantity;
+use crate::rollout::{Certificates, Endpoint, GateMode, RolloutGate};
 
 /// The default image that holds `/sleep`, overridable with `KIP_IMAGE`.
 pub const DEFAULT_KIP_IMAGE: &str = concat!("ghcr.io/kwarm/sleep:v", env!("CARGO_PKG_VERSION"));
@@ -221,6 +222,8 @@ pub struct Config {
     pub digest_check: Option<DigestCheck>,
     /// The node warm-up gate; `None` when `NODE_GATE_TAINT` is not set.
     pub node_gate: Option<NodeGate>,
+    /// The rollout gate; `None` unless `ROLLOUT_GATE` turns it on.
+    pub rollout_gate: Option<RolloutGate>,
     /// `None` when set to `0` (disabled).
     pub metrics_bind_address: Option<SocketAddr>,
     pub health_probe_bind_address: Option<SocketAddr>,
@@ -363,6 +366,7 @@ impl Config {
         let digest_check = parse_digest_check(&mut c, caching_interval);
         let (metrics_bind_address, health_probe_bind_address, leader_elect, log_format) =
             parse_server(&mut c);
+        let rollout_gate = parse_rollout_gate(&mut c, &namespace);
 
         // EXCLUDE_IMAGES wins over IMAGES too: a matching image is never warmed, and the user is
         // told which entries that drops.
@@ -397,6 +401,25 @@ impl Config {
             let given = c.raw("HEALTH_PROBE_BIND_ADDRESS").unwrap_or(":8081").to_string();
             c.fail("HEALTH_PROBE_BIND_ADDRESS", &given, "a port different from METRICS_BIND_ADDRESS");
         }
+        if let Some(gate) = &rollout_gate {
+            if !watch.enabled {
+                let given = c.raw("ROLLOUT_GATE").unwrap_or_default().to_string();
+                c.fail(
+                    "ROLLOUT_GATE",
+                    &given,
+                    "false when WATCH_DEPLOYMENTS=false: it gates the pods of watched Deployments",
+                );
+            }
+            let port = gate.bind_address.port();
+            if [metrics_bind_address, health_probe_bind_address].iter().flatten().any(|a| a.port() == port) {
+                let given = c.raw("WEBHOOK_BIND_ADDRESS").unwrap_or(":9443").to_string();
+                c.fail(
+                    "WEBHOOK_BIND_ADDRESS",
+                    &given,
+                    "a port different from METRICS_BIND_ADDRESS and HEALTH_PROBE_BIND_ADDRESS",
+                );
+            }
+        }
 
         if !c.errors.is_empty() {
             return Err(ConfigErrors(c.errors));
@@ -425,6 +448,7 @@ impl Config {
             max_images,
             digest_check,
             node_gate,
+            rollout_gate,
             metrics_bind_address,
             health_probe_bind_address,
             leader_elect,
@@ -484,6 +508,14 @@ pub const VARIABLES: &[Variable] = &[
     var("INSECURE_REGISTRIES", ""),
     var("NODE_GATE_TAINT", ""),
     var("NODE_GATE_TIMEOUT", "10m"),
+    var("ROLLOUT_GATE", "false"),
+    var("ROLLOUT_GATE_TIMEOUT", "5m"),
+    var("WEBHOOK_BIND_ADDRESS", ":9443"),
+    var("WEBHOOK_URL", ""),
+    var("WEBHOOK_SERVICE", "kwarm-webhook"),
+    var("WEBHOOK_SECRET", "kwarm-webhook-tls"),
+    var("WEBHOOK_CERT_DIR", ""),
+    var("WEBHOOK_CONFIGURATION", ""),
     var("METRICS_BIND_ADDRESS", ":8080"),
     var("HEALTH_PROBE_BIND_ADDRESS", ":8081"),
     var("LEADER_ELECT", "true"),
@@ -721,6 +753,72 @@ fn parse_node_gate(c: &mut Checker) -> Option<NodeGate> {
         Ok(d)
     });
     taint.map(|taint| NodeGate { taint, timeout })
+}
+
+/// ROLLOUT_GATE, ROLLOUT_GATE_TIMEOUT and the webhook's WEBHOOK_* variables.
+fn parse_rollout_gate(c: &mut Checker, namespace: &str) -> Option<RolloutGate> {
+    let mode = c.parse("ROLLOUT_GATE", None, |v| match v.to_ascii_lowercase().as_str() {
+        "opt-in" => Ok(Some(GateMode::OptIn)),
+        other => parse_bool(other)
+            .map(|on| on.then_some(GateMode::All))
+            .map_err(|_| "true (every watched Deployment), opt-in (Deployments labelled kwarm.io/rollout-gate=true) or false".into()),
+    });
+    let timeout = c.parse("ROLLOUT_GATE_TIMEOUT", Duration::from_secs(300), |v| {
+        let d = parse_duration(v)?;
+        if d < Duration::from_secs(1) {
+            return Err("a duration of at least 1s, such as 2m or 5m".into());
+        }
+        Ok(d)
+    });
+    let bind_address = c.parse("WEBHOOK_BIND_ADDRESS", SocketAddr::from(([0, 0, 0, 0], 9443)), |v| {
+        match parse_bind_address(v) {
+            Ok(Some(a)) if a.port() != 0 => Ok(a),
+            _ => Err("an address such as :9443 or 127.0.0.1:9443 (the webhook cannot be turned off on its own: set ROLLOUT_GATE=false)".into()),
+        }
+    });
+    let url = c.parse("WEBHOOK_URL", None, |v| {
+        let rest = v.strip_prefix("https://").ok_or("an https:// URL, e.g. https://127.0.0.1:9443/mutate")?;
+        if rest.is_empty() || rest.starts_with('/') || v.contains(['?', '#', ' ']) {
+            return Err(
+                "an https:// URL with a host and no query or fragment, e.g. https://127.0.0.1:9443/mutate"
+                    .into(),
+            );
+        }
+        Ok(Some(v.to_string()))
+    });
+    let service = c.parse("WEBHOOK_SERVICE", "kwarm-webhook".to_string(), |v| {
+        labels::check_dns1123_label(v).map(|()| v.to_string()).map_err(|e| format!("a Service name: {e}"))
+    });
+    let secret = c.parse("WEBHOOK_SECRET", "kwarm-webhook-tls".to_string(), |v| {
+        labels::check_dns1123_subdomain(v).map(|()| v.to_string()).map_err(|e| format!("a Secret name: {e}"))
+    });
+    let cert_dir = c.parse("WEBHOOK_CERT_DIR", None, |v| {
+        if v.starts_with('/') {
+            Ok(Some(std::path::PathBuf::from(v)))
+        } else {
+            Err("an absolute directory holding tls.crt and tls.key, e.g. /etc/kwarm/webhook".into())
+        }
+    });
+    let configuration = c.parse("WEBHOOK_CONFIGURATION", format!("kwarm-rollout-gate-{namespace}"), |v| {
+        labels::check_dns1123_subdomain(v)
+            .map(|()| v.to_string())
+            .map_err(|e| format!("a MutatingWebhookConfiguration name: {e}"))
+    });
+    let mode = mode?;
+    Some(RolloutGate {
+        mode,
+        timeout,
+        bind_address,
+        endpoint: match url {
+            Some(url) => Endpoint::Url(url),
+            None => Endpoint::Service { name: service, namespace: namespace.to_string() },
+        },
+        certificates: match cert_dir {
+            Some(dir) => Certificates::Directory(dir),
+            None => Certificates::Secret(secret),
+        },
+        configuration,
+    })
 }
 
 /// METRICS_BIND_ADDRESS, HEALTH_PROBE_BIND_ADDRESS, LEADER_ELECT, LOG_FORMAT.

@@ -16,6 +16,9 @@ pub struct DeploymentImages {
     pub images: BTreeSet<String>,
     /// Names of the pull secrets its pod template references (in its own namespace).
     pub pull_secrets: BTreeSet<String>,
+    /// Its `kwarm.io/rollout-gate` annotation or label (the annotation wins): `Some(true)` or
+    /// `Some(false)`; `None` when it has neither or the value is not a boolean.
+    pub rollout_gate: Option<bool>,
 }
 
 /// Extracts what kwarm needs from a Deployment, or `None` when its namespace is not watched.
@@ -27,6 +30,16 @@ pub fn summarize_deployment(deployment: &Deployment, watch: &WatchConfig) -> Opt
     }
     let pod = deployment.spec.as_ref()?.template.spec.as_ref();
     let mut summary = DeploymentImages::default();
+    let meta = &deployment.metadata;
+    let setting = [meta.annotations.as_ref(), meta.labels.as_ref()]
+        .into_iter()
+        .flatten()
+        .find_map(|m| m.get(crate::rollout::DEPLOYMENT_SETTING));
+    summary.rollout_gate = setting.and_then(|v| match v.to_ascii_lowercase().as_str() {
+        "true" => Some(true),
+        "false" => Some(false),
+        _ => None,
+    });
     if let Some(pod) = pod {
         let containers = pod.containers.iter().chain(pod.init_containers.iter().flatten());
         for image in containers.filter_map(|c| c.image.as_deref()) {

@@ -20,6 +20,8 @@ pub mod leader;
 pub mod metrics;
 pub mod quantity;
 pub mod registry;
+pub mod rollout;
 pub mod status;
+pub mod webhook;
 
 pub use error::{Error, Result};

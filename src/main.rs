@@ -204,7 +204,33 @@ async fn run(config: Config) -> anyhow::Result<()> {
         ))
     });
 
-    let ctx = Context { client, config: config.clone(), shared, identity };
+    // The rollout gate's webhook: served by every replica, its certificate and configuration kept
+    // by a task of its own.
+    let warm_view = match &config.rollout_gate {
+        Some(gate) => {
+            let (view_tx, view_rx) = watch::channel(Arc::default());
+            let certs = Arc::new(kwarm::webhook::CertStore::default());
+            kwarm::webhook::serve(
+                gate.bind_address,
+                certs.clone(),
+                view_rx,
+                config.watch.clone(),
+                shared.clone(),
+                shutdown_rx.clone(),
+            )
+            .await?;
+            let keeper = controller::Keeper {
+                client: client.clone(),
+                config: config.clone(),
+                certs,
+                fence: fence.clone(),
+            };
+            tokio::spawn(keeper.run(leader_rx.clone(), shutdown_rx.clone()));
+            Some(view_tx)
+        }
+        None => None,
+    };
+    let ctx = Context { client, config: config.clone(), shared, identity, warm_view };
     let mut manager = tokio::spawn(controller::run(ctx, leader_rx, fence, shutdown_rx));
     tokio::select! {
         _ = shutdown_signal() => tracing::info!("Shutting down"),

@@ -61,6 +61,10 @@ pub struct Metrics {
     pub node_gate_releases: Family<ReasonLabel, Counter>,
     pub digest_checks: Family<ResultLabel, Counter>,
     pub stale_images: Gauge,
+    pub gated_pods: Gauge,
+    pub rollout_gate_duration: Histogram,
+    pub rollout_gate_releases: Family<ReasonLabel, Counter>,
+    pub webhook_admissions: Family<ResultLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -95,6 +99,10 @@ impl Metrics {
             node_gate_releases: Family::default(),
             digest_checks: Family::default(),
             stale_images: Gauge::default(),
+            gated_pods: Gauge::default(),
+            rollout_gate_duration: Histogram::new(exponential_buckets(0.5, 2.0, 12)),
+            rollout_gate_releases: Family::default(),
+            webhook_admissions: Family::default(),
         };
         registry.register_with_unit(
             "pull_duration",
@@ -173,6 +181,23 @@ impl Metrics {
             "stale_images",
             "Tags whose registry digest some node's holder does not hold",
             m.stale_images.clone(),
+        );
+        registry.register("gated_pods", "Pods carrying kwarm's scheduling gate", m.gated_pods.clone());
+        registry.register_with_unit(
+            "rollout_gate_duration",
+            "Time from a gated pod's creation to kwarm removing its scheduling gate",
+            Unit::Seconds,
+            m.rollout_gate_duration.clone(),
+        );
+        registry.register(
+            "rollout_gate_releases",
+            "Scheduling gates removed by reason (warm, timeout, quarantined, overflow, uninstall)",
+            m.rollout_gate_releases.clone(),
+        );
+        registry.register(
+            "webhook_admissions",
+            "Pods the rollout gate's webhook saw, by result (gated, or why not: warm, not_watched, …)",
+            m.webhook_admissions.clone(),
         );
         Metrics { registry, ..m }
     }

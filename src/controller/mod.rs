@@ -24,20 +24,25 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::daemonset::held_images;
 use crate::error::{Error, Result, with_timeout};
-use crate::gate::{GatedNode, Release, gated_node};
+use crate::gate::{Release, gated_node};
 use crate::http::Shared;
 use crate::images::{DeploymentImages, DeploymentKey, summarize_deployment};
 use crate::leader::Fence;
 use crate::metrics::{CategoryLabel, StateLabel, StatusLabel, WatchLabel};
+use crate::rollout::{GatedPod, PodKey, PodRelease, WarmView, gated_pod};
 use crate::status::{PodHolders, STATE_MAX_BYTES, parse_pulled_message, pod_holders};
+pub use admission::Keeper;
+pub use pod_release::{gate_index, remove_scheduling_gate};
 use release::Releaser;
 pub use release::remove_gate_taint;
 use secrets::{Mirrorer, Wanted};
 pub use state::mirror_name;
-use state::{Gauges, Notice, Observation, State};
+use state::{Gauges, NodeSeen, Notice, Observation, State};
 use streams::{Input, Listing, deployment_scopes, watch_streams};
 
+mod admission;
 mod digests;
+mod pod_release;
 mod release;
 mod secrets;
 mod state;
@@ -57,6 +62,8 @@ pub struct Context {
     pub config: Arc<Config>,
     pub shared: Arc<Shared>,
     pub identity: String,
+    /// Where the webhook reads the warm view from (`None`: the rollout gate is off).
+    pub warm_view: Option<watch::Sender<Arc<WarmView>>>,
 }
 
 /// The shell around [`State`]: the API handles, the watch listings, the apply retry and the
@@ -70,9 +77,12 @@ struct Controller {
     ds_listing: Listing<DaemonSet>,
     pod_listing: Listing<(String, Option<PodHolders>)>,
     deployment_listings: Vec<Listing<(DeploymentKey, Option<DeploymentImages>)>>,
-    node_listing: Listing<(String, Option<GatedNode>)>,
+    node_listing: Listing<(String, NodeSeen)>,
+    pending_listing: Listing<(PodKey, Option<GatedPod>)>,
     /// Releases for the node-gate task (`None`: the gate is off).
     releases: Option<tokio::sync::mpsc::UnboundedSender<Release>>,
+    /// Releases for the rollout-gate task (`None`: the gate is off).
+    pod_releases: Option<tokio::sync::mpsc::UnboundedSender<PodRelease>>,
     /// The tags and secrets for the digest-check task (`None`: checks are off).
     digests_wanted: Option<watch::Sender<Option<digests::Wanted>>>,
     /// The mirrors the Deployments want, for the pull-secret task (`None`: inheriting is off).
@@ -131,6 +141,18 @@ pub async fn run(
         tokio::spawn(releaser.run(rx));
         tx
     });
+    // Scheduling gates are removed by a task of its own too.
+    let pod_releases = config.rollout_gate.as_ref().map(|_| {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let releaser = pod_release::PodReleaser {
+            client: ctx.client.clone(),
+            fence: fence.clone(),
+            events: events.clone(),
+            shared: ctx.shared.clone(),
+        };
+        tokio::spawn(releaser.run(rx));
+        tx
+    });
     // Digest checks run in a task of their own; its answers come back on `registry`.
     let (digests_wanted, mut registry) = match &config.digest_check {
         Some(check) => {
@@ -164,7 +186,9 @@ pub async fn run(
         pod_listing: Listing::default(),
         deployment_listings: deployment_scopes.iter().map(|_| Listing::default()).collect(),
         node_listing: Listing::default(),
+        pending_listing: Listing::default(),
         releases,
+        pod_releases,
         digests_wanted,
         secrets_wanted,
         retry_at: None,
@@ -327,9 +351,19 @@ impl Controller {
                         let gated = gate.and_then(|g| {
                             gated_node(&node, g, &config.node_selector, config.affinity.as_ref(), now)
                         });
-                        (node.name_any(), gated)
+                        let labels = config.rollout_gate.is_some().then(|| node.labels().clone());
+                        (node.name_any(), NodeSeen { gated, labels })
                     })
                     .map(Observation::Nodes)
+            }
+            Input::PendingPod(event) => {
+                let watch = &self.ctx.config.watch;
+                let now = SystemTime::now();
+                self.pending_listing
+                    .fold(event, |pod| {
+                        ((pod.namespace().unwrap_or_default(), pod.name_any()), gated_pod(&pod, watch, now))
+                    })
+                    .map(Observation::GatedPods)
             }
             // Kubelet events only feed metrics: their listing never holds a decision back.
             Input::Pulled(event) => match event {
@@ -348,6 +382,8 @@ impl Controller {
                     Some(Observation::DeploymentsForbidden(error.to_string()))
                 } else if watch == "nodes" && forbidden {
                     Some(Observation::NodesForbidden(error.to_string()))
+                } else if watch == "pending_pods" && forbidden {
+                    Some(Observation::PendingPodsForbidden(error.to_string()))
                 } else {
                     tracing::warn!(watch, error = %error, "Watch failed; retrying with backoff");
                     None
@@ -398,6 +434,7 @@ impl Controller {
                 deployments = self.state.deployments().len(),
                 pods = self.state.pods(),
                 gated_nodes = self.state.gated().len(),
+                gated_pods = self.state.gated_pods().len(),
                 "Every watch synced"
             );
         }
@@ -466,6 +503,21 @@ impl Controller {
                 let _ = queue.send(release);
             }
         }
+        if let Some(view) = &self.ctx.warm_view {
+            let now_view = self.state.warm_view();
+            view.send_if_modified(|old| {
+                let changed = old.as_ref() != now_view;
+                if changed {
+                    *old = Arc::new(now_view.clone());
+                }
+                changed
+            });
+        }
+        if let Some(queue) = &self.pod_releases {
+            for release in decision.pod_releases {
+                let _ = queue.send(release);
+            }
+        }
         match decision.apply {
             Some(desired) => self.apply(&desired).await,
             None => Ok(()),
@@ -510,6 +562,7 @@ impl Controller {
         }
         m.active_pulls.set(g.active_pulls);
         m.gated_nodes.set(g.gated_nodes);
+        m.gated_pods.set(g.gated_pods);
         m.stale_images.set(g.stale_images);
     }
 
@@ -528,6 +581,9 @@ impl Controller {
                 Notice::NodesForbidden { error } => tracing::error!(%error,
                     "Not allowed to list/watch Nodes (RBAC): the node gate cannot open any node. \
                      Grant get/list/watch/patch on nodes (the chart does with configMap.nodeGateTaint) or unset NODE_GATE_TAINT"),
+                Notice::PendingPodsForbidden { error } => tracing::error!(%error,
+                    "Not allowed to list/watch pods in every namespace (RBAC): the rollout gate cannot release pods. \
+                     Grant list/watch/patch on pods (the chart does with rolloutGate.enabled) or set ROLLOUT_GATE=false"),
                 Notice::StateUnreadable { error } => {
                     tracing::warn!(%error, "Ignoring unreadable kwarm.io/state annotation");
                 }
@@ -619,14 +675,7 @@ impl Controller {
     /// Queues an Event on each of `users` (Deployments; never a write to them).
     fn publish_to_users(&self, users: &[DeploymentKey], reason: &str, type_: EventType, note: String) {
         for (namespace, name) in users {
-            let reference = ObjectReference {
-                api_version: Some("apps/v1".into()),
-                kind: Some("Deployment".into()),
-                namespace: Some(namespace.clone()),
-                name: Some(name.clone()),
-                ..Default::default()
-            };
-            self.queue_event(reference, reason, type_, "Warm", note.clone());
+            self.queue_event(deployment_reference(namespace, name), reason, type_, "Warm", note.clone());
         }
     }
 
@@ -639,6 +688,17 @@ impl Controller {
         note: String,
     ) {
         self.events.queue(reference, reason, type_, action, note);
+    }
+}
+
+/// A user's Deployment, as the object of an Event.
+fn deployment_reference(namespace: &str, name: &str) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("apps/v1".into()),
+        kind: Some("Deployment".into()),
+        namespace: Some(namespace.into()),
+        name: Some(name.into()),
+        ..Default::default()
     }
 }
 

@@ -20,6 +20,7 @@ use crate::gate::{self, GatedNode, Release};
 use crate::holder::parse_image_reference;
 use crate::images::{DeploymentImages, DeploymentKey, ImageTracker, plan_holders};
 use crate::registry::Resolution;
+use crate::rollout::{self, GatedPod, PodKey, PodRelease, WarmView};
 use crate::status::{
     HolderState, ImageStatus, PersistedState, PodHolders, Quarantine, QuarantinePolicy, STATE_MAX_BYTES,
     image_statuses,
@@ -52,12 +53,27 @@ pub enum Observation {
     Leader(bool),
     /// The pull-secret mirrors that exist now, to reference from the DaemonSet.
     PullSecrets(Vec<String>),
-    /// Nodes, reduced to their gate state (`None`: not gated). Only with the node gate on.
-    Nodes(Seen<(String, Option<GatedNode>)>),
+    /// Nodes, reduced to what the gates need. Only with a gate on.
+    Nodes(Seen<(String, NodeSeen)>),
+    /// Pods not yet scheduled, reduced to kwarm's scheduling gate (`None`: not gated). Only with
+    /// the rollout gate on.
+    GatedPods(Seen<(PodKey, Option<GatedPod>)>),
     /// Listing or watching Nodes is forbidden: the gate cannot work.
     NodesForbidden(String),
+    /// Listing or watching pods in every namespace is forbidden: gated pods wait for their
+    /// timeout only if another replica may see them.
+    PendingPodsForbidden(String),
     /// What the registries answered for the warmed tags (the latest answer per tag).
     Registry(BTreeMap<String, Resolution>),
+}
+
+/// What kwarm keeps of a node.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NodeSeen {
+    /// Its node-gate state (`None`: not gated, or the node gate is off).
+    pub gated: Option<GatedNode>,
+    /// Its labels, with the rollout gate on (pods' node selectors are matched against them).
+    pub labels: Option<BTreeMap<String, String>>,
 }
 
 /// Something to tell the user: the shell logs it and, where `users` or the DaemonSet is named,
@@ -69,6 +85,9 @@ pub enum Notice {
         error: String,
     },
     NodesForbidden {
+        error: String,
+    },
+    PendingPodsForbidden {
         error: String,
     },
     StateUnreadable {
@@ -153,6 +172,8 @@ pub struct Gauges {
     pub active_pulls: i64,
     /// Nodes carrying the gate taint.
     pub gated_nodes: i64,
+    /// Pods carrying kwarm's scheduling gate.
+    pub gated_pods: i64,
     /// Tags whose registry digest some node does not hold.
     pub stale_images: i64,
 }
@@ -164,6 +185,8 @@ pub struct Decision {
     pub apply: Option<DaemonSet>,
     /// Nodes whose gate taint to remove (only a leader releases).
     pub releases: Vec<Release>,
+    /// Pods whose scheduling gate to remove (only a leader releases).
+    pub pod_releases: Vec<PodRelease>,
     pub gauges: Gauges,
 }
 
@@ -214,6 +237,17 @@ pub struct State {
     nodes_forbidden_reported: bool,
     /// Gated nodes whose release was asked for, and when.
     releasing: BTreeMap<String, SystemTime>,
+    /// Node labels (only with the rollout gate on).
+    node_labels: BTreeMap<String, BTreeMap<String, String>>,
+
+    /// Pods carrying kwarm's scheduling gate (only with the rollout gate on).
+    gated_pods: BTreeMap<PodKey, GatedPod>,
+    /// Whether the pending-pod watch listed once (always true with the rollout gate off).
+    gated_pods_synced: bool,
+    /// Gated pods whose release was asked for, and when.
+    pods_releasing: BTreeMap<PodKey, SystemTime>,
+    /// Where images are warm, as of the last decision (for the webhook).
+    view: WarmView,
 
     /// The registries' latest answers, per tag.
     registry: BTreeMap<String, Resolution>,
@@ -262,9 +296,14 @@ impl State {
             state_trimmed_reported: false,
             name_in_use_reported: None,
             gated: BTreeMap::new(),
-            nodes_synced: config.node_gate.is_none(),
+            nodes_synced: config.node_gate.is_none() && config.rollout_gate.is_none(),
             nodes_forbidden_reported: false,
             releasing: BTreeMap::new(),
+            node_labels: BTreeMap::new(),
+            gated_pods: BTreeMap::new(),
+            gated_pods_synced: config.rollout_gate.is_none(),
+            pods_releasing: BTreeMap::new(),
+            view: WarmView::default(),
             registry: BTreeMap::new(),
             rolled: BTreeMap::new(),
             updating: BTreeMap::new(),
@@ -284,7 +323,21 @@ impl State {
     /// Every watch kwarm decides from has listed once. The kubelet-events watch only feeds
     /// metrics: it never holds decisions back.
     pub fn synced(&self) -> bool {
-        self.ds_synced && self.pods_synced && self.nodes_synced && self.deployments_synced.iter().all(|s| *s)
+        self.ds_synced
+            && self.pods_synced
+            && self.nodes_synced
+            && self.gated_pods_synced
+            && self.deployments_synced.iter().all(|s| *s)
+    }
+
+    /// Pods carrying kwarm's scheduling gate.
+    pub fn gated_pods(&self) -> &BTreeMap<PodKey, GatedPod> {
+        &self.gated_pods
+    }
+
+    /// Where images are warm, as of the last decision: what the webhook decides from.
+    pub fn warm_view(&self) -> &WarmView {
+        &self.view
     }
 
     pub fn pods(&self) -> usize {
@@ -415,25 +468,52 @@ impl State {
                 let changed = match seen {
                     Seen::Listed(listed) => {
                         self.nodes_synced = true;
-                        let gated: BTreeMap<String, GatedNode> =
-                            listed.into_iter().filter_map(|(name, g)| g.map(|g| (name, g))).collect();
-                        self.gated = gated;
+                        self.gated.clear();
+                        self.node_labels.clear();
+                        for (name, node) in listed {
+                            self.note_node(name, node);
+                        }
                         // a listing is always worth a decision: the first one may complete the sync
                         true
                     }
-                    Seen::Applied((name, Some(g))) => self.gated.insert(name, g.clone()) != Some(g),
-                    Seen::Applied((name, None)) | Seen::Deleted((name, _)) => {
-                        self.gated.remove(&name).is_some()
+                    Seen::Applied((name, node)) => self.note_node(name, node),
+                    Seen::Deleted((name, _)) => {
+                        let labels = self.node_labels.remove(&name).is_some();
+                        self.gated.remove(&name).is_some() || labels
                     }
                 };
                 let gated = &self.gated;
                 self.releasing.retain(|node, _| gated.contains_key(node));
                 changed
             }
+            Observation::GatedPods(seen) => {
+                let changed = match seen {
+                    Seen::Listed(listed) => {
+                        self.gated_pods_synced = true;
+                        self.gated_pods = listed.into_iter().filter_map(|(k, g)| g.map(|g| (k, g))).collect();
+                        true
+                    }
+                    Seen::Applied((key, Some(g))) => self.gated_pods.insert(key, g.clone()) != Some(g),
+                    Seen::Applied((key, None)) | Seen::Deleted((key, _)) => {
+                        self.gated_pods.remove(&key).is_some()
+                    }
+                };
+                let gated = &self.gated_pods;
+                self.pods_releasing.retain(|pod, _| gated.contains_key(pod));
+                changed
+            }
             Observation::Registry(answers) => {
                 let changed = answers != self.registry;
                 self.registry = answers;
                 changed
+            }
+            Observation::PendingPodsForbidden(error) => {
+                let first = !self.gated_pods_synced;
+                if first {
+                    self.notices.push(Notice::PendingPodsForbidden { error });
+                }
+                self.gated_pods_synced = true;
+                first
             }
             Observation::NodesForbidden(error) => {
                 if !self.nodes_forbidden_reported {
@@ -446,6 +526,19 @@ impl State {
                 first
             }
         }
+    }
+
+    /// Keeps what the gates need of a node. Returns whether anything changed.
+    fn note_node(&mut self, name: String, node: NodeSeen) -> bool {
+        let mut changed = match node.gated {
+            Some(g) => self.gated.insert(name.clone(), g.clone()) != Some(g),
+            None => self.gated.remove(&name).is_some(),
+        };
+        if let Some(labels) = node.labels {
+            changed |= self.node_labels.get(&name) != Some(&labels);
+            self.node_labels.insert(name, labels);
+        }
+        changed
     }
 
     /// The mirrors the watched Deployments' pull secrets want: mirror name → (namespace, secret).
@@ -552,6 +645,14 @@ impl State {
                 }
             }
         }
+        if let Some(g) = &config.rollout_gate {
+            for (key, pod) in &self.gated_pods {
+                match self.pods_releasing.get(key) {
+                    Some(asked) => next = next.min(*asked + RELEASE_RETRY),
+                    None => next = next.min(rollout::deadline(pod, g.timeout)),
+                }
+            }
+        }
         next
     }
 
@@ -589,6 +690,11 @@ impl State {
         gauges.overflow = plan.overflow.len() as i64;
         gauges.gated_nodes = self.gated.len() as i64;
         let releases = self.releases(config, &plan.holders, now);
+        if config.rollout_gate.is_some() {
+            self.view = self.build_view(config, overflow_set(&plan.overflow));
+        }
+        gauges.gated_pods = self.gated_pods.len() as i64;
+        let pod_releases = self.pod_releases(config, now);
         self.planned = plan
             .holders
             .iter()
@@ -605,7 +711,7 @@ impl State {
         }
 
         if !self.leader {
-            return Decision { apply: None, releases: Vec::new(), gauges };
+            return Decision { apply: None, releases: Vec::new(), pod_releases: Vec::new(), gauges };
         }
         let state = PersistedState::new(self.tracker.released(), &self.quarantine);
         let state = (!state.is_empty()).then(|| {
@@ -634,14 +740,60 @@ impl State {
                 self.name_in_use_reported = Some(uid);
                 self.notices.push(Notice::NameInUse { why });
             }
-            return Decision { apply: None, releases, gauges };
+            return Decision { apply: None, releases, pod_releases, gauges };
         }
         if self.name_in_use_reported.take().is_some() {
             self.notices.push(Notice::NameFree);
         }
         let apply =
             (!self.live.as_ref().is_some_and(|live| daemonset_matches(&desired, live))).then_some(desired);
-        Decision { apply, releases, gauges }
+        Decision { apply, releases, pod_releases, gauges }
+    }
+
+    /// Where images are warm now, for the webhook and the pod releases.
+    fn build_view(&self, config: &Config, overflow: BTreeSet<String>) -> WarmView {
+        let mode = config.rollout_gate.as_ref().map(|g| g.mode);
+        let mut warm: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for pod in self.pods.values() {
+            let held = pod.images.iter().filter(|(_, s)| **s == HolderState::Warm).map(|(i, _)| i.clone());
+            warm.entry(pod.node.clone()).or_default().extend(held);
+        }
+        let labels =
+            warm.keys().filter_map(|n| Some((n.clone(), self.node_labels.get(n)?.clone()))).collect();
+        let gated_deployments = self
+            .tracker
+            .deployments()
+            .iter()
+            .filter(|(_, d)| mode.is_some_and(|m| m.gates(d.rollout_gate)))
+            .map(|(k, _)| k.clone())
+            .collect();
+        WarmView {
+            synced: true,
+            warm,
+            labels,
+            gated_deployments,
+            quarantined: self.quarantine.excluded(),
+            overflow,
+        }
+    }
+
+    /// Gated pods to release now; each asked for once, and again after [`RELEASE_RETRY`] if it
+    /// is still gated. Only a leader releases.
+    fn pod_releases(&mut self, config: &Config, now: SystemTime) -> Vec<PodRelease> {
+        let Some(g) = &config.rollout_gate else { return Vec::new() };
+        if !self.leader || self.gated_pods.is_empty() {
+            return Vec::new();
+        }
+        let releasing = &self.pods_releasing;
+        let waiting = self
+            .gated_pods
+            .iter()
+            .filter(|(key, _)| releasing.get(*key).is_none_or(|asked| now >= *asked + RELEASE_RETRY));
+        let out = rollout::releases(waiting, &self.view, g.timeout, now);
+        for r in &out {
+            self.pods_releasing.insert((r.namespace.clone(), r.name.clone()), now);
+        }
+        out
     }
 
     /// The pull secrets the holders get (`IMAGE_PULL_SECRETS`, then the mirrors): the digest checks
@@ -835,6 +987,11 @@ fn gauges(statuses: &[ImageStatus], quarantined: usize) -> Gauges {
         }
     }
     g
+}
+
+/// Overflowing images, canonical.
+fn overflow_set(overflow: &[String]) -> BTreeSet<String> {
+    overflow.iter().map(|i| parse_image_reference(i).unwrap_or_else(|_| i.clone())).collect()
 }
 
 /// Name of the mirror of `namespace/name`: readable, unique (hash), a valid secret name.

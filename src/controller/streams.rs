@@ -20,8 +20,10 @@ pub enum Input {
     /// Index of the Deployment stream (one per watched namespace, or one for all).
     Deployment(usize, Event<Deployment>),
     Pulled(Event<CoreEvent>),
-    /// Only with the node gate on.
+    /// Only with a gate on.
     Node(Event<Node>),
+    /// Pods not bound to a node yet, in every namespace. Only with the rollout gate on.
+    PendingPod(Event<Pod>),
     WatchError(&'static str, watcher::Error),
 }
 
@@ -109,13 +111,23 @@ pub fn watch_streams(client: &Client, config: &Config) -> SelectAll<BoxStream<'s
         .map(|r| r.map_or_else(|e| Input::WatchError("events", e), Input::Pulled));
     all.push(pulled.boxed());
 
-    if config.node_gate.is_some() {
+    if config.node_gate.is_some() || config.rollout_gate.is_some() {
         // Every node: a gated node may match no selector kwarm could name in advance.
         let nodes = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
             .default_backoff()
             .modify(strip)
             .map(|r| r.map_or_else(|e| Input::WatchError("nodes", e), Input::Node));
         all.push(nodes.boxed());
+    }
+
+    if config.rollout_gate.is_some() {
+        // Gated pods are never bound: the scheduler skips them until their gates are gone.
+        let cfg = watcher::Config::default().fields("spec.nodeName=");
+        let pending = watcher(Api::<Pod>::all(client.clone()), cfg)
+            .default_backoff()
+            .modify(strip)
+            .map(|r| r.map_or_else(|e| Input::WatchError("pending_pods", e), Input::PendingPod));
+        all.push(pending.boxed());
     }
 
     let selector = config.watch.selector.to_string();

@@ -37,7 +37,11 @@ fn key(namespace: &str, name: &str) -> DeploymentKey {
 }
 
 fn uses(images: &[&str]) -> DeploymentImages {
-    DeploymentImages { images: images.iter().map(|i| canonical(i)).collect(), pull_secrets: BTreeSet::new() }
+    DeploymentImages {
+        images: images.iter().map(|i| canonical(i)).collect(),
+        pull_secrets: BTreeSet::new(),
+        rollout_gate: None,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -34,8 +34,11 @@ fn synced(c: &Config, leader: bool, live: Option<DaemonSet>, now: SystemTime) ->
     for i in 0..scopes.len() {
         s.observe(c, Observation::Deployments(i, Seen::Listed(vec![])), now);
     }
-    if c.node_gate.is_some() {
+    if c.node_gate.is_some() || c.rollout_gate.is_some() {
         s.observe(c, Observation::Nodes(Seen::Listed(vec![])), now);
+    }
+    if c.rollout_gate.is_some() {
+        s.observe(c, Observation::GatedPods(Seen::Listed(vec![])), now);
     }
     assert!(s.synced());
     s
@@ -86,6 +89,7 @@ fn names(notices: &[Notice]) -> Vec<&'static str> {
             Notice::DaemonSetDeleted => "DaemonSetDeleted",
             Notice::DeploymentsForbidden { .. } => "DeploymentsForbidden",
             Notice::NodesForbidden { .. } => "NodesForbidden",
+            Notice::PendingPodsForbidden { .. } => "PendingPodsForbidden",
             Notice::StateUnreadable { .. } => "StateUnreadable",
             Notice::PullsFailed(_) => "PullsFailed",
             Notice::Quarantined { .. } => "Quarantined",
@@ -406,7 +410,11 @@ fn gated_at(since: u64, placeable: bool) -> Option<GatedNode> {
 }
 
 fn join(s: &mut State, c: &Config, node: &str, g: Option<GatedNode>, now: SystemTime) -> bool {
-    s.observe(c, Observation::Nodes(Seen::Applied((node.to_string(), g))), now)
+    s.observe(
+        c,
+        Observation::Nodes(Seen::Applied((node.to_string(), NodeSeen { gated: g, labels: None }))),
+        now,
+    )
 }
 
 fn released(d: &Decision) -> Vec<(&str, &gate::Why)> {
@@ -424,11 +432,18 @@ fn with_the_gate_on_nothing_is_decided_before_the_nodes_listed() {
     let mut last = State::new(&c, vec![], true, false, None, at(0));
     last.observe(&c, Observation::DaemonSet(Seen::Listed(vec![])), at(0));
     last.observe(&c, Observation::Pods(Seen::Listed(vec![])), at(0));
-    assert!(last.observe(&c, Observation::Nodes(Seen::Listed(vec![("n1".into(), None)])), at(0)));
+    assert!(last.observe(
+        &c,
+        Observation::Nodes(Seen::Listed(vec![("n1".into(), NodeSeen::default())])),
+        at(0)
+    ));
     assert!(last.synced());
     s.observe(
         &c,
-        Observation::Nodes(Seen::Listed(vec![("n1".into(), gated_at(0, true)), ("n2".into(), None)])),
+        Observation::Nodes(Seen::Listed(vec![
+            ("n1".into(), NodeSeen { gated: gated_at(0, true), labels: None }),
+            ("n2".into(), NodeSeen::default()),
+        ])),
         at(0),
     );
     assert!(s.synced());

@@ -1,0 +1,336 @@
+//! The rollout gate. kwarm's admission webhook gives a new pod of a watched Deployment the
+//! scheduling gate [`SCHEDULING_GATE`] when one of its images is not yet warm where the pod may
+//! run; the controller removes the gate once it is, when an image can never be warmed
+//! (quarantined, over MAX_IMAGES), or at `ROLLOUT_GATE_TIMEOUT`.
+//!
+//! "Where the pod may run": every node that runs one of kwarm's holder pods and that the pod's
+//! node selector and required node affinity admit (taints aside: waiting for a node the pod does
+//! not tolerate only waits for a holder that runs anyway). A pod no holder node admits is never
+//! gated: there is nothing to wait for.
+//!
+//! Pure: pods, the warm view and the clock come in; patches and releases go out.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
+
+use k8s_openapi::api::core::v1::{Affinity, Pod, PodSpec};
+
+use crate::config::WatchConfig;
+use crate::gate::placement_admits;
+use crate::holder::parse_image_reference;
+use crate::images::DeploymentKey;
+
+/// The scheduling gate kwarm adds and removes; no other gate is ever touched.
+pub const SCHEDULING_GATE: &str = "kwarm.io/image-warm";
+/// Label or annotation on a Deployment: `true` / `false` turns its gate on or off.
+pub const DEPLOYMENT_SETTING: &str = "kwarm.io/rollout-gate";
+
+/// Which watched Deployments are gated (`ROLLOUT_GATE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GateMode {
+    /// `true`: every watched Deployment unless it says `kwarm.io/rollout-gate: "false"`.
+    All,
+    /// `opt-in`: only watched Deployments that say `kwarm.io/rollout-gate: "true"`.
+    OptIn,
+}
+
+impl GateMode {
+    /// Whether a Deployment with this setting (`None`: it has none) is gated.
+    pub fn gates(self, setting: Option<bool>) -> bool {
+        match self {
+            GateMode::All => setting != Some(false),
+            GateMode::OptIn => setting == Some(true),
+        }
+    }
+}
+
+/// Where the API server reaches the webhook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `WEBHOOK_URL`: an https URL (a local cluster without kube-proxy).
+    Url(String),
+    /// `WEBHOOK_SERVICE` in kwarm's namespace, port 443 (the chart's default).
+    Service { name: String, namespace: String },
+}
+
+/// Where the serving certificate comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Certificates {
+    /// kwarm creates and rotates it in this Secret of its namespace, and keeps the webhook
+    /// configuration's caBundle current.
+    Secret(String),
+    /// `WEBHOOK_CERT_DIR`: `tls.crt` and `tls.key` from a directory (cert-manager mounts them;
+    /// its CA injector keeps the caBundle).
+    Directory(std::path::PathBuf),
+}
+
+/// `ROLLOUT_GATE` and its companions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolloutGate {
+    pub mode: GateMode,
+    pub timeout: Duration,
+    pub bind_address: SocketAddr,
+    pub endpoint: Endpoint,
+    pub certificates: Certificates,
+    /// Name of the MutatingWebhookConfiguration kwarm keeps.
+    pub configuration: String,
+}
+
+/// Canonical references of a pod's images that kwarm warms (excluded images never gate).
+pub fn pod_images(spec: &PodSpec, watch: &WatchConfig) -> BTreeSet<String> {
+    let containers = spec.containers.iter().chain(spec.init_containers.iter().flatten());
+    containers
+        .filter_map(|c| c.image.as_deref())
+        .filter(|image| !watch.image_excluded(image))
+        .filter_map(|image| parse_image_reference(image).ok())
+        .filter(|canonical| !watch.image_excluded(canonical))
+        .collect()
+}
+
+/// The Deployment a pod belongs to: its controller is the ReplicaSet `<deployment>-<hash>`,
+/// where `<hash>` is the pod's `pod-template-hash` label (how the Deployment controller names
+/// them), so no ReplicaSet needs to be read.
+pub fn owning_deployment(pod: &Pod) -> Option<String> {
+    let owner = pod
+        .metadata
+        .owner_references
+        .as_ref()?
+        .iter()
+        .find(|o| o.controller == Some(true) && o.kind == "ReplicaSet" && o.api_version == "apps/v1")?;
+    let hash = pod.metadata.labels.as_ref()?.get("pod-template-hash")?;
+    let name = owner.name.strip_suffix(hash.as_str())?.strip_suffix('-')?;
+    (!name.is_empty()).then(|| name.to_string())
+}
+
+/// What the webhook and the controller know about where images are warm.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WarmView {
+    /// Every watch listed once; before that the webhook gates nothing.
+    pub synced: bool,
+    /// Node → images a holder there runs (any holder pod: an old one during a roll counts).
+    pub warm: BTreeMap<String, BTreeSet<String>>,
+    /// Labels of the nodes that run holders (for node selectors and affinity).
+    pub labels: BTreeMap<String, BTreeMap<String, String>>,
+    /// The watched Deployments whose pods are gated.
+    pub gated_deployments: BTreeSet<DeploymentKey>,
+    /// Images kwarm does not warm now: failing on every node, or over MAX_IMAGES. Nobody waits
+    /// for them.
+    pub quarantined: BTreeSet<String>,
+    pub overflow: BTreeSet<String>,
+}
+
+/// A pod's node selector and node affinity.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Placement {
+    pub node_selector: BTreeMap<String, String>,
+    pub affinity: Option<Affinity>,
+}
+
+impl Placement {
+    pub fn of(spec: &PodSpec) -> Placement {
+        Placement {
+            node_selector: spec.node_selector.clone().unwrap_or_default(),
+            affinity: spec.affinity.clone(),
+        }
+    }
+}
+
+/// The images of `images` that some holder node the pod may run on does not hold, and how many
+/// such nodes there are.
+pub fn not_warm(images: &BTreeSet<String>, placement: &Placement, view: &WarmView) -> (Vec<String>, usize) {
+    let none = BTreeMap::new();
+    let mut missing = BTreeSet::new();
+    let mut nodes = 0;
+    for (node, held) in &view.warm {
+        let labels = view.labels.get(node).unwrap_or(&none);
+        if !placement_admits(&placement.node_selector, placement.affinity.as_ref(), node, labels) {
+            continue;
+        }
+        nodes += 1;
+        missing.extend(images.iter().filter(|i| !held.contains(*i)).cloned());
+    }
+    (missing.into_iter().collect(), nodes)
+}
+
+/// The webhook's answer for a pod being created in `namespace`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// Add the gate: these images are not warm yet.
+    Gate { not_warm: Vec<String> },
+    /// Leave the pod alone, and why (for the metric and the debug log).
+    Pass(&'static str),
+}
+
+/// Decides whether a new pod waits for its images.
+pub fn admit(pod: &Pod, namespace: &str, view: &WarmView, watch: &WatchConfig) -> Admission {
+    if !view.synced {
+        return Admission::Pass("not_synced");
+    }
+    let Some(spec) = &pod.spec else { return Admission::Pass("no_spec") };
+    if spec.node_name.is_some() {
+        return Admission::Pass("bound");
+    }
+    if spec.scheduling_gates.iter().flatten().any(|g| g.name == SCHEDULING_GATE) {
+        return Admission::Pass("gated");
+    }
+    let Some(deployment) = owning_deployment(pod) else { return Admission::Pass("not_watched") };
+    if !view.gated_deployments.contains(&(namespace.to_string(), deployment)) {
+        return Admission::Pass("not_watched");
+    }
+    let (mut missing, nodes) = not_warm(&pod_images(spec, watch), &Placement::of(spec), view);
+    if nodes == 0 {
+        return Admission::Pass("no_holder_node");
+    }
+    missing.retain(|i| !view.quarantined.contains(i) && !view.overflow.contains(i));
+    if missing.is_empty() {
+        return Admission::Pass("warm");
+    }
+    Admission::Gate { not_warm: missing }
+}
+
+/// The patch that adds the gate (after any gates the pod has).
+pub fn gate_patch(spec: &PodSpec) -> json_patch::Patch {
+    use json_patch::{AddOperation, PatchOperation, jsonptr::PointerBuf};
+    let gate = serde_json::json!({ "name": SCHEDULING_GATE });
+    let operation = match &spec.scheduling_gates {
+        Some(_) => {
+            AddOperation { path: PointerBuf::from_tokens(["spec", "schedulingGates", "-"]), value: gate }
+        }
+        None => AddOperation {
+            path: PointerBuf::from_tokens(["spec", "schedulingGates"]),
+            value: serde_json::Value::Array(vec![gate]),
+        },
+    };
+    json_patch::Patch(vec![PatchOperation::Add(operation)])
+}
+
+/// What kwarm keeps of a pod that carries its gate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GatedPod {
+    pub uid: String,
+    /// Where the gate is in `spec.schedulingGates` (the release tests it is still there).
+    pub index: usize,
+    /// The pod's creation: the gate's clock (a restart or a new leader continues it).
+    pub since: SystemTime,
+    pub deployment: Option<String>,
+    pub images: BTreeSet<String>,
+    pub placement: Placement,
+}
+
+/// `namespace/name` of a pod.
+pub type PodKey = (String, String);
+
+/// The gate state of a pod; `None` when it does not carry kwarm's gate.
+pub fn gated_pod(pod: &Pod, watch: &WatchConfig, now: SystemTime) -> Option<GatedPod> {
+    let spec = pod.spec.as_ref()?;
+    let index = spec.scheduling_gates.as_ref()?.iter().position(|g| g.name == SCHEDULING_GATE)?;
+    Some(GatedPod {
+        uid: pod.metadata.uid.clone().unwrap_or_default(),
+        index,
+        since: pod.metadata.creation_timestamp.as_ref().map_or(now, |t| SystemTime::from(t.0)),
+        deployment: owning_deployment(pod),
+        images: pod_images(spec, watch),
+        placement: Placement::of(spec),
+    })
+}
+
+/// Why a pod's gate opens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Why {
+    /// Every image is held where the pod may run (or no holder node admits the pod).
+    Warm,
+    /// `ROLLOUT_GATE_TIMEOUT` passed; these images were not warm yet.
+    Timeout { not_warm: Vec<String> },
+    /// kwarm stopped warming this image: it fails on every node.
+    Quarantined { image: String },
+    /// kwarm does not warm this image: MAX_IMAGES is reached.
+    Overflow { image: String },
+}
+
+impl Why {
+    /// The reason label of the releases metric.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Why::Warm => "warm",
+            Why::Timeout { .. } => "timeout",
+            Why::Quarantined { .. } => "quarantined",
+            Why::Overflow { .. } => "overflow",
+        }
+    }
+}
+
+/// A pod whose gate to remove.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodRelease {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub index: usize,
+    pub since: SystemTime,
+    pub deployment: Option<String>,
+    pub why: Why,
+}
+
+/// The gated pods whose gate opens now.
+pub fn releases<'a>(
+    gated: impl IntoIterator<Item = (&'a PodKey, &'a GatedPod)>,
+    view: &WarmView,
+    timeout: Duration,
+    now: SystemTime,
+) -> Vec<PodRelease> {
+    let mut out = Vec::new();
+    for ((namespace, name), pod) in gated {
+        let why = if let Some(image) = pod.images.iter().find(|i| view.quarantined.contains(*i)) {
+            Why::Quarantined { image: image.clone() }
+        } else if let Some(image) = pod.images.iter().find(|i| view.overflow.contains(*i)) {
+            Why::Overflow { image: image.clone() }
+        } else {
+            let (missing, _) = not_warm(&pod.images, &pod.placement, view);
+            if missing.is_empty() {
+                Why::Warm
+            } else if now >= deadline(pod, timeout) {
+                Why::Timeout { not_warm: missing }
+            } else {
+                continue;
+            }
+        };
+        out.push(PodRelease {
+            namespace: namespace.clone(),
+            name: name.clone(),
+            uid: pod.uid.clone(),
+            index: pod.index,
+            since: pod.since,
+            deployment: pod.deployment.clone(),
+            why,
+        });
+    }
+    out
+}
+
+/// When the gate of `pod` opens at the latest.
+pub fn deadline(pod: &GatedPod, timeout: Duration) -> SystemTime {
+    pod.since.checked_add(timeout).unwrap_or(pod.since)
+}
+
+/// The JSON patch that removes kwarm's gate at `index` of the pod with `uid`: it tests the pod
+/// is the same one and the gate is still there, so no other gate is ever removed.
+pub fn gate_removal(uid: &str, index: usize) -> json_patch::Patch {
+    use json_patch::{PatchOperation, RemoveOperation, TestOperation, jsonptr::PointerBuf};
+    let index = index.to_string();
+    let at = PointerBuf::from_tokens(["spec", "schedulingGates", index.as_str()]);
+    json_patch::Patch(vec![
+        PatchOperation::Test(TestOperation {
+            path: PointerBuf::from_tokens(["metadata", "uid"]),
+            value: uid.into(),
+        }),
+        PatchOperation::Test(TestOperation {
+            path: at.clone(),
+            value: serde_json::json!({ "name": SCHEDULING_GATE }),
+        }),
+        PatchOperation::Remove(RemoveOperation { path: at }),
+    ])
+}
+
+#[cfg(test)]
+mod tests;
