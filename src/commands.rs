@@ -1,7 +1,8 @@
 //! What the one-shot commands read from the cluster: `kwarm status` reads the DaemonSet and its
 //! holder pods once (no watch, no write) and summarises them with [`crate::status::StatusReport`];
-//! with the node gate on, the nodes too. `kwarm ungate` opens every gate kwarm holds (before an
-//! uninstall: the chart runs it as a pre-delete hook).
+//! with the node gate on, the nodes too; with the rollout gate on, the pods it holds. `kwarm
+//! ungate` opens every gate kwarm holds (before an uninstall: the chart runs it as a pre-delete
+//! hook).
 
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -36,7 +37,7 @@ pub async fn status_report(client: Client, config: &Config) -> Result<crate::sta
         report.digests = check_digests(&client, config, check, live.as_ref(), &holders).await;
     }
     if let Some(gate) = &config.node_gate {
-        let node_api: Api<Node> = Api::all(client);
+        let node_api: Api<Node> = Api::all(client.clone());
         let nodes = with_timeout(API_TIMEOUT, node_api.list(&ListParams::default())).await?;
         let now = std::time::SystemTime::now();
         let gated: Vec<_> = nodes
@@ -50,7 +51,43 @@ pub async fn status_report(client: Client, config: &Config) -> Result<crate::sta
         let images: Vec<String> = report.images.iter().map(|s| s.image.clone()).collect();
         report.node_gate = Some(NodeGateReport::build(gate, &gated, &holders, &images));
     }
+    if let Some(gate) = &config.rollout_gate {
+        report.rollout_gate = Some(rollout_report(&client, config, gate.timeout, &holders).await?);
+    }
     Ok(report)
+}
+
+/// The pods carrying kwarm's scheduling gate, and what each still waits for.
+async fn rollout_report(
+    client: &Client,
+    config: &Config,
+    timeout: std::time::Duration,
+    holders: &[PodHolders],
+) -> Result<crate::status::RolloutGateReport> {
+    use crate::rollout::{WarmView, gated_pod};
+    let now = std::time::SystemTime::now();
+    let all: Api<Pod> = Api::all(client.clone());
+    let pending =
+        with_timeout(API_TIMEOUT, all.list(&ListParams::default().fields("spec.nodeName="))).await?;
+    let gated: Vec<_> = pending
+        .items
+        .iter()
+        .filter_map(|p| {
+            Some(((p.namespace().unwrap_or_default(), p.name_any()), gated_pod(p, &config.watch, now)?))
+        })
+        .collect();
+    let mut view = WarmView::default();
+    for h in holders {
+        let held = h.images.iter().filter(|(_, s)| **s == crate::status::HolderState::Warm);
+        view.warm.entry(h.node.clone()).or_default().extend(held.map(|(i, _)| i.clone()));
+    }
+    if gated.iter().any(|(_, g)| g.placement != Default::default()) {
+        let nodes: Api<Node> = Api::all(client.clone());
+        for node in with_timeout(API_TIMEOUT, nodes.list(&ListParams::default())).await?.items {
+            view.labels.insert(node.name_any(), node.labels().clone());
+        }
+    }
+    Ok(crate::status::RolloutGateReport::build(timeout, &gated, &view))
 }
 
 /// Removes the node gate's taint from every node that carries it; returns the nodes released.
@@ -79,6 +116,47 @@ pub async fn ungate(client: Client, config: &Config) -> Result<Vec<String>> {
         }
     }
     Ok(released)
+}
+
+/// With the rollout gate on: deletes kwarm's MutatingWebhookConfiguration (no new pod is gated)
+/// and then removes kwarm's scheduling gate from every pod that carries it. Returns whether the
+/// configuration existed and the pods released (`namespace/name`).
+pub async fn ungate_pods(client: Client, config: &Config) -> Result<(bool, Vec<String>)> {
+    use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+    let Some(gate) = &config.rollout_gate else { return Ok((false, Vec::new())) };
+    let hooks: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let deleted =
+        match with_timeout(API_TIMEOUT, hooks.delete(&gate.configuration, &Default::default())).await {
+            Ok(_) => true,
+            Err(e) if e.api_code() == Some(404) => false,
+            Err(e) => return Err(e),
+        };
+    let all: Api<Pod> = Api::all(client.clone());
+    let pending =
+        with_timeout(API_TIMEOUT, all.list(&ListParams::default().fields("spec.nodeName="))).await?;
+    let mut released = Vec::new();
+    for pod in pending.items {
+        let (namespace, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let api: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+        let mut current = Some(pod);
+        for attempt in 1..=5 {
+            let Some(pod) = current.take().filter(|p| p.metadata.uid.as_deref() == Some(uid.as_str())) else {
+                break;
+            };
+            let Some(index) = crate::controller::gate_index(&pod) else { break };
+            match crate::controller::remove_scheduling_gate(&api, &name, &uid, index).await {
+                Ok(()) => {
+                    released.push(format!("{namespace}/{name}"));
+                    break;
+                }
+                Err(e) if e.api_code() == Some(404) => break,
+                Err(e) if attempt == 5 || e.api_code() == Some(403) => return Err(e),
+                Err(_) => current = with_timeout(API_TIMEOUT, api.get_opt(&name)).await?,
+            }
+        }
+    }
+    Ok((deleted, released))
 }
 
 /// Asks the registries about the DaemonSet's tags, with its pull secrets, as the manager does.

@@ -133,14 +133,35 @@ fn write_stdout(text: &str) -> anyhow::Result<()> {
 }
 
 async fn ungate(config: Config) -> anyhow::Result<()> {
-    let Some(gate) = &config.node_gate else {
-        return write_stdout("NODE_GATE_TAINT is not set: kwarm holds no node gate\n");
-    };
+    if config.node_gate.is_none() && config.rollout_gate.is_none() {
+        return write_stdout("NODE_GATE_TAINT is not set and ROLLOUT_GATE is off: kwarm holds no gate\n");
+    }
     let client = kube::Client::try_default().await.context("connecting to Kubernetes")?;
-    let released = kwarm::commands::ungate(client, &config).await.context("removing the node gate taint")?;
-    let mut text = format!("Removed {} from {} nodes\n", gate.taint, released.len());
-    for node in released {
-        text += &format!("  {node}\n");
+    let mut text = String::new();
+    if let Some(gate) = &config.rollout_gate {
+        let (deleted, released) = kwarm::commands::ungate_pods(client.clone(), &config)
+            .await
+            .context("releasing the rollout gate")?;
+        text += &match deleted {
+            true => format!("Deleted MutatingWebhookConfiguration {}\n", gate.configuration),
+            false => format!("MutatingWebhookConfiguration {} did not exist\n", gate.configuration),
+        };
+        text += &format!(
+            "Removed scheduling gate {} from {} pods\n",
+            kwarm::rollout::SCHEDULING_GATE,
+            released.len()
+        );
+        for pod in released {
+            text += &format!("  {pod}\n");
+        }
+    }
+    if let Some(gate) = &config.node_gate {
+        let released =
+            kwarm::commands::ungate(client, &config).await.context("removing the node gate taint")?;
+        text += &format!("Removed {} from {} nodes\n", gate.taint, released.len());
+        for node in released {
+            text += &format!("  {node}\n");
+        }
     }
     write_stdout(&text)
 }

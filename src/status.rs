@@ -529,6 +529,53 @@ pub struct StatusReport {
     /// The node gate, when `NODE_GATE_TAINT` is set.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node_gate: Option<NodeGateReport>,
+    /// The rollout gate, when `ROLLOUT_GATE` is on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollout_gate: Option<RolloutGateReport>,
+}
+
+/// The rollout gate in `kwarm status`: every pod carrying kwarm's scheduling gate.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutGateReport {
+    pub timeout_seconds: u64,
+    pub gated: Vec<GatedPodReport>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GatedPodReport {
+    pub namespace: String,
+    pub pod: String,
+    pub deployment: Option<String>,
+    #[serde(with = "time")]
+    pub since: SystemTime,
+    /// When kwarm opens the gate at the latest.
+    #[serde(with = "time")]
+    pub deadline: SystemTime,
+    /// Images of the pod some node it may run on does not hold yet.
+    pub not_warm: Vec<String>,
+}
+
+impl RolloutGateReport {
+    pub fn build(
+        timeout: Duration,
+        gated: &[(crate::rollout::PodKey, crate::rollout::GatedPod)],
+        view: &crate::rollout::WarmView,
+    ) -> Self {
+        let gated = gated
+            .iter()
+            .map(|((namespace, pod), g)| GatedPodReport {
+                namespace: namespace.clone(),
+                pod: pod.clone(),
+                deployment: g.deployment.clone(),
+                since: g.since,
+                deadline: crate::rollout::deadline(g, timeout),
+                not_warm: crate::rollout::not_warm(&g.images, &g.placement, view).0,
+            })
+            .collect();
+        RolloutGateReport { timeout_seconds: timeout.as_secs(), gated }
+    }
 }
 
 /// The node gate in `kwarm status`: its taint, and every node still carrying it.
@@ -617,6 +664,7 @@ impl StatusReport {
             init_failures,
             digests: Vec::new(),
             node_gate: None,
+            rollout_gate: None,
         }
     }
 
@@ -710,6 +758,22 @@ impl StatusReport {
                     format!("waiting for {}{more}", shown.join(", "))
                 };
                 let _ = writeln!(out, "  {}  until {deadline}  {waiting}", g.node);
+            }
+        }
+        if let Some(gate) = &self.rollout_gate {
+            let _ = writeln!(
+                out,
+                "\nRollout gate: {} pods gated (released when their images are warm, at the latest after {})",
+                gate.gated.len(),
+                humantime::format_duration(Duration::from_secs(gate.timeout_seconds))
+            );
+            for g in &gate.gated {
+                let deadline = humantime::format_rfc3339_seconds(g.deadline);
+                let waiting = match g.not_warm.as_slice() {
+                    [] => "warm: being released".to_string(),
+                    images => format!("waiting for {}", images.join(", ")),
+                };
+                let _ = writeln!(out, "  {}/{}  until {deadline}  {waiting}", g.namespace, g.pod);
             }
         }
         if !self.quarantined.is_empty() {

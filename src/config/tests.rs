@@ -6,6 +6,7 @@ use pretty_assertions::assert_eq;
 
 use super::*;
 use crate::labels::Requirement;
+use crate::rollout::{Certificates, Endpoint, GateMode};
 
 fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
@@ -179,6 +180,14 @@ fn known_variables_cover_every_documented_variable() {
         "INSECURE_REGISTRIES",
         "NODE_GATE_TAINT",
         "NODE_GATE_TIMEOUT",
+        "ROLLOUT_GATE",
+        "ROLLOUT_GATE_TIMEOUT",
+        "WEBHOOK_BIND_ADDRESS",
+        "WEBHOOK_URL",
+        "WEBHOOK_SERVICE",
+        "WEBHOOK_SECRET",
+        "WEBHOOK_CERT_DIR",
+        "WEBHOOK_CONFIGURATION",
         "METRICS_BIND_ADDRESS",
         "HEALTH_PROBE_BIND_ADDRESS",
         "LEADER_ELECT",
@@ -1487,4 +1496,60 @@ fn a_bad_digest_check_names_the_variable_and_what_is_expected() {
     assert!(interval.expected.contains("at least 10s"), "{}", interval.expected);
     let insecure = all.iter().find(|e| e.variable == "INSECURE_REGISTRIES").expect("registries error");
     assert!(insecure.expected.contains("registry hosts"), "{}", insecure.expected);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The rollout gate
+
+#[test]
+fn the_rollout_gate_is_off_by_default_and_on_with_the_service_form() {
+    assert_eq!(
+        valid(&[("IMAGES", "nginx:1"), ("WEBHOOK_URL", "https://127.0.0.1:9443/mutate")]).rollout_gate,
+        None
+    );
+    let c = Config::from_vars(vars(&[("ROLLOUT_GATE", "true")]), Some("kwarm-system".to_string()))
+        .expect("valid");
+    let gate = c.rollout_gate.expect("on");
+    assert_eq!(gate.mode, GateMode::All);
+    assert_eq!(gate.timeout, Duration::from_secs(300));
+    assert_eq!(gate.bind_address, SocketAddr::from(([0, 0, 0, 0], 9443)));
+    assert_eq!(
+        gate.endpoint,
+        Endpoint::Service { name: "kwarm-webhook".into(), namespace: "kwarm-system".into() }
+    );
+    assert_eq!(gate.certificates, Certificates::Secret("kwarm-webhook-tls".into()));
+    assert_eq!(gate.configuration, "kwarm-rollout-gate-kwarm-system");
+    let c = valid(&[
+        ("ROLLOUT_GATE", "Opt-In"),
+        ("ROLLOUT_GATE_TIMEOUT", "90s"),
+        ("WEBHOOK_BIND_ADDRESS", "127.0.0.1:19443"),
+        ("WEBHOOK_URL", "https://127.0.0.1:19443/mutate"),
+        ("WEBHOOK_CERT_DIR", "/etc/kwarm/webhook"),
+        ("WEBHOOK_CONFIGURATION", "kwarm-test"),
+    ]);
+    let gate = c.rollout_gate.expect("on");
+    assert_eq!(gate.mode, GateMode::OptIn);
+    assert_eq!(gate.timeout, Duration::from_secs(90));
+    assert_eq!(gate.endpoint, Endpoint::Url("https://127.0.0.1:19443/mutate".into()));
+    assert_eq!(gate.certificates, Certificates::Directory("/etc/kwarm/webhook".into()));
+    assert_eq!(gate.configuration, "kwarm-test");
+}
+
+#[test]
+fn rollout_gate_mistakes_are_named_all_at_once() {
+    assert!(rejects("ROLLOUT_GATE", "sometimes").contains("opt-in"));
+    assert!(rejects("ROLLOUT_GATE_TIMEOUT", "0s").contains("at least 1s"));
+    assert!(rejects("WEBHOOK_URL", "http://127.0.0.1:9443/mutate").contains("https://"));
+    assert!(rejects("WEBHOOK_URL", "https:///mutate").contains("host"));
+    assert!(rejects("WEBHOOK_BIND_ADDRESS", "0").contains("ROLLOUT_GATE=false"));
+    assert!(rejects("WEBHOOK_SERVICE", "Kwarm_Webhook").contains("Service name"));
+    assert!(rejects("WEBHOOK_CERT_DIR", "certs").contains("absolute"));
+    let all = problems(&[
+        ("ROLLOUT_GATE", "true"),
+        ("WATCH_DEPLOYMENTS", "false"),
+        ("IMAGES", "nginx:1"),
+        ("WEBHOOK_BIND_ADDRESS", ":8080"),
+    ]);
+    let named: BTreeSet<&str> = all.iter().map(|e| e.variable).collect();
+    assert_eq!(named, BTreeSet::from(["ROLLOUT_GATE", "WEBHOOK_BIND_ADDRESS"]), "{all:#?}");
 }
