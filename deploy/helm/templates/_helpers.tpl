@@ -118,3 +118,77 @@ the default. Arguments: (list VALUE DEFAULT).
 {{- $list -}}
 {{- end -}}
 {{- end -}}
+
+{{/*
+ROLLOUT_GATE from rolloutGate.enabled and rolloutGate.mode: "true" (all), "opt-in", or empty when
+the rollout gate is off.
+*/}}
+{{- define "kwarm.rolloutGate" -}}
+{{- $g := .Values.rolloutGate | default dict -}}
+{{- $enabled := include "kwarm.str" $g.enabled | lower -}}
+{{- $mode := include "kwarm.str" $g.mode | lower | default "all" -}}
+{{- if not (has $enabled (list "true" "false" "")) -}}
+{{- fail (printf "rolloutGate.enabled must be true or false, not %q (rolloutGate.mode chooses all or opt-in)" $enabled) -}}
+{{- end -}}
+{{- if not (has $mode (list "all" "opt-in")) -}}
+{{- fail (printf "rolloutGate.mode must be all or opt-in, not %q" $mode) -}}
+{{- end -}}
+{{- if eq $enabled "true" -}}
+{{- ternary "opt-in" "true" (eq $mode "opt-in") -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Whether the rollout gate's serving certificate comes from cert-manager. */}}
+{{- define "kwarm.webhookCertManager" -}}
+{{- $enabled := dig "certManager" "enabled" false (.Values.rolloutGate | default dict) -}}
+{{- if and (include "kwarm.rolloutGate" .) (eq (include "kwarm.str" $enabled) "true") -}}true{{- end -}}
+{{- end -}}
+
+{{/* WEBHOOK_SERVICE: the webhook's Service, in the release namespace. */}}
+{{- define "kwarm.webhookService" -}}
+{{- printf "%s-webhook" .Values.deploymentName -}}
+{{- end -}}
+
+{{/* WEBHOOK_SECRET: the Secret the manager keeps its webhook certificate in (without cert-manager). */}}
+{{- define "kwarm.webhookSecret" -}}
+{{- printf "%s-webhook-tls" .Values.deploymentName -}}
+{{- end -}}
+
+{{/* The Secret cert-manager writes the webhook certificate to (with rolloutGate.certManager). */}}
+{{- define "kwarm.webhookCertSecret" -}}
+{{- printf "%s-webhook-cert" .Values.deploymentName -}}
+{{- end -}}
+
+{{/* WEBHOOK_CONFIGURATION: the cluster-scoped MutatingWebhookConfiguration the manager keeps. */}}
+{{- define "kwarm.webhookConfiguration" -}}
+{{- printf "kwarm-rollout-gate-%s-%s" .Release.Namespace .Release.Name -}}
+{{- end -}}
+
+{{/* Where the cert-manager certificate is mounted (WEBHOOK_CERT_DIR). */}}
+{{- define "kwarm.webhookCertDir" -}}
+/etc/kwarm/webhook
+{{- end -}}
+
+{{/*
+The rollout gate's variables, as JSON (an empty object when the gate is off): in the ConfigMap the
+chart creates, else in the environment of the manager and of the ungate hook.
+*/}}
+{{- define "kwarm.rolloutGateVars" -}}
+{{- $mode := include "kwarm.rolloutGate" . -}}
+{{- $vars := dict -}}
+{{- if $mode -}}
+{{- $g := .Values.rolloutGate -}}
+{{- $_ := set $vars "ROLLOUT_GATE" $mode -}}
+{{- $_ = set $vars "ROLLOUT_GATE_TIMEOUT" (include "kwarm.str" $g.timeout) -}}
+{{- $_ = set $vars "WEBHOOK_BIND_ADDRESS" (printf ":%v" (include "kwarm.str" $g.port)) -}}
+{{- $_ = set $vars "WEBHOOK_URL" (include "kwarm.str" $g.url) -}}
+{{- $_ = set $vars "WEBHOOK_SERVICE" (include "kwarm.webhookService" .) -}}
+{{- $_ = set $vars "WEBHOOK_CONFIGURATION" (include "kwarm.webhookConfiguration" .) -}}
+{{- if include "kwarm.webhookCertManager" . -}}
+{{- $_ = set $vars "WEBHOOK_CERT_DIR" (include "kwarm.webhookCertDir" .) -}}
+{{- else -}}
+{{- $_ = set $vars "WEBHOOK_SECRET" (include "kwarm.webhookSecret" .) -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $vars -}}
+{{- end -}}
