@@ -13,6 +13,8 @@
 #   127.0.0.1:5000/test/medium:v1   1 MiB   1  a pull that takes measurable time
 #   127.0.0.1:5000/test/large:v1    8 MiB   1  a bigger pull (disk accounting, slow pulls)
 #   127.0.0.1:5000/test/layers:v1   768 KiB 3  several layers (3 x 256 KiB)
+#   127.0.0.1:5000/test/big:gated   64 MiB  2  rollout gate: a pull big enough to see (2 x 32 MiB)
+#   127.0.0.1:5000/test/big:ungated 64 MiB  2  the same change with the gate off, for comparison
 #   127.0.0.1:5001/private/secret:v1  4 KiB 1  in the registry that requires a login (pull secrets)
 #   127.0.0.1:5000/che-incubator/che-code:next              4 KiB 1  the images kubernetes-image-puller's
 #   127.0.0.1:5000/devfile/base-developer-image:ubi9-latest 4 KiB 1  own values and templates name; the
@@ -32,6 +34,8 @@ IMAGES=(
   "test/medium:v1 1048576"
   "test/large:v1 8388608"
   "test/layers:v1 262144 262144 262144"
+  "test/big:gated 33554432 33554432"
+  "test/big:ungated 33554432 33554432"
   "che-incubator/che-code:next 4096"
   "devfile/base-developer-image:ubi9-latest 4096"
 )

@@ -349,7 +349,7 @@ impl Config {
 
         let images = parse_images(&mut c);
         let (daemonset_name, daemonset_annotations, namespace, deployment_name) =
-            parse_identity(&mut c, own_namespace);
+            parse_identity(&mut c, own_namespace.clone());
         let caching_interval = parse_caching_interval(&mut c);
         let resources = parse_resources(&mut c);
         let placement = parse_placement(&mut c);
@@ -366,7 +366,9 @@ impl Config {
         let digest_check = parse_digest_check(&mut c, caching_interval);
         let (metrics_bind_address, health_probe_bind_address, leader_elect, log_format) =
             parse_server(&mut c);
-        let rollout_gate = parse_rollout_gate(&mut c, &namespace);
+        // The webhook's Service and Secret live with the manager's pods, which may run in another
+        // namespace than the DaemonSet (NAMESPACE).
+        let rollout_gate = parse_rollout_gate(&mut c, own_namespace.as_deref().unwrap_or(&namespace));
 
         // EXCLUDE_IMAGES wins over IMAGES too: a matching image is never warmed, and the user is
         // told which entries that drops.
@@ -755,7 +757,8 @@ fn parse_node_gate(c: &mut Checker) -> Option<NodeGate> {
     taint.map(|taint| NodeGate { taint, timeout })
 }
 
-/// ROLLOUT_GATE, ROLLOUT_GATE_TIMEOUT and the webhook's WEBHOOK_* variables.
+/// ROLLOUT_GATE, ROLLOUT_GATE_TIMEOUT and the webhook's WEBHOOK_* variables; `namespace` is the
+/// manager's own.
 fn parse_rollout_gate(c: &mut Checker, namespace: &str) -> Option<RolloutGate> {
     let mode = c.parse("ROLLOUT_GATE", None, |v| match v.to_ascii_lowercase().as_str() {
         "opt-in" => Ok(Some(GateMode::OptIn)),
@@ -818,6 +821,7 @@ fn parse_rollout_gate(c: &mut Checker, namespace: &str) -> Option<RolloutGate> {
             None => Certificates::Secret(secret),
         },
         configuration,
+        namespace: namespace.to_string(),
     })
 }
 

@@ -19,6 +19,9 @@ pub struct DeploymentImages {
     /// Its `kwarm.io/rollout-gate` annotation or label (the annotation wins): `Some(true)` or
     /// `Some(false)`; `None` when it has neither or the value is not a boolean.
     pub rollout_gate: Option<bool>,
+    /// Names of its pod template's containers and init containers (the rollout gate waits for
+    /// their images, not for sidecars other webhooks inject).
+    pub containers: BTreeSet<String>,
 }
 
 /// Extracts what kwarm needs from a Deployment, or `None` when its namespace is not watched.
@@ -42,6 +45,7 @@ pub fn summarize_deployment(deployment: &Deployment, watch: &WatchConfig) -> Opt
     });
     if let Some(pod) = pod {
         let containers = pod.containers.iter().chain(pod.init_containers.iter().flatten());
+        summary.containers = containers.clone().map(|c| c.name.clone()).collect();
         for image in containers.filter_map(|c| c.image.as_deref()) {
             if watch.image_excluded(image) {
                 continue;

@@ -235,7 +235,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
                 gate.bind_address,
                 certs.clone(),
                 view_rx,
-                config.watch.clone(),
+                &config,
+                Some(client.clone()),
                 shared.clone(),
                 shutdown_rx.clone(),
             )

@@ -75,6 +75,9 @@ pub struct RolloutGate {
     pub certificates: Certificates,
     /// Name of the MutatingWebhookConfiguration kwarm keeps.
     pub configuration: String,
+    /// The manager's own namespace: the webhook's Service and Secret are there (and it is never
+    /// gated).
+    pub namespace: String,
 }
 
 /// Canonical references of a pod's images that kwarm warms (excluded images never gate).
@@ -86,6 +89,37 @@ pub fn pod_images(spec: &PodSpec, watch: &WatchConfig) -> BTreeSet<String> {
         .filter_map(|image| parse_image_reference(image).ok())
         .filter(|canonical| !watch.image_excluded(canonical))
         .collect()
+}
+
+/// A pod's containers and init containers (name → canonical image) that kwarm warms.
+pub fn pod_containers(spec: &PodSpec, watch: &WatchConfig) -> BTreeMap<String, String> {
+    let containers = spec.containers.iter().chain(spec.init_containers.iter().flatten());
+    containers
+        .filter_map(|c| Some((c.name.clone(), c.image.as_deref()?)))
+        .filter(|(_, image)| !watch.image_excluded(image))
+        .filter_map(|(name, image)| Some((name, parse_image_reference(image).ok()?)))
+        .filter(|(_, canonical)| !watch.image_excluded(canonical))
+        .collect()
+}
+
+/// The images a pod waits for: those of the containers its Deployment's template names (the
+/// template kwarm saw may be a moment older than the pod, so by name, not by image) and any
+/// image kwarm warms. Containers another webhook injected (service-mesh sidecars) are neither,
+/// and never hold a pod back. Without the template (or the containers), every image.
+fn waited_for(
+    images: &BTreeSet<String>,
+    containers: &BTreeMap<String, String>,
+    template: Option<&BTreeSet<String>>,
+    warmed: &BTreeSet<String>,
+) -> BTreeSet<String> {
+    match template {
+        Some(template) if !containers.is_empty() => containers
+            .iter()
+            .filter(|(name, image)| template.contains(*name) || warmed.contains(*image))
+            .map(|(_, image)| image.clone())
+            .collect(),
+        _ => images.clone(),
+    }
 }
 
 /// The Deployment a pod belongs to: its controller is the ReplicaSet `<deployment>-<hash>`,
@@ -114,6 +148,12 @@ pub struct WarmView {
     pub labels: BTreeMap<String, BTreeMap<String, String>>,
     /// The watched Deployments whose pods are gated.
     pub gated_deployments: BTreeSet<DeploymentKey>,
+    /// Every watched Deployment (gated or opted out).
+    pub watched: BTreeSet<DeploymentKey>,
+    /// Their pod templates' container names (see [`waited_for`]).
+    pub template_containers: BTreeMap<DeploymentKey, BTreeSet<String>>,
+    /// The images the DaemonSet is to hold now.
+    pub warmed: BTreeSet<String>,
     /// Images kwarm does not warm now: failing on every node, or over MAX_IMAGES. Nobody waits
     /// for them.
     pub quarantined: BTreeSet<String>,
@@ -160,6 +200,9 @@ pub enum Admission {
     Gate { not_warm: Vec<String> },
     /// Leave the pod alone, and why (for the metric and the debug log).
     Pass(&'static str),
+    /// The pod's Deployment is not among those kwarm watches, or kwarm has not seen it yet (a
+    /// Deployment created a moment ago): the caller reads it and asks [`admit_gated`].
+    Unknown { deployment: String },
 }
 
 /// Decides whether a new pod waits for its images.
@@ -175,14 +218,36 @@ pub fn admit(pod: &Pod, namespace: &str, view: &WarmView, watch: &WatchConfig) -
         return Admission::Pass("gated");
     }
     let Some(deployment) = owning_deployment(pod) else { return Admission::Pass("not_watched") };
-    if !view.gated_deployments.contains(&(namespace.to_string(), deployment)) {
-        return Admission::Pass("not_watched");
+    let key = (namespace.to_string(), deployment);
+    if !view.gated_deployments.contains(&key) {
+        if view.watched.contains(&key) {
+            return Admission::Pass("not_gated");
+        }
+        return Admission::Unknown { deployment: key.1 };
     }
-    let (mut missing, nodes) = not_warm(&pod_images(spec, watch), &Placement::of(spec), view);
+    admit_gated(spec, view, watch, view.template_containers.get(&key))
+}
+
+/// [`admit`] for a pod of a gated Deployment whose template has these container names.
+pub fn admit_gated(
+    spec: &PodSpec,
+    view: &WarmView,
+    watch: &WatchConfig,
+    template: Option<&BTreeSet<String>>,
+) -> Admission {
+    let images = waited_for(&pod_images(spec, watch), &pod_containers(spec, watch), template, &view.warmed);
+    // An image kwarm does not warm opens the gate at once ([`releases`]): gating would only cost
+    // a patch and an Event.
+    if images.iter().any(|i| view.quarantined.contains(i)) {
+        return Admission::Pass("quarantined");
+    }
+    if images.iter().any(|i| view.overflow.contains(i)) {
+        return Admission::Pass("overflow");
+    }
+    let (missing, nodes) = not_warm(&images, &Placement::of(spec), view);
     if nodes == 0 {
         return Admission::Pass("no_holder_node");
     }
-    missing.retain(|i| !view.quarantined.contains(i) && !view.overflow.contains(i));
     if missing.is_empty() {
         return Admission::Pass("warm");
     }
@@ -215,6 +280,8 @@ pub struct GatedPod {
     pub since: SystemTime,
     pub deployment: Option<String>,
     pub images: BTreeSet<String>,
+    /// Container name → image (see [`waited_for`]).
+    pub containers: BTreeMap<String, String>,
     pub placement: Placement,
 }
 
@@ -231,6 +298,7 @@ pub fn gated_pod(pod: &Pod, watch: &WatchConfig, now: SystemTime) -> Option<Gate
         since: pod.metadata.creation_timestamp.as_ref().map_or(now, |t| SystemTime::from(t.0)),
         deployment: owning_deployment(pod),
         images: pod_images(spec, watch),
+        containers: pod_containers(spec, watch),
         placement: Placement::of(spec),
     })
 }
@@ -281,12 +349,17 @@ pub fn releases<'a>(
 ) -> Vec<PodRelease> {
     let mut out = Vec::new();
     for ((namespace, name), pod) in gated {
-        let why = if let Some(image) = pod.images.iter().find(|i| view.quarantined.contains(*i)) {
+        let template = pod
+            .deployment
+            .as_ref()
+            .and_then(|d| view.template_containers.get(&(namespace.clone(), d.clone())));
+        let images = waited_for(&pod.images, &pod.containers, template, &view.warmed);
+        let why = if let Some(image) = images.iter().find(|i| view.quarantined.contains(*i)) {
             Why::Quarantined { image: image.clone() }
-        } else if let Some(image) = pod.images.iter().find(|i| view.overflow.contains(*i)) {
+        } else if let Some(image) = images.iter().find(|i| view.overflow.contains(*i)) {
             Why::Overflow { image: image.clone() }
         } else {
-            let (missing, _) = not_warm(&pod.images, &pod.placement, view);
+            let (missing, _) = not_warm(&images, &pod.placement, view);
             if missing.is_empty() {
                 Why::Warm
             } else if now >= deadline(pod, timeout) {

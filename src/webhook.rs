@@ -86,6 +86,66 @@ struct Ctx {
     view: watch::Receiver<Arc<WarmView>>,
     watch: WatchConfig,
     shared: Arc<Shared>,
+    /// Reads Deployments the watch has not shown yet (`None`: never, e.g. in unit tests).
+    lookup: Option<Lookup>,
+}
+
+/// Reading a Deployment the manager has not seen: one just created, whose first pods arrive
+/// before the watch event does. Deployments found not watched are remembered for a while, so the
+/// pods of unwatched Deployments cost one read per Deployment per [`UNWATCHED_TTL`].
+struct Lookup {
+    client: kube::Client,
+    mode: crate::rollout::GateMode,
+    unwatched: std::sync::Mutex<std::collections::HashMap<(String, String), std::time::Instant>>,
+}
+
+const UNWATCHED_TTL: Duration = Duration::from_secs(30);
+const UNWATCHED_MAX: usize = 10_000;
+/// A read that takes longer lets the pod through ungated (the API server waits at most
+/// [`TIMEOUT_SECONDS`] in all).
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(1);
+
+impl Lookup {
+    /// The template's container names when `namespace/name` is a gated Deployment.
+    async fn gated(
+        &self,
+        watch: &WatchConfig,
+        namespace: &str,
+        name: &str,
+    ) -> Option<std::collections::BTreeSet<String>> {
+        let key = (namespace.to_string(), name.to_string());
+        let now = std::time::Instant::now();
+        if let Ok(mut unwatched) = self.unwatched.lock() {
+            match unwatched.get(&key) {
+                Some(at) if now.duration_since(*at) < UNWATCHED_TTL => return None,
+                _ => {}
+            }
+            if unwatched.len() >= UNWATCHED_MAX {
+                unwatched.clear();
+            }
+        }
+        let api: kube::Api<k8s_openapi::api::apps::v1::Deployment> =
+            kube::Api::namespaced(self.client.clone(), namespace);
+        let deployment = match tokio::time::timeout(LOOKUP_TIMEOUT, api.get_opt(name)).await {
+            Ok(Ok(Some(d))) => d,
+            Ok(Ok(None)) => return None,
+            Ok(Err(e)) => {
+                tracing::debug!(%namespace, deployment = %name, error = %e, "Could not read the pod's Deployment; not gated");
+                return None;
+            }
+            Err(_) => return None,
+        };
+        let labels = deployment.metadata.labels.clone().unwrap_or_default();
+        let summary = crate::images::summarize_deployment(&deployment, watch)
+            .filter(|_| watch.enabled && watch.selector.matches(&labels))
+            .filter(|s| self.mode.gates(s.rollout_gate));
+        if summary.is_none()
+            && let Ok(mut unwatched) = self.unwatched.lock()
+        {
+            unwatched.insert(key, now);
+        }
+        summary.map(|s| s.containers)
+    }
 }
 
 /// Binds WEBHOOK_BIND_ADDRESS (a taken port fails at start) and serves until shutdown. The
@@ -94,16 +154,25 @@ pub async fn serve(
     address: SocketAddr,
     certs: Arc<CertStore>,
     view: watch::Receiver<Arc<WarmView>>,
-    watch: WatchConfig,
+    config: &crate::config::Config,
+    client: Option<kube::Client>,
     shared: Arc<Shared>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
+    let watch = config.watch.clone();
+    let lookup = match (client, &config.rollout_gate) {
+        (Some(client), Some(gate)) => Some(Lookup { client, mode: gate.mode, unwatched: Default::default() }),
+        _ => None,
+    };
     let listener = TcpListener::bind(address).await.map_err(|source| Error::Listen { address, source })?;
     tracing::info!(%address, "Webhook listening");
     let mut tls = rustls::ServerConfig::builder().with_no_client_auth().with_cert_resolver(certs);
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-    let app = Router::new().fallback(post(mutate)).with_state(Arc::new(Ctx { view, watch, shared }));
+    let app = Router::new()
+        .fallback(post(mutate))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .with_state(Arc::new(Ctx { view, watch, shared, lookup }));
     tokio::spawn(accept_loop(listener, acceptor, app, shutdown));
     Ok(())
 }
@@ -174,7 +243,7 @@ async fn mutate(State(ctx): State<Arc<Ctx>>, body: Bytes) -> Response {
                 .into_response();
         }
     };
-    let response = answer(&ctx, &request, count);
+    let response = answer(&ctx, &request, count).await;
     match serde_json::to_vec(&response.into_review()) {
         Ok(body) => ([(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
@@ -182,7 +251,11 @@ async fn mutate(State(ctx): State<Arc<Ctx>>, body: Bytes) -> Response {
 }
 
 /// Allowed always; with the gate's patch when the pod waits for its images.
-fn answer(ctx: &Ctx, request: &AdmissionRequest<Pod>, count: impl Fn(&'static str)) -> AdmissionResponse {
+async fn answer(
+    ctx: &Ctx,
+    request: &AdmissionRequest<Pod>,
+    count: impl Fn(&'static str),
+) -> AdmissionResponse {
     let allowed = AdmissionResponse::from(request);
     let Some(pod) = &request.object else {
         count("no_object");
@@ -190,7 +263,20 @@ fn answer(ctx: &Ctx, request: &AdmissionRequest<Pod>, count: impl Fn(&'static st
     };
     let namespace = request.namespace.as_deref().or(pod.metadata.namespace.as_deref()).unwrap_or_default();
     let view = ctx.view.borrow().clone();
-    match admit(pod, namespace, &view, &ctx.watch) {
+    let mut admission = admit(pod, namespace, &view, &ctx.watch);
+    if let (Admission::Unknown { deployment }, Some(lookup), Some(spec)) =
+        (&admission, &ctx.lookup, &pod.spec)
+    {
+        admission = match lookup.gated(&ctx.watch, namespace, deployment).await {
+            Some(template) => crate::rollout::admit_gated(spec, &view, &ctx.watch, Some(&template)),
+            None => Admission::Pass("not_watched"),
+        };
+    }
+    match admission {
+        Admission::Unknown { .. } => {
+            count("not_watched");
+            allowed
+        }
         Admission::Pass(why) => {
             count(why);
             allowed
@@ -259,6 +345,7 @@ pub fn webhook_configuration(
     let mut excluded: std::collections::BTreeSet<String> = watch.exclude_namespaces.clone();
     excluded.insert("kube-system".into());
     excluded.insert(namespace.into());
+    excluded.insert(gate.namespace.clone());
     let mut expressions = vec![LabelSelectorRequirement {
         key: name_label.clone(),
         operator: "NotIn".into(),

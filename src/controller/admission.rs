@@ -34,6 +34,8 @@ impl Keeper {
     pub async fn run(self, mut leader: watch::Receiver<bool>, mut shutdown: watch::Receiver<bool>) {
         let Some(gate) = self.config.rollout_gate.clone() else { return };
         let mut applied: Option<MutatingWebhookConfiguration> = None;
+        // Without leader election nobody sends: leadership is fixed, the channel closed.
+        let mut leader_open = true;
         loop {
             let is_leader = *leader.borrow();
             let wait = match self.check(&gate, is_leader, &mut applied).await {
@@ -46,7 +48,10 @@ impl Keeper {
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 // a new leader applies the configuration at once
-                _ = leader.changed() => applied = None,
+                changed = leader.changed(), if leader_open => match changed {
+                    Ok(()) => applied = None,
+                    Err(_) => leader_open = false,
+                },
                 _ = shutdown.wait_for(|s| *s) => return,
             }
         }
@@ -89,8 +94,8 @@ impl Keeper {
     /// returns the caBundle. Two replicas renewing at once: the second write conflicts, and the
     /// next check installs the winner's.
     async fn keep_secret(&self, gate: &RolloutGate, name: &str) -> Result<String, String> {
-        let api: Api<Secret> = Api::namespaced(self.client.clone(), &self.config.namespace);
-        let what = |e: crate::Error| format!("Secret {}/{name}: {e}", self.config.namespace);
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), &gate.namespace);
+        let what = |e: crate::Error| format!("Secret {}/{name}: {e}", gate.namespace);
         let live = with_timeout(API_TIMEOUT, api.get_opt(name)).await.map_err(what)?;
         let current = live.as_ref().and_then(certs::from_secret);
         let hosts = certs::hosts(&gate.endpoint);
@@ -100,7 +105,7 @@ impl Keeper {
             current.ok_or("no certificate")?
         } else {
             let bundle = certs::renew(current.as_ref(), renewal, &hosts, now)?;
-            let mut secret = certs::to_secret(&bundle, name, &self.config.namespace);
+            let mut secret = certs::to_secret(&bundle, name, &gate.namespace);
             let written = match &live {
                 None => with_timeout(API_TIMEOUT, api.create(&PostParams::default(), &secret)).await,
                 Some(live) => {

@@ -441,7 +441,15 @@ impl State {
                     self.tracker.replace_all(all, now);
                     true
                 }
-                Seen::Applied((key, Some(summary))) => self.tracker.upsert(key, summary, now),
+                Seen::Applied((key, Some(summary))) => {
+                    // the rollout gate reads the setting and the containers: a change is a decision
+                    let before = self.tracker.deployments().get(&key);
+                    let gate_changed = config.rollout_gate.is_some()
+                        && before.is_none_or(|b| {
+                            b.rollout_gate != summary.rollout_gate || b.containers != summary.containers
+                        });
+                    self.tracker.upsert(key, summary, now) || gate_changed
+                }
                 Seen::Applied((key, None)) | Seen::Deleted((key, _)) => self.tracker.remove(&key, now),
             },
             Observation::DeploymentsForbidden(error) => {
@@ -690,16 +698,16 @@ impl State {
         gauges.overflow = plan.overflow.len() as i64;
         gauges.gated_nodes = self.gated.len() as i64;
         let releases = self.releases(config, &plan.holders, now);
-        if config.rollout_gate.is_some() {
-            self.view = self.build_view(config, overflow_set(&plan.overflow));
-        }
-        gauges.gated_pods = self.gated_pods.len() as i64;
-        let pod_releases = self.pod_releases(config, now);
         self.planned = plan
             .holders
             .iter()
             .map(|h| parse_image_reference(&h.image).unwrap_or_else(|_| h.image.clone()))
             .collect();
+        if config.rollout_gate.is_some() {
+            self.view = self.build_view(config, overflow_set(&plan.overflow));
+        }
+        gauges.gated_pods = self.gated_pods.len() as i64;
+        let pod_releases = self.pod_releases(config, now);
         gauges.stale_images = self.check_digests(config, now) as i64;
 
         if now >= self.next_refresh {
@@ -760,18 +768,23 @@ impl State {
         }
         let labels =
             warm.keys().filter_map(|n| Some((n.clone(), self.node_labels.get(n)?.clone()))).collect();
-        let gated_deployments = self
+        let gated: BTreeMap<&DeploymentKey, &DeploymentImages> = self
             .tracker
             .deployments()
             .iter()
             .filter(|(_, d)| mode.is_some_and(|m| m.gates(d.rollout_gate)))
-            .map(|(k, _)| k.clone())
             .collect();
+        let gated_deployments = gated.keys().map(|k| (*k).clone()).collect();
+        let watched = self.tracker.deployments().keys().cloned().collect();
+        let template_containers = gated.iter().map(|(k, d)| ((*k).clone(), d.containers.clone())).collect();
         WarmView {
             synced: true,
             warm,
             labels,
             gated_deployments,
+            watched,
+            template_containers,
+            warmed: self.planned.clone(),
             quarantined: self.quarantine.excluded(),
             overflow,
         }

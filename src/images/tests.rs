@@ -40,6 +40,7 @@ fn uses(images: &[&str]) -> DeploymentImages {
     DeploymentImages {
         images: images.iter().map(|i| canonical(i)).collect(),
         pull_secrets: BTreeSet::new(),
+        containers: BTreeSet::new(),
         rollout_gate: None,
     }
 }

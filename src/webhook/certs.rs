@@ -2,7 +2,9 @@
 //! own (10 years) signs a serving certificate (1 year) for the webhook's host names. The
 //! serving certificate is renewed 30 days before it expires, or when the host names change; the
 //! CA a year before it expires, and then the old CA stays in the caBundle until it expires, so
-//! an API server that has not seen the new bundle yet still trusts every replica.
+//! replicas still serving a certificate of the old CA stay trusted. (Until the leader applies
+//! the new bundle, at most a minute, an API server may refuse a certificate of the new CA: the
+//! webhook fails open, and those pods are admitted ungated.)
 //!
 //! Pure apart from key generation: the clock comes in; what to store goes out.
 
@@ -107,6 +109,9 @@ pub fn renew(
     now: SystemTime,
 ) -> Result<Bundle, String> {
     let e = |e: rcgen::Error| e.to_string();
+    // Certificates and the Secret's annotations keep whole seconds: so does the bundle, so that
+    // what is read back from the Secret is what was issued.
+    let now = whole_seconds(now);
     let (ca_cert, ca_key, ca_not_after, previous_ca) = match (what, bundle) {
         (Renewal::Keep, Some(b)) => return Ok(b.clone()),
         (Renewal::Serving, Some(b)) => {
@@ -156,6 +161,11 @@ fn ca_params(now: SystemTime, not_after: SystemTime) -> CertificateParams {
     params.not_before = offset(now - DAY);
     params.not_after = offset(not_after);
     params
+}
+
+fn whole_seconds(t: SystemTime) -> SystemTime {
+    SystemTime::UNIX_EPOCH
+        + Duration::from_secs(t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs())
 }
 
 fn offset(t: SystemTime) -> time::OffsetDateTime {

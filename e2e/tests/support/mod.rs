@@ -30,7 +30,7 @@ pub fn log_dir() -> PathBuf {
     dir
 }
 
-fn free_port() -> Result<u16> {
+pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 

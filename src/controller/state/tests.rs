@@ -679,3 +679,280 @@ fn a_follower_never_rolls_for_a_digest_and_checks_can_be_off() {
     s.observe(&off, answer(NEW), at(2));
     assert_eq!(s.decide(&off, at(2)).apply, None, "DIGEST_CHECK_INTERVAL=0: digests never roll");
 }
+
+// ---------------------------------------------------------------------------------------------
+// The rollout gate
+
+/// `ROLLOUT_GATE` (`true` or `opt-in`) and these variables.
+fn rollout(mode: &str, more: &[(&str, &str)]) -> Config {
+    let mut pairs = vec![("IMAGES", "nginx:1.25"), ("ROLLOUT_GATE", mode)];
+    pairs.extend_from_slice(more);
+    config(&pairs)
+}
+
+fn watched(s: &mut State, c: &Config, name: &str, images: &[&str], setting: Option<bool>, now: SystemTime) {
+    let d = DeploymentImages { rollout_gate: setting, ..deployment(images) };
+    s.observe(
+        c,
+        Observation::Deployments(0, Seen::Applied((("team".to_string(), name.to_string()), Some(d)))),
+        now,
+    );
+}
+
+fn holders(s: &mut State, c: &Config, node: &str, images: &[(&str, HolderState)], now: SystemTime) {
+    s.observe(
+        c,
+        Observation::Pods(Seen::Applied((format!("holder-{node}"), Some(pod(node, 1, images))))),
+        now,
+    );
+}
+
+fn node_labels(s: &mut State, c: &Config, node: &str, labels: &[(&str, &str)], now: SystemTime) -> bool {
+    let labels = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    s.observe(
+        c,
+        Observation::Nodes(Seen::Applied((node.to_string(), NodeSeen { gated: None, labels: Some(labels) }))),
+        now,
+    )
+}
+
+fn pod_key(name: &str) -> PodKey {
+    ("team".to_string(), name.to_string())
+}
+
+/// A pod of `team/web` carrying kwarm's gate since `since`, waiting for `images`.
+fn waiting(images: &[&str], since: u64) -> GatedPod {
+    GatedPod {
+        uid: "pod-uid".into(),
+        index: 0,
+        since: at(since),
+        deployment: Some("web".into()),
+        images: images.iter().map(|i| i.to_string()).collect(),
+        containers: BTreeMap::new(),
+        placement: rollout::Placement::default(),
+    }
+}
+
+fn gate_pod(s: &mut State, c: &Config, name: &str, g: Option<GatedPod>, now: SystemTime) -> bool {
+    s.observe(c, Observation::GatedPods(Seen::Applied((pod_key(name), g))), now)
+}
+
+fn pods_released(d: &Decision) -> Vec<(&str, &rollout::Why)> {
+    d.pod_releases.iter().map(|r| (r.name.as_str(), &r.why)).collect()
+}
+
+fn keys(names: &[&str]) -> BTreeSet<DeploymentKey> {
+    names.iter().map(|n| ("team".to_string(), n.to_string())).collect()
+}
+
+#[test]
+fn with_the_rollout_gate_on_nothing_is_decided_before_the_pending_pods_listed() {
+    let c = rollout("true", &[]);
+    let mut s = State::new(&c, vec![None], true, false, None, at(0));
+    s.observe(&c, Observation::DaemonSet(Seen::Listed(vec![])), at(0));
+    s.observe(&c, Observation::Pods(Seen::Listed(vec![])), at(0));
+    s.observe(&c, Observation::Deployments(0, Seen::Listed(vec![])), at(0));
+    assert!(!s.synced(), "the Node watch has not listed yet");
+    s.observe(&c, Observation::Nodes(Seen::Listed(vec![])), at(0));
+    assert!(!s.synced(), "the pending-pod watch has not listed yet");
+    assert!(s.observe(
+        &c,
+        Observation::GatedPods(Seen::Listed(vec![
+            (pod_key("web-1"), Some(waiting(&[REDIS], 0))),
+            (pod_key("other"), None),
+        ])),
+        at(0)
+    ));
+    assert!(s.synced());
+    assert_eq!(s.gated_pods().keys().collect::<Vec<_>>(), [&pod_key("web-1")], "only pods with kwarm's gate");
+    assert!(!s.warm_view().synced, "the webhook gates nothing before the first decision");
+    s.decide(&c, at(0));
+    assert!(s.warm_view().synced);
+}
+
+#[test]
+fn without_the_right_to_list_pending_pods_the_rest_goes_on_and_it_is_said_once() {
+    let c = rollout("true", &[]);
+    let mut s = State::new(&c, vec![None], true, false, None, at(0));
+    s.observe(&c, Observation::DaemonSet(Seen::Listed(vec![])), at(0));
+    s.observe(&c, Observation::Pods(Seen::Listed(vec![])), at(0));
+    s.observe(&c, Observation::Deployments(0, Seen::Listed(vec![])), at(0));
+    s.observe(&c, Observation::Nodes(Seen::Listed(vec![])), at(0));
+    assert!(s.observe(&c, Observation::PendingPodsForbidden("403".into()), at(0)), "a decision is due");
+    assert!(s.synced());
+    assert!(!s.observe(&c, Observation::PendingPodsForbidden("403".into()), at(1)));
+    assert_eq!(names(&s.take_notices()), ["PendingPodsForbidden"]);
+    assert_eq!(images_of(&s.decide(&c, at(1)).apply.expect("the DaemonSet does not wait")), [NGINX]);
+}
+
+#[test]
+fn the_warm_view_lists_what_each_node_holds_and_the_deployments_that_are_gated() {
+    let c = rollout("true", &[]);
+    let mut s = synced(&c, true, None, at(0));
+    watched(&mut s, &c, "web", &[REDIS], None, at(0));
+    watched(&mut s, &c, "labelled", &[REDIS], Some(true), at(0));
+    watched(&mut s, &c, "legacy", &[REDIS], Some(false), at(0));
+    decide_and_apply(&mut s, &c, at(0)).expect("created");
+    holders(&mut s, &c, "n1", &[(NGINX, HolderState::Warm), (REDIS, HolderState::Warm)], at(1));
+    holders(&mut s, &c, "n2", &[(NGINX, HolderState::Warm), (REDIS, HolderState::Pulling)], at(1));
+    assert!(node_labels(&mut s, &c, "n1", &[("pool", "web")], at(1)));
+    assert!(!node_labels(&mut s, &c, "n1", &[("pool", "web")], at(2)), "a heartbeat decides nothing");
+    s.decide(&c, at(2));
+    let v = s.warm_view();
+    assert!(v.synced);
+    assert_eq!(
+        v.warm,
+        BTreeMap::from([
+            ("n1".to_string(), BTreeSet::from([NGINX.to_string(), REDIS.to_string()])),
+            ("n2".to_string(), BTreeSet::from([NGINX.to_string()])),
+        ]),
+        "a holder still pulling does not count"
+    );
+    assert_eq!(v.labels.keys().collect::<Vec<_>>(), ["n1"], "labels of the holder nodes kwarm saw");
+    assert_eq!(v.gated_deployments, keys(&["labelled", "web"]), "not the one labelled false");
+    assert!(v.quarantined.is_empty() && v.overflow.is_empty());
+}
+
+#[test]
+fn with_opt_in_only_deployments_that_say_true_are_gated() {
+    let c = rollout("opt-in", &[]);
+    let mut s = synced(&c, true, None, at(0));
+    watched(&mut s, &c, "web", &[REDIS], None, at(0));
+    watched(&mut s, &c, "labelled", &[REDIS], Some(true), at(0));
+    watched(&mut s, &c, "legacy", &[REDIS], Some(false), at(0));
+    s.decide(&c, at(0));
+    assert_eq!(s.warm_view().gated_deployments, keys(&["labelled"]));
+}
+
+#[test]
+fn a_gated_pod_is_released_once_its_images_are_warm_and_asked_again_only_after_the_retry() {
+    let c = rollout("true", &[]);
+    let mut s = synced(&c, true, None, at(0));
+    watched(&mut s, &c, "web", &[REDIS], None, at(0));
+    decide_and_apply(&mut s, &c, at(0)).expect("created");
+    assert!(gate_pod(&mut s, &c, "web-1", Some(waiting(&[REDIS], 1)), at(1)));
+    assert!(
+        !gate_pod(&mut s, &c, "web-1", Some(waiting(&[REDIS], 1)), at(2)),
+        "the same pod again: no decision"
+    );
+    holders(&mut s, &c, "n1", &[(NGINX, HolderState::Warm), (REDIS, HolderState::Pulling)], at(3));
+    let d = s.decide(&c, at(3));
+    assert!(d.pod_releases.is_empty(), "redis is still pulling");
+    assert_eq!(d.gauges.gated_pods, 1);
+
+    holders(&mut s, &c, "n1", &[(NGINX, HolderState::Warm), (REDIS, HolderState::Warm)], at(10));
+    let d = s.decide(&c, at(10));
+    assert_eq!(pods_released(&d), [("web-1", &rollout::Why::Warm)]);
+    let r = &d.pod_releases[0];
+    assert_eq!(
+        (r.namespace.as_str(), r.uid.as_str(), r.index, r.since, r.deployment.as_deref()),
+        ("team", "pod-uid", 0, at(1), Some("web")),
+        "the patch tests the uid and index kwarm saw"
+    );
+
+    // asked for once; again only if the pod is still gated after RELEASE_RETRY
+    assert!(s.decide(&c, at(11)).pod_releases.is_empty());
+    assert!(s.decide(&c, at(10) + RELEASE_RETRY - Duration::from_secs(1)).pod_releases.is_empty());
+    assert_eq!(s.next_wakeup(&c, at(11)), at(10) + RELEASE_RETRY);
+    assert_eq!(pods_released(&s.decide(&c, at(10) + RELEASE_RETRY)), [("web-1", &rollout::Why::Warm)]);
+    // the gate is gone: nothing more to do
+    assert!(gate_pod(&mut s, &c, "web-1", None, at(45)));
+    let d = s.decide(&c, at(45));
+    assert!(d.pod_releases.is_empty());
+    assert_eq!(d.gauges.gated_pods, 0);
+}
+
+#[test]
+fn a_gated_pod_waits_only_for_the_nodes_it_may_run_on() {
+    let c = rollout("true", &[]);
+    let mut s = synced(&c, true, None, at(0));
+    watched(&mut s, &c, "web", &[REDIS], None, at(0));
+    decide_and_apply(&mut s, &c, at(0)).expect("created");
+    holders(&mut s, &c, "n1", &[(REDIS, HolderState::Warm)], at(1));
+    holders(&mut s, &c, "n2", &[(REDIS, HolderState::Pulling)], at(1));
+    node_labels(&mut s, &c, "n1", &[("pool", "web")], at(1));
+    node_labels(&mut s, &c, "n2", &[("pool", "batch")], at(1));
+    let mut anywhere = waiting(&[REDIS], 1);
+    anywhere.uid = "anywhere".into();
+    let mut pinned = waiting(&[REDIS], 1);
+    pinned.placement.node_selector = BTreeMap::from([("pool".to_string(), "web".to_string())]);
+    gate_pod(&mut s, &c, "anywhere", Some(anywhere), at(2));
+    gate_pod(&mut s, &c, "pinned", Some(pinned), at(2));
+    assert_eq!(pods_released(&s.decide(&c, at(2))), [("pinned", &rollout::Why::Warm)], "n2 is pool=batch");
+}
+
+#[test]
+fn a_follower_never_releases_pods_and_a_new_leader_continues_their_clocks() {
+    let c = rollout("true", &[("ROLLOUT_GATE_TIMEOUT", "2m")]);
+    let mut follower = synced(&c, false, None, at(0));
+    watched(&mut follower, &c, "web", &[REDIS], None, at(0));
+    holders(&mut follower, &c, "n1", &[(REDIS, HolderState::Pulling)], at(0));
+    gate_pod(&mut follower, &c, "cold", Some(waiting(&[REDIS], 0)), at(0));
+    gate_pod(&mut follower, &c, "warm", Some(waiting(&[], 0)), at(0));
+    let d = follower.decide(&c, at(1000));
+    assert!(d.pod_releases.is_empty(), "a follower never patches pods");
+    assert_eq!(d.gauges.gated_pods, 2, "but it reports them");
+    assert!(follower.warm_view().synced, "and its webhook answers from its own view");
+    // the clocks come from the pods' creation, not from memory
+    follower.observe(&c, Observation::Leader(true), at(1001));
+    assert_eq!(
+        pods_released(&follower.decide(&c, at(1001))),
+        [("cold", &rollout::Why::Timeout { not_warm: vec![REDIS.into()] }), ("warm", &rollout::Why::Warm),]
+    );
+}
+
+#[test]
+fn past_the_rollout_gate_timeout_a_pod_goes_naming_the_images_not_warm() {
+    let c = rollout("true", &[("ROLLOUT_GATE_TIMEOUT", "2m"), ("PULL_TIMEOUT", "1h")]);
+    let mut s = synced(&c, true, None, at(0));
+    watched(&mut s, &c, "web", &[REDIS, MISSING], None, at(0));
+    decide_and_apply(&mut s, &c, at(0)).expect("created");
+    holders(&mut s, &c, "n1", &[(REDIS, HolderState::Warm), (MISSING, failed())], at(100));
+    gate_pod(&mut s, &c, "web-1", Some(waiting(&[REDIS, MISSING], 100)), at(100));
+    assert!(s.decide(&c, at(219)).pod_releases.is_empty(), "failing, but neither quarantined nor timed out");
+    assert_eq!(s.next_wakeup(&c, at(219)), at(220), "woken at the deadline");
+    assert_eq!(
+        pods_released(&s.decide(&c, at(220))),
+        [("web-1", &rollout::Why::Timeout { not_warm: vec![MISSING.into()] })]
+    );
+}
+
+#[test]
+fn the_next_wakeup_is_no_later_than_a_gated_pods_deadline() {
+    let c = rollout("true", &[("ROLLOUT_GATE_TIMEOUT", "1m"), ("CACHING_INTERVAL", "1h")]);
+    let mut s = synced(&c, true, None, at(0));
+    assert_eq!(s.next_wakeup(&c, at(0)), at(RESYNC.as_secs()), "no gated pod: the resync");
+    gate_pod(&mut s, &c, "young", Some(waiting(&[REDIS], 30)), at(30));
+    gate_pod(&mut s, &c, "old", Some(waiting(&[REDIS], 10)), at(30));
+    assert_eq!(s.next_wakeup(&c, at(30)), at(70), "the oldest pod's deadline");
+}
+
+#[test]
+fn an_image_kwarm_quarantines_releases_the_pods_waiting_for_it() {
+    let c = rollout("true", &[("ROLLOUT_GATE_TIMEOUT", "1h"), ("PULL_TIMEOUT", "1m")]);
+    let mut s = synced(&c, true, None, at(0));
+    watched(&mut s, &c, "web", &[MISSING], None, at(0));
+    decide_and_apply(&mut s, &c, at(0)).expect("created");
+    holders(&mut s, &c, "n1", &[(NGINX, HolderState::Warm), (MISSING, failed())], at(1));
+    gate_pod(&mut s, &c, "web-1", Some(waiting(&[MISSING], 1)), at(1));
+    assert!(s.decide(&c, at(1)).pod_releases.is_empty());
+    let d = s.decide(&c, at(62));
+    assert_eq!(pods_released(&d), [("web-1", &rollout::Why::Quarantined { image: MISSING.into() })]);
+    assert_eq!(
+        s.warm_view().quarantined,
+        BTreeSet::from([MISSING.to_string()]),
+        "the webhook no longer gates for it"
+    );
+}
+
+#[test]
+fn an_image_over_max_images_releases_the_pods_waiting_for_it() {
+    let c = rollout("true", &[("MAX_IMAGES", "1")]);
+    let mut s = synced(&c, true, None, at(0));
+    watched(&mut s, &c, "web", &[REDIS], None, at(0));
+    gate_pod(&mut s, &c, "web-1", Some(waiting(&[REDIS], 0)), at(0));
+    let d = s.decide(&c, at(0));
+    assert_eq!(images_of(d.apply.as_ref().expect("created")), [NGINX], "IMAGES first, the bound holds");
+    assert_eq!(pods_released(&d), [("web-1", &rollout::Why::Overflow { image: REDIS.into() })]);
+    assert_eq!(s.warm_view().overflow, BTreeSet::from([REDIS.to_string()]));
+}
