@@ -60,8 +60,33 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time one connection may take in all (one request: no keep-alive).
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(20);
 
-async fn serve_bounded(listener: TcpListener, app: Router, mut stop: watch::Receiver<bool>) {
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+async fn serve_bounded(listener: TcpListener, app: Router, stop: watch::Receiver<bool>) {
+    accept_bounded(listener, MAX_CONNECTIONS, stop, move |stream| {
+        let service = TowerToHyperService::new(app.clone());
+        async move {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, connection).await;
+        }
+    })
+    .await
+}
+
+/// Accepts connections until `stop` turns true, each served by a task of its own; past `max`
+/// at once a new connection is closed at once. Shared with the webhook's TLS listener.
+pub(crate) async fn accept_bounded<F, Fut>(
+    listener: TcpListener,
+    max: usize,
+    mut stop: watch::Receiver<bool>,
+    mut serve: F,
+) where
+    F: FnMut(tokio::net::TcpStream) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let permits = Arc::new(Semaphore::new(max));
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -80,14 +105,9 @@ async fn serve_bounded(listener: TcpListener, app: Router, mut stop: watch::Rece
             drop(stream);
             continue;
         };
-        let service = TowerToHyperService::new(app.clone());
+        let connection = serve(stream);
         tokio::spawn(async move {
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .keep_alive(false)
-                .serve_connection(TokioIo::new(stream), service);
-            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, connection).await;
+            connection.await;
             drop(permit);
         });
     }

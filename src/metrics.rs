@@ -191,7 +191,7 @@ impl Metrics {
         );
         registry.register(
             "rollout_gate_releases",
-            "Scheduling gates removed by reason (warm, timeout, quarantined, overflow, uninstall)",
+            "Scheduling gates removed by reason (warm, timeout, quarantined, overflow, not_gated)",
             m.rollout_gate_releases.clone(),
         );
         registry.register(

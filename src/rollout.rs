@@ -314,6 +314,8 @@ pub enum Why {
     Quarantined { image: String },
     /// kwarm does not warm this image: MAX_IMAGES is reached.
     Overflow { image: String },
+    /// The pod's Deployment opted out of the gate since (`kwarm.io/rollout-gate: "false"`).
+    NotGated,
 }
 
 impl Why {
@@ -324,6 +326,7 @@ impl Why {
             Why::Timeout { .. } => "timeout",
             Why::Quarantined { .. } => "quarantined",
             Why::Overflow { .. } => "overflow",
+            Why::NotGated => "not_gated",
         }
     }
 }
@@ -354,7 +357,12 @@ pub fn releases<'a>(
             .as_ref()
             .and_then(|d| view.template_containers.get(&(namespace.clone(), d.clone())));
         let images = waited_for(&pod.images, &pod.containers, template, &view.warmed);
-        let why = if let Some(image) = images.iter().find(|i| view.quarantined.contains(*i)) {
+        let key = pod.deployment.as_ref().map(|d| (namespace.clone(), d.clone()));
+        let opted_out =
+            key.is_some_and(|k| view.watched.contains(&k) && !view.gated_deployments.contains(&k));
+        let why = if opted_out {
+            Why::NotGated
+        } else if let Some(image) = images.iter().find(|i| view.quarantined.contains(*i)) {
             Why::Quarantined { image: image.clone() }
         } else if let Some(image) = images.iter().find(|i| view.overflow.contains(*i)) {
             Why::Overflow { image: image.clone() }

@@ -24,7 +24,7 @@ use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 
 use crate::config::WatchConfig;
 use crate::error::{Error, Result};
@@ -181,26 +181,12 @@ async fn accept_loop(
     listener: TcpListener,
     acceptor: tokio_rustls::TlsAcceptor,
     app: Router,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = stop.wait_for(|s| *s) => return,
-        };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                tracing::debug!(error = %e, "Accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = permits.clone().try_acquire_owned() else { continue };
+    crate::http::accept_bounded(listener, MAX_CONNECTIONS, stop, move |stream| {
         let acceptor = acceptor.clone();
         let service = TowerToHyperService::new(app.clone());
-        tokio::spawn(async move {
+        async move {
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
@@ -214,9 +200,9 @@ async fn accept_loop(
                 .header_read_timeout(IDLE_TIMEOUT)
                 .serve_connection(TokioIo::new(tls), service);
             let _ = connection.await;
-            drop(permit);
-        });
-    }
+        }
+    })
+    .await
 }
 
 async fn mutate(State(ctx): State<Arc<Ctx>>, body: Bytes) -> Response {

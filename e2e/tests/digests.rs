@@ -14,9 +14,7 @@ use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::Client;
 use kube::api::{Api, ListParams, PostParams};
-use kwarm_e2e::{
-    Check, REAL_NODE, REGISTRY, SLEEP_IMAGE, client, create_namespace, ctr, delete_namespace, wait_until,
-};
+use kwarm_e2e::{Check, REAL_NODE, REGISTRY, client, create_namespace, ctr, delete_namespace, wait_until};
 use serde_json::json;
 use support::tools::{is_ready, pod_images};
 use support::{Manager, base_env};
@@ -110,19 +108,9 @@ async fn holder_pulls(client: &Client, ns: &str, image: &str) -> Result<usize> {
 /// A user pod naming the tag with IfNotPresent on the real node (FROM scratch: kwarm's sleep is
 /// copied in by an init container).
 fn user_pod(image: &str) -> Result<Pod> {
-    Ok(serde_json::from_value(json!({
-        "metadata": {"name": "user"},
-        "spec": {
-            "nodeSelector": {"kubernetes.io/hostname": REAL_NODE},
-            "automountServiceAccountToken": false,
-            "terminationGracePeriodSeconds": 1,
-            "initContainers": [{"name": "copy-sleep", "image": SLEEP_IMAGE, "imagePullPolicy": "IfNotPresent",
-                "command": ["/sleep", "--copy-to", "/kip/sleep"], "volumeMounts": [{"name": "kip", "mountPath": "/kip"}]}],
-            "containers": [{"name": "app", "image": image, "imagePullPolicy": "IfNotPresent",
-                "command": ["/kip/sleep", "infinity"], "volumeMounts": [{"name": "kip", "mountPath": "/kip"}]}],
-            "volumes": [{"name": "kip", "emptyDir": {}}],
-        },
-    }))?)
+    Ok(serde_json::from_value(
+        json!({"metadata": {"name": "user"}, "spec": support::scratch_pod_spec(image)}),
+    )?)
 }
 
 async fn mutable_tag_follows_its_registry(

@@ -13,8 +13,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::Client;
 use kube::api::{Api, ListParams, PostParams};
 use kwarm_e2e::{
-    Check, REAL_NODE, REGISTRY, SLEEP_IMAGE, client, containerd_has_image, containerd_remove_image,
-    create_namespace, delete_namespace, delete_nodes, kwok_node, wait_until,
+    Check, REAL_NODE, REGISTRY, client, containerd_has_image, containerd_remove_image, create_namespace,
+    delete_namespace, delete_nodes, kwok_node, wait_until,
 };
 use serde_json::json;
 use support::{Manager, base_env};
@@ -284,25 +284,7 @@ async fn a_node_that_cannot_get_warm_is_released_at_the_timeout_even_across_a_re
 /// A pod of `image` (FROM scratch: an init container copies kwarm's sleep in) on the real node by
 /// node selector, so the scheduler (and so the gate) decides when it may run there.
 fn user_pod(name: &str, image: &str) -> Result<Pod> {
-    Ok(serde_json::from_value(json!({
-        "metadata": {"name": name},
-        "spec": {
-            "nodeSelector": {"kubernetes.io/hostname": REAL_NODE},
-            "automountServiceAccountToken": false,
-            "terminationGracePeriodSeconds": 1,
-            "initContainers": [{
-                "name": "copy-sleep", "image": SLEEP_IMAGE, "imagePullPolicy": "IfNotPresent",
-                "command": ["/sleep", "--copy-to", "/kip/sleep"],
-                "volumeMounts": [{"name": "kip", "mountPath": "/kip"}],
-            }],
-            "containers": [{
-                "name": "app", "image": image, "imagePullPolicy": "IfNotPresent",
-                "command": ["/kip/sleep", "infinity"],
-                "volumeMounts": [{"name": "kip", "mountPath": "/kip"}],
-            }],
-            "volumes": [{"name": "kip", "emptyDir": {}}],
-        },
-    }))?)
+    Ok(serde_json::from_value(json!({"metadata": {"name": name}, "spec": support::scratch_pod_spec(image)}))?)
 }
 
 #[tokio::test]

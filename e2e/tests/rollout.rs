@@ -20,8 +20,8 @@ use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher::{self, watcher};
 use kube::{Client, ResourceExt};
 use kwarm_e2e::{
-    Check, REAL_NODE, REGISTRY, SLEEP_IMAGE, client, containerd_has_image, containerd_remove_image,
-    create_namespace, delete_namespace, wait_until,
+    Check, REGISTRY, client, containerd_has_image, containerd_remove_image, create_namespace,
+    delete_namespace, wait_until,
 };
 use serde_json::json;
 use support::{Manager, base_env, free_port, kwarm_bin};
@@ -39,22 +39,7 @@ fn deployment(name: &str, image: &str) -> Result<Deployment> {
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
             "template": {
                 "metadata": {"labels": {"app": name}},
-                "spec": {
-                    "nodeSelector": {"kubernetes.io/hostname": REAL_NODE},
-                    "automountServiceAccountToken": false,
-                    "terminationGracePeriodSeconds": 1,
-                    "initContainers": [{
-                        "name": "copy-sleep", "image": SLEEP_IMAGE, "imagePullPolicy": "IfNotPresent",
-                        "command": ["/sleep", "--copy-to", "/kip/sleep"],
-                        "volumeMounts": [{"name": "kip", "mountPath": "/kip"}],
-                    }],
-                    "containers": [{
-                        "name": "app", "image": image, "imagePullPolicy": "IfNotPresent",
-                        "command": ["/kip/sleep", "infinity"],
-                        "volumeMounts": [{"name": "kip", "mountPath": "/kip"}],
-                    }],
-                    "volumes": [{"name": "kip", "emptyDir": {}}],
-                },
+                "spec": support::scratch_pod_spec(image),
             },
         },
     }))?)
@@ -492,5 +477,114 @@ async fn gates_fail_open_time_out_survive_the_leader_and_go_with_ungate() -> Res
     ungate(&env_a).await.context("cleanup")?;
     delete_namespace(&client, &apps, Duration::from_secs(60)).await?;
     delete_namespace(&client, &ns, Duration::from_secs(60)).await?;
+    result
+}
+
+#[tokio::test]
+async fn the_chart_runs_the_rollout_gate_with_its_own_rights_and_uninstall_releases() -> Result<()> {
+    use support::tools::helm;
+    // rendered: no webhook rights with the gate off, a clear refusal where they cannot be granted
+    let off = helm(&["template", "kwarm", "deploy/helm"]).await?;
+    if off.contains("mutatingwebhookconfigurations") || off.contains("ROLLOUT_GATE") {
+        bail!("the chart grants the rollout gate's rights with the gate off:\n{off}");
+    }
+    let refused = helm(&[
+        "template",
+        "kwarm",
+        "deploy/helm",
+        "--set",
+        "rolloutGate.enabled=true",
+        "--set",
+        "rbac.clusterWide=false",
+    ])
+    .await
+    .expect_err("a rollout gate without cluster-wide RBAC");
+    if !format!("{refused:#}").contains("needs rbac.clusterWide=true") {
+        bail!("unclear refusal: {refused:#}");
+    }
+
+    // installed: the in-cluster manager (host network: the API server calls it by URL), with
+    // only the chart's rights, issues its certificate, configures the webhook and gates a pod
+    let client = client().await?;
+    let ns = create_namespace(&client, "e2e-rollout-helm-").await?;
+    let apps = create_namespace(&client, "e2e-rollout-helm-apps-").await?;
+    let port = free_port()?;
+    let missing = format!("{REGISTRY}/test/never-pushed:v1");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &apps);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &apps);
+    let result = async {
+        helm(&[
+            "install",
+            "kwarm",
+            "deploy/helm",
+            "-n",
+            &ns,
+            "-f",
+            "deploy/helm/ci/local-cluster-values.yaml",
+            "--set",
+            "metrics.port=18380",
+            "--set",
+            "health.port=18381",
+            "--set",
+            &format!("configMap.images=small={REGISTRY}/test/small:v1"),
+            "--set-string",
+            &format!("configMap.watchNamespaces={apps}"),
+            "--set",
+            "rolloutGate.enabled=true",
+            "--set",
+            &format!("rolloutGate.port={port}"),
+            "--set",
+            &format!("rolloutGate.url=https://127.0.0.1:{port}/mutate"),
+            "--set",
+            "configMap.pullTimeout=1h",
+            "--wait",
+            "--timeout",
+            "120s",
+        ])
+        .await?;
+        let hooks: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+        let configuration =
+            wait_until("the manager's webhook configuration", Duration::from_secs(60), || async {
+                let list =
+                    hooks.list(&ListParams::default().labels(&format!("kwarm.io/namespace={ns}"))).await?;
+                Ok(match list.items.first() {
+                    Some(h) => Check::Done(h.name_any()),
+                    None => Check::Pending("none yet".into()),
+                })
+            })
+            .await?;
+        deployments.create(&PostParams::default(), &deployment("stuck", &missing)?).await?;
+        let pod = wait_until("a pod of stuck", Duration::from_secs(30), || async {
+            let list = pods.list(&ListParams::default()).await?;
+            Ok(match list.items.into_iter().next() {
+                Some(p) => Check::Done(p),
+                None => Check::Pending("no pod".into()),
+            })
+        })
+        .await?;
+        if !has_gate(&pod) {
+            bail!(
+                "the pod {} of {missing} (never warm) was not gated by the chart's manager",
+                pod.name_any()
+            );
+        }
+        // uninstall (pre-delete hook `kwarm ungate`) deletes the webhook and releases the pod
+        helm(&["uninstall", "kwarm", "-n", &ns, "--wait", "--timeout", "90s"]).await?;
+        if has_gate(&pods.get(&pod.name_any()).await?) {
+            bail!("{} still gated after helm uninstall", pod.name_any());
+        }
+        if hooks.get_opt(&configuration).await?.is_some() {
+            bail!("MutatingWebhookConfiguration {configuration} still there after helm uninstall");
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(e) = &result {
+        let logs = support::tools::kubectl(&["logs", "-n", &ns, "deploy/kwarm", "--tail", "60"], None).await;
+        eprintln!("{e:#}\nmanager log:\n{}", logs.unwrap_or_else(|e| format!("{e:#}")));
+    }
+    let _ = helm(&["uninstall", "kwarm", "-n", &ns, "--wait", "--timeout", "90s"]).await;
+    delete_namespace(&client, &apps, Duration::from_secs(60)).await?;
+    delete_namespace(&client, &ns, Duration::from_secs(90)).await?;
     result
 }

@@ -112,6 +112,11 @@ impl PodReleaser {
                     format!("image {image} is quarantined (failing on every node): scheduling gate removed");
                 ("ImageQuarantined", EventType::Warning, note)
             }
+            Why::NotGated => {
+                tracing::info!(pod = %r.name, namespace = %r.namespace, "Deployment opted out of the rollout gate: pod released");
+                let note = "the Deployment opted out of the rollout gate (kwarm.io/rollout-gate): scheduling gate removed";
+                ("RolloutGateOff", EventType::Normal, note.to_string())
+            }
             Why::Overflow { image } => {
                 tracing::warn!(pod = %r.name, namespace = %r.namespace, %image,
                     "Image not warmed (MAX_IMAGES reached): pod released");

@@ -558,3 +558,20 @@ fn an_injected_sidecar_never_holds_a_pod_back() {
     let released = releases([(&key, &g)], &v, TIMEOUT, at(1));
     assert_eq!(released.iter().map(|r| &r.why).collect::<Vec<_>>(), [&Why::Warm]);
 }
+
+#[test]
+fn a_pod_whose_deployment_opted_out_since_is_released_at_once() {
+    let mut v = view(&[("n1", &[], &[NGINX])]);
+    let key = ("team".to_string(), "web".to_string());
+    let g = gated(&[REDIS], 0);
+    assert_eq!(releases([(&key, &g)], &v, TIMEOUT, at(1)), [], "still gated: redis is not warm");
+    // the Deployment is still watched, but says kwarm.io/rollout-gate=false now
+    v.gated_deployments.clear();
+    v.watched.insert(key.clone());
+    let released = releases([(&key, &g)], &v, TIMEOUT, at(1));
+    assert_eq!(released.iter().map(|r| &r.why).collect::<Vec<_>>(), [&Why::NotGated]);
+    assert_eq!(released[0].why.label(), "not_gated");
+    // a Deployment kwarm does not know (not watched any more, or not seen yet) waits for its images
+    v.watched.clear();
+    assert_eq!(releases([(&key, &g)], &v, TIMEOUT, at(1)), []);
+}

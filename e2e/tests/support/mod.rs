@@ -281,3 +281,24 @@ pub fn serde_yaml_to_json(text: &str) -> Result<serde_json::Value> {
     let kubeconfig = kube::config::Kubeconfig::from_yaml(text)?;
     Ok(serde_json::to_value(kubeconfig)?)
 }
+
+/// The spec of a pod of `image` on the real node by node selector. The image may be FROM scratch
+/// (data only): an init container copies kwarm's sleep in and the container runs it.
+pub fn scratch_pod_spec(image: &str) -> serde_json::Value {
+    serde_json::json!({
+        "nodeSelector": {"kubernetes.io/hostname": kwarm_e2e::REAL_NODE},
+        "automountServiceAccountToken": false,
+        "terminationGracePeriodSeconds": 1,
+        "initContainers": [{
+            "name": "copy-sleep", "image": kwarm_e2e::SLEEP_IMAGE, "imagePullPolicy": "IfNotPresent",
+            "command": ["/sleep", "--copy-to", "/kip/sleep"],
+            "volumeMounts": [{"name": "kip", "mountPath": "/kip"}],
+        }],
+        "containers": [{
+            "name": "app", "image": image, "imagePullPolicy": "IfNotPresent",
+            "command": ["/kip/sleep", "infinity"],
+            "volumeMounts": [{"name": "kip", "mountPath": "/kip"}],
+        }],
+        "volumes": [{"name": "kip", "emptyDir": {}}],
+    })
+}
