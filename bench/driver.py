@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """kwarm benchmark driver, run by hack/bench.sh (which builds and pushes what it needs first).
 
-    python3 bench/driver.py SECTION     SECTION: holder image warmup reaction footprint gate
+    python3 bench/driver.py SECTION     SECTION: holder image warmup reaction footprint gate refresh
 
 Each section measures, prints progress on stderr and writes bench/sections/SECTION.md (the
 Markdown that hack/bench.sh merges into bench/RESULTS.md) and SECTION.json (raw numbers).
@@ -19,6 +19,7 @@ from section_gate import section_gate  # noqa: E402
 from section_holder import section_holder  # noqa: E402
 from section_image import section_image  # noqa: E402
 from section_reaction import section_reaction  # noqa: E402
+from section_refresh import section_refresh  # noqa: E402
 from section_warmup import section_warmup  # noqa: E402
 
 
@@ -30,7 +31,7 @@ def main():
         sys.exit(__doc__)
     fn = {"holder": section_holder, "image": section_image, "warmup": section_warmup,
           "reaction": section_reaction, "footprint": section_footprint,
-          "gate": section_gate}.get(sys.argv[1])
+          "gate": section_gate, "refresh": section_refresh}.get(sys.argv[1])
     if not fn:
         sys.exit(f"unknown section {sys.argv[1]!r}\n{__doc__}")
     fn()

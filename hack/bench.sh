@@ -10,6 +10,8 @@
 #   reaction   Deployment change -> DaemonSet updated (p50/p99), -> image in containerd vs ctr pull
 #   footprint  manager RSS/CPU with 1,000 and 10,000 watched Deployments, idle API writes, profile
 #   gate       N KWOK nodes joining with the node gate taint: join -> released p50/p99, writes, CPU
+#   refresh    20 mutable tags refreshed: the puller's delete-and-recreate vs kwarm's digest-aware
+#              roll: seconds some node held no holder, registry requests and bytes (no change, 1 changed)
 # Settings (environment):
 #   BENCH_NODES="100 500 1000"   KWOK node counts for warmup      BENCH_IMAGES=20  images held
 #   BENCH_SEED_MODEL_NODES="100"  node counts for the seed-design model (M x N Jobs)
@@ -25,7 +27,7 @@
 # shellcheck source=hack/cluster/common.sh
 . "$HACK_DIR/cluster/common.sh"
 
-ALL_SECTIONS=(holder image warmup reaction footprint gate)
+ALL_SECTIONS=(holder image warmup reaction footprint gate refresh)
 BENCH_CACHE="$CACHE_DIR/bench"
 SECTIONS_DIR="$ROOT_DIR/bench/sections"
 RESULTS="$ROOT_DIR/bench/RESULTS.md"
