@@ -534,6 +534,19 @@ pub struct StatusReport {
     pub rollout_gate: Option<RolloutGateReport>,
 }
 
+/// Text a registry or the kubelet wrote, safe to print on a terminal: control characters
+/// (escape sequences, line breaks that would forge lines of the report) are shown escaped.
+pub fn terminal_safe(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    std::borrow::Cow::Owned(
+        text.chars()
+            .map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() })
+            .collect(),
+    )
+}
+
 /// The rollout gate in `kwarm status`: every pod carrying kwarm's scheduling gate.
 #[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -709,6 +722,7 @@ impl StatusReport {
                     let more = nodes.len().saturating_sub(shown.len());
                     let more = if more > 0 { format!(" and {more} more") } else { String::new() };
                     let message = s.messages.get(reason).map(String::as_str).unwrap_or_default();
+                    let (reason, message) = (terminal_safe(reason), terminal_safe(message));
                     let _ = writeln!(out, "  {} {reason} on {}{more}: {message}", s.image, shown.join(", "));
                 }
             }
@@ -716,7 +730,7 @@ impl StatusReport {
         if !self.init_failures.is_empty() {
             let _ = writeln!(out, "\nInit container (KIP_IMAGE) failing, holders cannot start:");
             for (reason, nodes) in &self.init_failures {
-                let _ = writeln!(out, "  on {nodes} nodes: {reason}");
+                let _ = writeln!(out, "  on {nodes} nodes: {}", terminal_safe(reason));
             }
         }
         if !self.digests.is_empty() {
@@ -732,6 +746,7 @@ impl StatusReport {
                         );
                     }
                     crate::registry::Resolution::Failed { reason, message } => {
+                        let message = terminal_safe(message);
                         let _ = writeln!(out, "  {}  not checked ({}): {message}", d.image, reason.as_str());
                     }
                 }

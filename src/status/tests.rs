@@ -889,3 +889,22 @@ fn status_report_shows_each_tags_registry_digest_and_the_nodes_that_hold_it() {
     assert_eq!(json["digests"][0]["stale"], 1, "a node without a reported digest is neither");
     assert_eq!(json["digests"][1]["registry"]["reason"], "unreachable");
 }
+
+#[test]
+fn messages_from_registries_and_the_kubelet_cannot_drive_the_terminal_or_forge_lines() {
+    let hostile = "manifest unknown\u{1b}[2J\u{1b}[31m\nquay.io/team/fine:1 0/0 all good\r";
+    let pods = vec![holders("node-1", Some(1), &[(MISSING, failed("ErrImagePull", hostile))])];
+    let report = StatusReport::build("ns", "ds", Some(Some(1)), &images(&[MISSING]), &pods, None);
+    let text = report.to_text();
+    assert!(
+        !text.chars().any(|c| c.is_control() && c != '\n'),
+        "control characters reach the terminal: {text:?}"
+    );
+    assert!(
+        text.contains("ErrImagePull on node-1: manifest unknown\\u{1b}[2J\\u{1b}[31m\\nquay.io/team/fine:1 0/0 all good\\r\n"),
+        "{text}"
+    );
+    assert_eq!(text.lines().filter(|l| l.contains("all good")).count(), 1, "no forged line: {text}");
+    // plain text is borrowed as it is
+    assert!(matches!(terminal_safe("no pull access"), std::borrow::Cow::Borrowed("no pull access")));
+}
