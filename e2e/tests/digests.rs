@@ -59,6 +59,19 @@ async fn node_digest(image: &str) -> Result<Option<String>> {
     }))
 }
 
+/// Waits until the real node's containerd has `digest` under the tag `image`.
+async fn wait_node_digest(image: &str, digest: &str, timeout: Duration) -> Result<()> {
+    wait_until(&format!("{image} at {digest} in containerd"), timeout, || async {
+        let held = node_digest(image).await?;
+        Ok(if held.as_deref() == Some(digest) {
+            Check::Done(())
+        } else {
+            Check::Pending(format!("{held:?}"))
+        })
+    })
+    .await
+}
+
 /// Samples every 200 ms how many ready holders of `image` run on the real node; the minimum.
 fn sampler(
     client: Client,
@@ -134,15 +147,7 @@ async fn mutable_tag_follows_its_registry(
     let result = async {
         manager.wait_ready(Duration::from_secs(30)).await?;
         support::wait_holders_ready(client, ns, "kwarm-holders", 1, Duration::from_secs(90)).await?;
-        wait_until(&format!("{image} at {v1} in containerd"), Duration::from_secs(30), || async {
-            let held = node_digest(image).await?;
-            Ok(if held.as_deref() == Some(v1.as_str()) {
-                Check::Done(())
-            } else {
-                Check::Pending(format!("{held:?}"))
-            })
-        })
-        .await?;
+        wait_node_digest(image, &v1, Duration::from_secs(30)).await?;
 
         // 1. Nothing changes in the registry for three intervals: no roll, no pull, only checks.
         let (gen0, pulls0) = (generation(client, ns).await?, holder_pulls(client, ns, image).await?);
@@ -172,15 +177,7 @@ async fn mutable_tag_follows_its_registry(
         if v2 == v1 {
             bail!("test/small:v2 has the same digest as v1: the test would prove nothing");
         }
-        wait_until(&format!("{image} at {v2} in containerd"), Duration::from_secs(90), || async {
-            let held = node_digest(image).await?;
-            Ok(if held.as_deref() == Some(v2.as_str()) {
-                Check::Done(())
-            } else {
-                Check::Pending(format!("{held:?}"))
-            })
-        })
-        .await?;
+        wait_node_digest(image, &v2, Duration::from_secs(90)).await?;
         let updated = pushed.elapsed();
         support::wait_holders_ready(client, ns, "kwarm-holders", 1, Duration::from_secs(60)).await?;
         stop.store(true, Ordering::Relaxed);
@@ -400,11 +397,7 @@ async fn an_unchanged_tag_costs_a_manifest_head_per_check_and_a_registry_outage_
         copy(&format!("{REGISTRY}/test/small:v2"), &image, None).await?;
         let v2 = registry_digest(&image, None).await?;
         let back = Instant::now();
-        wait_until(&format!("{image} at {v2} in containerd"), Duration::from_secs(150), || async {
-            let held = node_digest(&image).await?;
-            Ok(if held.as_deref() == Some(v2.as_str()) { Check::Done(()) } else { Check::Pending(format!("{held:?}")) })
-        })
-        .await?;
+        wait_node_digest(&image, &v2, Duration::from_secs(150)).await?;
         println!("registry back with new content: on the node {:.0} s later", back.elapsed().as_secs_f64());
         anyhow::Ok(())
     }
