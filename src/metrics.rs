@@ -36,6 +36,11 @@ pub struct ResultLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabel {
+    pub version: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WatchLabel {
     pub watch: &'static str,
 }
@@ -182,6 +187,13 @@ impl Metrics {
             "Tags whose registry digest some node's holder does not hold",
             m.stale_images.clone(),
         );
+        let build_info: Family<BuildLabel, Gauge> = Family::default();
+        build_info.get_or_create(&BuildLabel { version: env!("CARGO_PKG_VERSION") }).set(1);
+        registry.register(
+            "build_info",
+            "Always 1; the version of the running manager in its label",
+            build_info,
+        );
         registry.register("gated_pods", "Pods carrying kwarm's scheduling gate", m.gated_pods.clone());
         registry.register_with_unit(
             "rollout_gate_duration",
@@ -235,6 +247,7 @@ mod tests {
             "kwarm_reconcile_duration_seconds_bucket",
             "kwarm_daemonset_applies_total{status=\"success\"} 1",
             "kwarm_last_successful_sync_timestamp_seconds ",
+            concat!("kwarm_build_info{version=\"", env!("CARGO_PKG_VERSION"), "\"} 1"),
             "# EOF",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
