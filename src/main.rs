@@ -39,7 +39,8 @@ enum Command {
         #[arg(short, long, value_enum, default_value_t = StatusFormat::Text)]
         output: StatusFormat,
     },
-    /// Open every gate kwarm holds: remove NODE_GATE_TAINT from every node (before an uninstall)
+    /// Open every gate kwarm holds (before an uninstall): remove NODE_GATE_TAINT from every node,
+    /// delete the rollout gate's webhook configuration and release every pod it gated
     Ungate,
 }
 
