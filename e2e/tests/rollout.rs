@@ -502,6 +502,17 @@ async fn the_chart_runs_the_rollout_gate_with_its_own_rights_and_uninstall_relea
     if !format!("{refused:#}").contains("needs rbac.clusterWide=true") {
         bail!("unclear refusal: {refused:#}");
     }
+    // the chart's booleans mean to its RBAC what they mean to the manager ("True", 0)
+    let inherit =
+        helm(&["template", "kwarm", "deploy/helm", "--set", "configMap.inheritPullSecrets=True"]).await?;
+    if !inherit.contains("verbs: [get, list, create, patch, delete]") {
+        bail!("inheritPullSecrets=True (true to the manager) did not grant the mirrors' rights:\n{inherit}");
+    }
+    let unwatched =
+        helm(&["template", "kwarm", "deploy/helm", "--set", "configMap.watchDeployments=0"]).await?;
+    if unwatched.contains("kind: ClusterRole\n") {
+        bail!("watchDeployments=0 (false to the manager) still granted cluster-wide rights:\n{unwatched}");
+    }
 
     // installed: the in-cluster manager (host network: the API server calls it by URL), with
     // only the chart's rights, issues its certificate, configures the webhook and gates a pod
