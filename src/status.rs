@@ -10,6 +10,9 @@ use serde::{Deserialize, Serialize};
 use crate::gate::{GatedNode, NodeGate};
 use crate::holder::parse_image_reference;
 
+mod index;
+pub use index::HolderIndex;
+
 /// What one holder container on one node is doing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase", tag = "state")]

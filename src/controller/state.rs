@@ -22,8 +22,8 @@ use crate::images::{DeploymentImages, DeploymentKey, ImageTracker, plan_holders}
 use crate::registry::Resolution;
 use crate::rollout::{self, GatedPod, PodKey, PodRelease, WarmView};
 use crate::status::{
-    HolderState, ImageStatus, PersistedState, PodHolders, Quarantine, QuarantinePolicy, STATE_MAX_BYTES,
-    image_statuses,
+    HolderIndex, HolderState, ImageStatus, PersistedState, PodHolders, Quarantine, QuarantinePolicy,
+    STATE_MAX_BYTES,
 };
 
 /// Safety net: re-read the DaemonSet from the API server this often, even if the watch is quiet.
@@ -205,7 +205,7 @@ pub struct State {
     owner: Option<OwnerReference>,
 
     live: Option<DaemonSet>,
-    pods: BTreeMap<String, PodHolders>,
+    pods: HolderIndex,
     tracker: ImageTracker,
     deployment_scopes: Vec<Option<String>>,
     ds_synced: bool,
@@ -276,7 +276,7 @@ impl State {
             openshift,
             owner,
             live: None,
-            pods: BTreeMap::new(),
+            pods: HolderIndex::default(),
             tracker: ImageTracker::default(),
             deployments_synced: vec![false; scopes.len()],
             deployment_scopes: scopes,
@@ -341,7 +341,7 @@ impl State {
     }
 
     pub fn pods(&self) -> usize {
-        self.pods.len()
+        self.pods.pod_count()
     }
 
     pub fn deployments(&self) -> &BTreeMap<DeploymentKey, DeploymentImages> {
@@ -408,14 +408,15 @@ impl State {
                 match seen {
                     Seen::Listed(listed) => {
                         self.pods_synced = true;
-                        self.pods = listed.into_iter().filter_map(|(name, h)| h.map(|h| (name, h))).collect();
+                        self.pods
+                            .replace_all(listed.into_iter().filter_map(|(name, h)| h.map(|h| (name, h))));
                     }
                     Seen::Applied((name, Some(holders))) => {
                         let failed = newly_failed(self.pods.get(&name), &holders);
                         if failed > 0 {
                             self.notices.push(Notice::PullsFailed(failed));
                         }
-                        self.pods.insert(name, holders);
+                        self.pods.upsert(name, holders);
                     }
                     Seen::Applied((name, None)) | Seen::Deleted((name, _)) => {
                         self.pods.remove(&name);
@@ -613,7 +614,7 @@ impl State {
     }
 
     fn nodes(&self) -> usize {
-        self.pods.values().map(|p| p.node.as_str()).collect::<BTreeSet<_>>().len()
+        self.pods.node_count()
     }
 
     /// The Deployments that get an Event about `image`: only a leader posts, at most
@@ -672,7 +673,8 @@ impl State {
         let live_images: Vec<String> =
             self.live.as_ref().map(held_images).unwrap_or_default().into_iter().collect();
         let generation = self.live.as_ref().and_then(|d| d.metadata.generation);
-        let statuses = image_statuses(self.pods.values(), generation, &live_images);
+        self.pods.set_generation(generation);
+        let statuses = self.pods.statuses(&live_images);
         let mut wanted: BTreeSet<String> = self.tracker.wanted();
         wanted.extend(config.images.iter().filter_map(|h| parse_image_reference(&h.image).ok()));
         self.quarantine.retain_images(&wanted);
@@ -761,11 +763,8 @@ impl State {
     /// Where images are warm now, for the webhook and the pod releases.
     fn build_view(&self, config: &Config, overflow: BTreeSet<String>) -> WarmView {
         let mode = config.rollout_gate.as_ref().map(|g| g.mode);
-        let mut warm: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-        for pod in self.pods.values() {
-            let held = pod.images.iter().filter(|(_, s)| **s == HolderState::Warm).map(|(i, _)| i.clone());
-            warm.entry(pod.node.clone()).or_default().extend(held);
-        }
+        let warm: BTreeMap<String, BTreeSet<String>> =
+            self.pods.warm_by_node().map(|(node, held)| (node.clone(), held.clone())).collect();
         let labels =
             warm.keys().filter_map(|n| Some((n.clone(), self.node_labels.get(n)?.clone()))).collect();
         let gated: BTreeMap<&DeploymentKey, &DeploymentImages> = self
@@ -834,7 +833,7 @@ impl State {
         let mut stale_images = 0;
         for image in &self.planned {
             let Some(digest) = self.registry.get(image).and_then(Resolution::digest) else { continue };
-            let (holding, stale) = crate::status::digest_counts(self.pods.values(), image, digest);
+            let (holding, stale) = self.pods.digest_counts(image, digest);
             if stale > 0 {
                 stale_images += 1;
                 if self.leader && self.rolled.get(image).map(String::as_str) != Some(digest) {
@@ -888,11 +887,12 @@ impl State {
             .map(|(n, g)| (n.clone(), g.clone()))
             .collect();
         // What each waiting node holds: any holder pod there (an old one during a roll counts too).
-        let mut warm: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-        for pod in self.pods.values().filter(|p| waiting.contains_key(&p.node)) {
-            let held = pod.images.iter().filter(|(_, s)| **s == HolderState::Warm).map(|(i, _)| i.as_str());
-            warm.entry(pod.node.as_str()).or_default().extend(held);
-        }
+        let warm: BTreeMap<&str, BTreeSet<&str>> = waiting
+            .keys()
+            .filter_map(|node| {
+                Some((node.as_str(), self.pods.warm_on(node)?.iter().map(String::as_str).collect()))
+            })
+            .collect();
         let out = gate::releases(&waiting, &warm, &desired, g.timeout, now);
         for r in &out {
             self.releasing.insert(r.node.clone(), now);
@@ -927,12 +927,11 @@ impl State {
 
     /// A failing init container (bad `KIP_IMAGE`) keeps every holder from starting: said once.
     fn note_init_failures(&mut self) {
-        let failing: Vec<&(String, String)> =
-            self.pods.values().filter_map(|p| p.init_failure.as_ref()).collect();
-        match failing.first() {
+        let nodes = self.pods.init_failures().len();
+        match self.pods.init_failures().next() {
             Some((reason, message)) if !self.init_failure_reported => {
                 self.notices.push(Notice::InitFailing {
-                    nodes: failing.len(),
+                    nodes,
                     reason: reason.clone(),
                     message: message.clone(),
                 });
