@@ -69,10 +69,15 @@ pub fn summarize_deployment(deployment: &Deployment, watch: &WatchConfig) -> Opt
 pub type DeploymentKey = (String, String);
 
 /// Images of watched Deployments, plus those no Deployment uses any more, kept for the retention
-/// time so that a rollback finds them warm.
+/// time so that a rollback finds them warm. A Deployment change costs O(its images): the images
+/// and pull secrets in use are reference counts.
 #[derive(Debug, Default, Clone)]
 pub struct ImageTracker {
     deployments: BTreeMap<DeploymentKey, DeploymentImages>,
+    /// Image → how many Deployments use it.
+    uses: BTreeMap<String, usize>,
+    /// `(namespace, secret)` → how many Deployments reference it.
+    secret_refs: BTreeMap<(String, String), usize>,
     /// Image → when the last Deployment stopped using it.
     released: BTreeMap<String, SystemTime>,
 }
@@ -81,8 +86,8 @@ impl ImageTracker {
     /// Takes released images remembered on the DaemonSet, keeping the Deployments already seen;
     /// an image some Deployment uses is not released.
     pub fn restore_released(&mut self, released: BTreeMap<String, SystemTime>) {
-        let in_use = self.in_use();
-        self.released = released.into_iter().filter(|(image, _)| !in_use.contains(image)).collect();
+        let uses = &self.uses;
+        self.released = released.into_iter().filter(|(image, _)| !uses.contains_key(image)).collect();
     }
 
     /// Records a Deployment's current images. Returns whether the set of images in use or the
@@ -91,19 +96,19 @@ impl ImageTracker {
         if self.deployments.get(&key) == Some(&summary) {
             return false;
         }
-        let before = (self.in_use(), self.pull_secret_refs());
-        self.deployments.insert(key, summary);
-        self.settle(before, now)
+        let mut changed = self.count(&key.0, &summary, true, now);
+        if let Some(before) = self.deployments.insert(key.clone(), summary) {
+            changed |= self.count(&key.0, &before, false, now);
+        }
+        changed
     }
 
     /// Forgets a Deployment. Returns whether the images in use or the pull secrets changed.
     pub fn remove(&mut self, key: &DeploymentKey, now: SystemTime) -> bool {
-        if !self.deployments.contains_key(key) {
-            return false;
+        match self.deployments.remove(key) {
+            Some(before) => self.count(&key.0, &before, false, now),
+            None => false,
         }
-        let before = (self.in_use(), self.pull_secret_refs());
-        self.deployments.remove(key);
-        self.settle(before, now)
     }
 
     /// Replaces every Deployment at once (after a re-list). Returns whether the images in use or
@@ -112,32 +117,53 @@ impl ImageTracker {
         if self.deployments == all {
             return false;
         }
-        let before = (self.in_use(), self.pull_secret_refs());
-        self.deployments = all;
-        self.settle(before, now)
+        let mut changed = false;
+        for ((ns, _), d) in &all {
+            changed |= self.count(ns, d, true, now);
+        }
+        for ((ns, _), d) in std::mem::replace(&mut self.deployments, all) {
+            changed |= self.count(&ns, &d, false, now);
+        }
+        changed
     }
 
-    fn settle(
-        &mut self,
-        (before, secrets_before): (BTreeSet<String>, BTreeSet<(String, String)>),
-        now: SystemTime,
-    ) -> bool {
-        let after = self.in_use();
-        for gone in before.difference(&after) {
-            self.released.insert(gone.clone(), now);
+    /// Adds (or takes out) one Deployment's images and secrets. An image nobody uses any more is
+    /// released now; one used again is no longer released. Returns whether the set of images in
+    /// use or of secrets referenced changed.
+    fn count(&mut self, namespace: &str, d: &DeploymentImages, add: bool, now: SystemTime) -> bool {
+        let mut changed = false;
+        for image in &d.images {
+            if add {
+                let n = self.uses.entry(image.clone()).or_default();
+                *n += 1;
+                if *n == 1 {
+                    changed = true;
+                    self.released.remove(image);
+                }
+            } else if let Some(n) = self.uses.get_mut(image) {
+                *n -= 1;
+                if *n == 0 {
+                    changed = true;
+                    self.uses.remove(image);
+                    self.released.insert(image.clone(), now);
+                }
+            }
         }
-        for image in &after {
-            self.released.remove(image);
+        for secret in &d.pull_secrets {
+            let key = (namespace.to_string(), secret.clone());
+            if add {
+                let n = self.secret_refs.entry(key).or_default();
+                *n += 1;
+                changed |= *n == 1;
+            } else if let Some(n) = self.secret_refs.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    changed = true;
+                    self.secret_refs.remove(&key);
+                }
+            }
         }
-        before != after || secrets_before != self.pull_secret_refs()
-    }
-
-    /// `(namespace, secret)` of every pull secret the Deployments reference.
-    fn pull_secret_refs(&self) -> BTreeSet<(String, String)> {
-        self.deployments
-            .iter()
-            .flat_map(|((ns, _), d)| d.pull_secrets.iter().map(move |s| (ns.clone(), s.clone())))
-            .collect()
+        changed
     }
 
     /// Drops released images older than `retention`. Returns whether any went.
@@ -145,8 +171,8 @@ impl ImageTracker {
         let before = self.released.len();
         self.released.retain(|_, at| now.duration_since(*at).unwrap_or_default() < retention);
         // Anything in use cannot also be released; keep the invariant after a restart.
-        let in_use = self.in_use();
-        self.released.retain(|image, _| !in_use.contains(image));
+        let uses = &self.uses;
+        self.released.retain(|image, _| !uses.contains_key(image));
         before != self.released.len()
     }
 
@@ -157,7 +183,7 @@ impl ImageTracker {
 
     /// Images some watched Deployment uses now.
     pub fn in_use(&self) -> BTreeSet<String> {
-        self.deployments.values().flat_map(|d| d.images.iter().cloned()).collect()
+        self.uses.keys().cloned().collect()
     }
 
     /// Images to warm from Deployments: in use or still retained.

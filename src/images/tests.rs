@@ -564,3 +564,89 @@ fn restoring_released_images_keeps_the_deployments_already_seen() {
     assert_eq!(t.released().keys().collect::<Vec<_>>(), vec![&old], "an image in use is not released");
     assert_eq!(t.wanted(), set(&[&old, &used]));
 }
+
+// ---------------------------------------------------------------------------------------------
+// The tracker's reference counts against recomputing from every Deployment
+
+mod counted {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Upsert(DeploymentKey, DeploymentImages),
+        Remove(DeploymentKey),
+        ReplaceAll(BTreeMap<DeploymentKey, DeploymentImages>),
+    }
+
+    fn summary() -> impl Strategy<Value = DeploymentImages> {
+        (prop::collection::btree_set(0..4usize, 0..3), prop::collection::btree_set(0..2usize, 0..2)).prop_map(
+            |(images, secrets)| DeploymentImages {
+                images: images.iter().map(|i| format!("reg/i{i}:1")).collect(),
+                pull_secrets: secrets.iter().map(|s| format!("s{s}")).collect(),
+                ..Default::default()
+            },
+        )
+    }
+
+    fn dkey() -> impl Strategy<Value = DeploymentKey> {
+        (0..2usize, 0..3usize).prop_map(|(ns, n)| (format!("ns{ns}"), format!("d{n}")))
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            5 => (dkey(), summary()).prop_map(|(k, s)| Op::Upsert(k, s)),
+            2 => dkey().prop_map(Op::Remove),
+            1 => prop::collection::btree_map(dkey(), summary(), 0..4).prop_map(Op::ReplaceAll),
+        ]
+    }
+
+    /// Images and `(namespace, secret)`s in use, from scratch.
+    fn in_use(
+        all: &BTreeMap<DeploymentKey, DeploymentImages>,
+    ) -> (BTreeSet<String>, BTreeSet<(String, String)>) {
+        let images = all.values().flat_map(|d| d.images.iter().cloned()).collect();
+        let secrets = all
+            .iter()
+            .flat_map(|((ns, _), d)| d.pull_secrets.iter().map(|s| (ns.clone(), s.clone())))
+            .collect();
+        (images, secrets)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        #[test]
+        fn counts_agree_with_recomputing(ops in prop::collection::vec(op(), 0..30)) {
+            let mut tracker = ImageTracker::default();
+            let mut all: BTreeMap<DeploymentKey, DeploymentImages> = BTreeMap::new();
+            let mut released: BTreeSet<String> = BTreeSet::new();
+            for (t, op) in ops.into_iter().enumerate() {
+                let now = at(t as u64);
+                let before = in_use(&all);
+                let changed = match op {
+                    Op::Upsert(k, s) => {
+                        all.insert(k.clone(), s.clone());
+                        tracker.upsert(k, s, now)
+                    }
+                    Op::Remove(k) => {
+                        all.remove(&k);
+                        tracker.remove(&k, now)
+                    }
+                    Op::ReplaceAll(m) => {
+                        all = m.clone();
+                        tracker.replace_all(m, now)
+                    }
+                };
+                let after = in_use(&all);
+                prop_assert_eq!(changed, before != after);
+                prop_assert_eq!(&tracker.in_use(), &after.0);
+                released.extend(before.0.difference(&after.0).cloned());
+                released.retain(|i| !after.0.contains(i));
+                prop_assert_eq!(tracker.released().keys().cloned().collect::<BTreeSet<_>>(), released.clone());
+                prop_assert_eq!(tracker.deployments(), &all);
+            }
+        }
+    }
+}
