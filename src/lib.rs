@@ -17,6 +17,7 @@ pub mod http;
 pub mod images;
 pub mod labels;
 pub mod leader;
+pub mod lean;
 pub mod metrics;
 pub mod quantity;
 pub mod registry;

@@ -28,6 +28,7 @@ use crate::gate::{Release, gated_node};
 use crate::http::Shared;
 use crate::images::{DeploymentImages, DeploymentKey, summarize_deployment};
 use crate::leader::Fence;
+use crate::lean::{LeanDeployment, LeanPod};
 use crate::metrics::{CategoryLabel, StateLabel, StatusLabel, WatchLabel};
 use crate::rollout::{GatedPod, PodKey, PodRelease, WarmView, gated_pod};
 use crate::status::{PodHolders, STATE_MAX_BYTES, parse_pulled_message, pod_holders};
@@ -331,11 +332,16 @@ impl Controller {
         let observation = match input {
             Input::DaemonSet(event) => self.ds_listing.fold(event, |ds| ds).map(Observation::DaemonSet),
             Input::Pod(event) => {
-                self.pod_listing.fold(event, |pod| (pod.name_any(), pod_holders(&pod))).map(Observation::Pods)
+                let summarize = |pod: LeanPod| {
+                    let pod = pod.into_pod();
+                    (pod.name_any(), pod_holders(&pod))
+                };
+                self.pod_listing.fold(event, summarize).map(Observation::Pods)
             }
             Input::Deployment(i, event) => {
                 let watch = &self.ctx.config.watch;
-                let summarize = |d: Deployment| {
+                let summarize = |d: LeanDeployment| {
+                    let d = d.into_deployment();
                     ((d.namespace().unwrap_or_default(), d.name_any()), summarize_deployment(&d, watch))
                 };
                 self.deployment_listings[i]

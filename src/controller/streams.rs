@@ -3,7 +3,7 @@
 
 use futures::stream::{BoxStream, SelectAll};
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Event as CoreEvent, Node, Pod};
 use kube::api::Api;
 use kube::runtime::WatchStreamExt;
@@ -12,13 +12,15 @@ use kube::{Client, Resource};
 
 use crate::config::{Config, Namespaces};
 use crate::daemonset::selector_string;
+use crate::lean::{LeanDeployment, LeanPod};
 
 /// One event from one of the watches.
 pub enum Input {
     DaemonSet(Event<DaemonSet>),
-    Pod(Event<Pod>),
+    /// Holder pods, parsed lean.
+    Pod(Event<LeanPod>),
     /// Index of the Deployment stream (one per watched namespace, or one for all).
-    Deployment(usize, Event<Deployment>),
+    Deployment(usize, Event<LeanDeployment>),
     Pulled(Event<CoreEvent>),
     /// Only with a gate on.
     Node(Event<Node>),
@@ -99,9 +101,8 @@ pub fn watch_streams(client: &Client, config: &Config) -> SelectAll<BoxStream<'s
     all.push(ds.boxed());
 
     let pod_cfg = watcher::Config::default().labels(&selector_string(&config.daemonset_name));
-    let pods = watcher(Api::<Pod>::namespaced(client.clone(), ns), pod_cfg)
+    let pods = watcher(Api::<LeanPod>::namespaced(client.clone(), ns), pod_cfg)
         .default_backoff()
-        .modify(strip)
         .map(|r| r.map_or_else(|e| Input::WatchError("pods", e), Input::Pod));
     all.push(pods.boxed());
 
@@ -132,7 +133,7 @@ pub fn watch_streams(client: &Client, config: &Config) -> SelectAll<BoxStream<'s
 
     let selector = config.watch.selector.to_string();
     for (i, scope) in deployment_scopes(config).into_iter().enumerate() {
-        let api: Api<Deployment> = match &scope {
+        let api: Api<LeanDeployment> = match &scope {
             None => Api::all(client.clone()),
             Some(ns) => Api::namespaced(client.clone(), ns),
         };
