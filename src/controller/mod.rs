@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{Event as CoreEvent, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
@@ -52,8 +52,13 @@ mod streams;
 /// The one field manager kwarm applies with.
 pub const FIELD_MANAGER: &str = "kwarm.io/manager";
 pub(crate) const API_TIMEOUT: Duration = Duration::from_secs(10);
-/// Events arriving within this window after the first are applied together.
+/// At most one reconcile per window: a change after a quiet spell is acted on at once (what is
+/// already queued with it goes along); what arrives during the window after a reconcile waits for
+/// its end and is acted on together.
 const COALESCE: Duration = Duration::from_millis(50);
+/// At most this many queued events go along with the first one (a flood must not hold the
+/// reconcile back; the rest is taken in the next round).
+const QUEUED_MAX: usize = 1024;
 /// Events waiting to be sent; more are dropped (and logged at debug level).
 const EVENT_QUEUE: usize = 4096;
 
@@ -199,6 +204,7 @@ pub async fn run(
     };
     c.ctx.shared.metrics.leader.set(i64::from(c.state.leader()));
     let mut leader_open = true;
+    let mut last_reconcile: Option<tokio::time::Instant> = None;
 
     loop {
         let wake = c.next_wakeup();
@@ -240,19 +246,27 @@ pub async fn run(
             _ = tokio::time::sleep_until(wake.into()) => dirty = true,
         }
         if dirty {
-            // Coalesce a burst: take whatever else arrives within a short window, then act once.
-            let window = tokio::time::sleep(COALESCE);
-            tokio::pin!(window);
-            loop {
-                tokio::select! {
-                    _ = &mut window => break,
-                    input = inputs.next() => match input {
-                        Some(input) => { c.handle(input); }
-                        None => break,
-                    },
+            // Leading edge: what is queued already goes along; then act, unless the last
+            // reconcile was less than a window ago: then take what arrives until the window ends.
+            for _ in 0..QUEUED_MAX {
+                let Some(Some(input)) = inputs.next().now_or_never() else { break };
+                c.handle(input);
+            }
+            if let Some(window_end) = last_reconcile.map(|at| at + COALESCE) {
+                let window = tokio::time::sleep_until(window_end);
+                tokio::pin!(window);
+                loop {
+                    tokio::select! {
+                        _ = &mut window => break,
+                        input = inputs.next() => match input {
+                            Some(input) => { c.handle(input); }
+                            None => break,
+                        },
+                    }
                 }
             }
             c.reconcile().await;
+            last_reconcile = Some(tokio::time::Instant::now());
         }
     }
     tracing::info!("Stopped; the DaemonSet stays in place");
