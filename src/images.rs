@@ -193,6 +193,11 @@ impl ImageTracker {
         all
     }
 
+    /// `(namespace, secret)` of every pull secret some watched Deployment references.
+    pub fn pull_secret_refs(&self) -> impl Iterator<Item = &(String, String)> {
+        self.secret_refs.keys()
+    }
+
     pub fn released(&self) -> &BTreeMap<String, SystemTime> {
         &self.released
     }

@@ -552,13 +552,10 @@ impl State {
 
     /// The mirrors the watched Deployments' pull secrets want: mirror name → (namespace, secret).
     pub fn pull_secrets_wanted(&self) -> BTreeMap<String, (String, String)> {
-        let mut wanted = BTreeMap::new();
-        for ((ns, _), d) in self.tracker.deployments() {
-            for secret in &d.pull_secrets {
-                wanted.insert(mirror_name(ns, secret), (ns.clone(), secret.clone()));
-            }
-        }
-        wanted
+        self.tracker
+            .pull_secret_refs()
+            .map(|(ns, secret)| (mirror_name(ns, secret), (ns.clone(), secret.clone())))
+            .collect()
     }
 
     /// Takes over the state the leader keeps on the DaemonSet (retained and quarantined images,

@@ -646,6 +646,7 @@ mod counted {
                 released.retain(|i| !after.0.contains(i));
                 prop_assert_eq!(tracker.released().keys().cloned().collect::<BTreeSet<_>>(), released.clone());
                 prop_assert_eq!(tracker.deployments(), &all);
+                prop_assert_eq!(tracker.pull_secret_refs().cloned().collect::<BTreeSet<_>>(), after.1);
             }
         }
     }
