@@ -264,13 +264,7 @@ class CountingProxy:
         self.p = subprocess.Popen(
             [KUBECTL, "--kubeconfig", KUBECONFIG, "proxy", "--address=127.0.0.1", f"--port={self.port}", "-v=6"],
             stdout=self.logf, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-                return
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError("kubectl proxy did not start")
+        wait_port(self.port, "kubectl proxy")
 
     def mark(self):
         """A position in the log: count(since=mark) counts what came after."""
@@ -299,6 +293,18 @@ class CountingProxy:
             self.p.terminate()
             self.p.wait(10)
         self.logf.close()
+
+
+def wait_port(port, what, seconds=10):
+    """Waits until something accepts connections on 127.0.0.1:port."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{what} did not start on port {port} within {seconds} s")
 
 
 def count_verbs(reqs):

@@ -55,13 +55,7 @@ class OwnRegistry:
         self.logf = open(self.log_path, "a")
         self.p = subprocess.Popen(["docker-registry", "serve", os.path.join(self.dir, "config.yml")],
                                   stdout=self.logf, stderr=subprocess.STDOUT, preexec_fn=os.setsid)
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-                return
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError("docker-registry did not start")
+        wait_port(self.port, "docker-registry")
 
     def mark(self):
         self.logf.flush()

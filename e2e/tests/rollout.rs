@@ -115,6 +115,27 @@ async fn wait_running(log: &PodLog, image: &str, timeout: Duration) -> Result<(S
     .await
 }
 
+/// The first pod the watch saw that is none of `known`.
+async fn new_pod(log: &PodLog, known: &[&String]) -> Result<(String, Seen)> {
+    wait_until(&format!("a pod other than {known:?}"), Duration::from_secs(30), || async {
+        let seen = log.lock().expect("pod log").clone();
+        Ok(match seen.into_iter().find(|(n, _)| !known.contains(&n)) {
+            Some(pod) => Check::Done(pod),
+            None => Check::Pending(format!("{} pods, none new", known.len())),
+        })
+    })
+    .await
+}
+
+/// Waits until the pod `name` no longer carries kwarm's gate.
+async fn wait_released(pods: &Api<Pod>, name: &str, timeout: Duration) -> Result<()> {
+    wait_until(&format!("{name} released"), timeout, || async {
+        let pod = pods.get(name).await?;
+        Ok(if has_gate(&pod) { Check::Pending("gated".into()) } else { Check::Done(()) })
+    })
+    .await
+}
+
 /// The kubelet's Pulled message for the `app` container of `pod`.
 async fn pulled_message(client: &Client, ns: &str, pod: &str) -> Result<String> {
     let events: Api<Event> = Api::namespaced(client.clone(), ns);
@@ -331,14 +352,7 @@ async fn gates_fail_open_time_out_survive_the_leader_and_go_with_ungate() -> Res
         // A pod whose image never gets warm: gated, then released at the timeout by the leader.
         let created = Instant::now();
         deployments.create(&PostParams::default(), &deployment("stuck", &missing)?).await?;
-        let first = wait_until("the first pod of stuck", Duration::from_secs(30), || async {
-            let seen = log.lock().expect("pod log").clone();
-            Ok(match seen.into_iter().next() {
-                Some((name, s)) => Check::Done((name, s)),
-                None => Check::Pending("no pod yet".into()),
-            })
-        })
-        .await?;
+        let first = new_pod(&log, &[]).await?;
         if !first.1.gated_at_creation {
             bail!("the pod {} of {missing} (never warm) was not gated", first.0);
         }
@@ -348,11 +362,7 @@ async fn gates_fail_open_time_out_survive_the_leader_and_go_with_ungate() -> Res
         if listed[0]["pod"] != first.0.as_str() || !not_warm.contains(&json!(missing)) {
             bail!("kwarm status should list {} waiting for {missing}: {status}", first.0);
         }
-        wait_until(&format!("{} released", first.0), Duration::from_secs(90), || async {
-            let pod = pods.get(&first.0).await?;
-            Ok(if has_gate(&pod) { Check::Pending("gated".into()) } else { Check::Done(()) })
-        })
-        .await?;
+        wait_released(&pods, &first.0, Duration::from_secs(90)).await?;
         let waited = created.elapsed();
         if waited < Duration::from_secs(38) {
             bail!(
@@ -385,14 +395,7 @@ async fn gates_fail_open_time_out_survive_the_leader_and_go_with_ungate() -> Res
         // A second pod gated by the leader; the leader dies; the new leader keeps its clock.
         scale(&deployments, "stuck", 2).await?;
         let second_created = Instant::now();
-        let second = wait_until("a second pod of stuck", Duration::from_secs(30), || async {
-            let seen = log.lock().expect("pod log").clone();
-            Ok(match seen.into_iter().find(|(n, _)| *n != first.0) {
-                Some((name, s)) => Check::Done((name, s)),
-                None => Check::Pending("no second pod".into()),
-            })
-        })
-        .await?;
+        let second = new_pod(&log, &[&first.0]).await?;
         if !second.1.gated_at_creation {
             bail!("the second pod {} was not gated", second.0);
         }
@@ -402,14 +405,7 @@ async fn gates_fail_open_time_out_survive_the_leader_and_go_with_ungate() -> Res
         // ungated at once.
         let asked = Instant::now();
         scale(&deployments, "stuck", 3).await?;
-        let third = wait_until("a third pod of stuck", Duration::from_secs(30), || async {
-            let seen = log.lock().expect("pod log").clone();
-            Ok(match seen.into_iter().find(|(n, _)| *n != first.0 && *n != second.0) {
-                Some((name, s)) => Check::Done((name, s)),
-                None => Check::Pending("no third pod".into()),
-            })
-        })
-        .await?;
+        let third = new_pod(&log, &[&first.0, &second.0]).await?;
         eprintln!(
             "with the webhook unreachable the pod was created in {:.1} s",
             asked.elapsed().as_secs_f64()
@@ -418,11 +414,7 @@ async fn gates_fail_open_time_out_survive_the_leader_and_go_with_ungate() -> Res
             bail!("the pod {} was gated although the webhook was unreachable", third.0);
         }
 
-        wait_until(&format!("{} released by the new leader", second.0), Duration::from_secs(120), || async {
-            let pod = pods.get(&second.0).await?;
-            Ok(if has_gate(&pod) { Check::Pending("gated".into()) } else { Check::Done(()) })
-        })
-        .await?;
+        wait_released(&pods, &second.0, Duration::from_secs(120)).await?;
         let waited = second_created.elapsed();
         if waited < Duration::from_secs(38) {
             bail!("{} was released {waited:?} after its creation, before the timeout", second.0);
@@ -435,15 +427,7 @@ async fn gates_fail_open_time_out_survive_the_leader_and_go_with_ungate() -> Res
         // the webhook.
         wait_webhook(&client, &configuration, &format!("https://127.0.0.1:{port_b}/mutate")).await?;
         scale(&deployments, "stuck", 4).await?;
-        let fourth = wait_until("a fourth pod of stuck", Duration::from_secs(30), || async {
-            let seen = log.lock().expect("pod log").clone();
-            let known = [&first.0, &second.0, &third.0];
-            Ok(match seen.into_iter().find(|(n, _)| !known.contains(&n)) {
-                Some((name, s)) => Check::Done((name, s)),
-                None => Check::Pending("no fourth pod".into()),
-            })
-        })
-        .await?;
+        let fourth = new_pod(&log, &[&first.0, &second.0, &third.0]).await?;
         if !fourth.1.gated_at_creation {
             bail!("the pod {} was not gated by the new leader", fourth.0);
         }
