@@ -2,7 +2,7 @@
 //! (a name and an image), image references parsed once, derived container names and the names
 //! kwarm reserves for itself. A leaf: it depends on no other module of kwarm.
 
-use oci_spec::distribution::Reference;
+pub mod reference;
 
 /// Name of the init container that copies `/sleep` into the pod; holder names may not take it.
 pub const INIT_CONTAINER_NAME: &str = "kip";
@@ -67,20 +67,20 @@ impl ImageRef {
             let canonical = inner.canonical.replacen(STAND_IN, &host, 1);
             return Ok(ImageRef { canonical });
         }
-        let r = Reference::try_from(image).map_err(|e| expected(e.to_string()))?;
-        // What the parser lets through but registries and runtimes refuse.
-        let repository = r.repository();
+        let r = reference::parse(image).map_err(expected)?;
+        // What the grammar lets through but registries and runtimes refuse.
+        let repository = &r.repository;
         if !repository.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-/".contains(&b)) {
             return Err(expected(format!("repository {repository:?} must be lowercase")));
         }
-        if let Some(tag) = r.tag()
+        if let Some(tag) = &r.tag
             && !tag.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
         {
             return Err(expected(format!(
                 "tag {tag:?} may only hold ASCII letters, digits, '.', '_' and '-'"
             )));
         }
-        if let Some(digest) = r.digest()
+        if let Some(digest) = &r.digest
             && let Some((_, hex)) = digest.split_once(':')
             && hex.bytes().any(|b| b.is_ascii_uppercase())
         {

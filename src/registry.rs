@@ -168,11 +168,11 @@ pub fn registry_host(key: &str) -> String {
 pub fn by_registry<'a>(images: impl IntoIterator<Item = &'a String>) -> BTreeMap<String, Vec<String>> {
     let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for image in images {
-        let Ok(reference) = image.parse::<Reference>() else { continue };
-        if reference.digest().is_some() {
+        let Ok(parts) = crate::holder::reference::parse(image) else { continue };
+        if parts.digest.is_some() {
             continue;
         }
-        out.entry(registry_host(reference.registry())).or_default().push(image.clone());
+        out.entry(registry_host(&parts.registry)).or_default().push(image.clone());
     }
     out
 }
@@ -288,10 +288,21 @@ fn bundled_roots() -> Vec<oci_client::client::Certificate> {
         .collect()
 }
 
+/// The client's form of `image`, built from its parts (the client's own parser is not used:
+/// see [`crate::holder::reference`]).
+fn oci_reference(image: &str) -> Result<Reference, String> {
+    let p = crate::holder::reference::parse(image)?;
+    Ok(match (p.tag, p.digest) {
+        (Some(tag), Some(digest)) => Reference::with_tag_and_digest(p.registry, p.repository, tag, digest),
+        (None, Some(digest)) => Reference::with_digest(p.registry, p.repository, digest),
+        (tag, None) => Reference::with_tag(p.registry, p.repository, tag.unwrap_or_else(|| "latest".into())),
+    })
+}
+
 async fn resolve_one(client: &Client, image: &str, auth: &RegistryAuth) -> Resolution {
-    let reference: Reference = match image.parse() {
+    let reference = match oci_reference(image) {
         Ok(r) => r,
-        Err(e) => return Resolution::Failed { reason: FailureReason::Other, message: e.to_string() },
+        Err(message) => return Resolution::Failed { reason: FailureReason::Other, message },
     };
     match tokio::time::timeout(REQUEST_TIMEOUT * 2, client.fetch_manifest_digest(&reference, auth)).await {
         Ok(Ok(digest)) => Resolution::Digest { digest },
