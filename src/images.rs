@@ -9,19 +9,60 @@ use k8s_openapi::api::apps::v1::Deployment;
 use crate::config::WatchConfig;
 use crate::holder::{Holder, derived_holder_name, parse_image_reference};
 
+/// A small sorted set of strings, as compact as a boxed slice: kwarm keeps three per watched
+/// Deployment, and a `BTreeSet` allocates a node of about 300 bytes even for one element.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Names(Box<[String]>);
+
+impl Names {
+    pub fn contains(&self, name: &str) -> bool {
+        self.0.binary_search_by(|n| n.as_str().cmp(name)).is_ok()
+    }
+    pub fn iter(&self) -> std::slice::Iter<'_, String> {
+        self.0.iter()
+    }
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl PartialEq<BTreeSet<String>> for Names {
+    fn eq(&self, other: &BTreeSet<String>) -> bool {
+        self.0.len() == other.len() && self.0.iter().zip(other).all(|(a, b)| a == b)
+    }
+}
+
+impl FromIterator<String> for Names {
+    fn from_iter<I: IntoIterator<Item = String>>(items: I) -> Names {
+        let set: BTreeSet<String> = items.into_iter().collect();
+        Names(set.into_iter().collect())
+    }
+}
+
+impl<'a> IntoIterator for &'a Names {
+    type Item = &'a String;
+    type IntoIter = std::slice::Iter<'a, String>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
 /// What kwarm keeps of a watched Deployment: never the whole object.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeploymentImages {
     /// Canonical references of its containers' and init containers' images, after exclusions.
-    pub images: BTreeSet<String>,
+    pub images: Names,
     /// Names of the pull secrets its pod template references (in its own namespace).
-    pub pull_secrets: BTreeSet<String>,
+    pub pull_secrets: Names,
     /// Its `kwarm.io/rollout-gate` annotation or label (the annotation wins): `Some(true)` or
     /// `Some(false)`; `None` when it has neither or the value is not a boolean.
     pub rollout_gate: Option<bool>,
     /// Names of its pod template's containers and init containers (the rollout gate waits for
     /// their images, not for sidecars other webhooks inject).
-    pub containers: BTreeSet<String>,
+    pub containers: Names,
 }
 
 /// Extracts what kwarm needs from a Deployment, or `None` when its namespace is not watched.
@@ -33,6 +74,8 @@ pub fn summarize_deployment(deployment: &Deployment, watch: &WatchConfig) -> Opt
     }
     let pod = deployment.spec.as_ref()?.template.spec.as_ref();
     let mut summary = DeploymentImages::default();
+    let mut images = Vec::new();
+    let mut pull_secrets = Vec::new();
     let meta = &deployment.metadata;
     let setting = [meta.annotations.as_ref(), meta.labels.as_ref()]
         .into_iter()
@@ -53,15 +96,17 @@ pub fn summarize_deployment(deployment: &Deployment, watch: &WatchConfig) -> Opt
             if let Ok(canonical) = parse_image_reference(image)
                 && !watch.image_excluded(&canonical)
             {
-                summary.images.insert(canonical);
+                images.push(canonical);
             }
         }
         for secret in pod.image_pull_secrets.iter().flatten() {
             if !secret.name.is_empty() {
-                summary.pull_secrets.insert(secret.name.clone());
+                pull_secrets.push(secret.name.clone());
             }
         }
     }
+    summary.images = images.into_iter().collect();
+    summary.pull_secrets = pull_secrets.into_iter().collect();
     Some(summary)
 }
 

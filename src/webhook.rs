@@ -144,7 +144,7 @@ impl Lookup {
         {
             unwatched.insert(key, now);
         }
-        summary.map(|s| s.containers)
+        summary.map(|s| s.containers.iter().cloned().collect())
     }
 }
 

@@ -772,7 +772,8 @@ impl State {
             .collect();
         let gated_deployments = gated.keys().map(|k| (*k).clone()).collect();
         let watched = self.tracker.deployments().keys().cloned().collect();
-        let template_containers = gated.iter().map(|(k, d)| ((*k).clone(), d.containers.clone())).collect();
+        let template_containers =
+            gated.iter().map(|(k, d)| ((*k).clone(), d.containers.iter().cloned().collect())).collect();
         WarmView {
             synced: true,
             warm,

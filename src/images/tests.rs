@@ -39,8 +39,8 @@ fn key(namespace: &str, name: &str) -> DeploymentKey {
 fn uses(images: &[&str]) -> DeploymentImages {
     DeploymentImages {
         images: images.iter().map(|i| canonical(i)).collect(),
-        pull_secrets: BTreeSet::new(),
-        containers: BTreeSet::new(),
+        pull_secrets: Names::default(),
+        containers: Names::default(),
         rollout_gate: None,
     }
 }
@@ -428,7 +428,7 @@ fn a_change_of_pull_secrets_alone_is_reported() {
     let mut t = ImageTracker::default();
     let mut with_secret = uses(&["nginx:1.25"]);
     t.upsert(key("shop", "web"), with_secret.clone(), at(0));
-    with_secret.pull_secrets.insert("regcred".into());
+    with_secret.pull_secrets = ["regcred".to_string()].into_iter().collect();
     assert!(t.upsert(key("shop", "web"), with_secret.clone(), at(1)), "secret added");
     assert!(!t.upsert(key("shop", "web"), with_secret.clone(), at(2)), "nothing new");
     let relisted = BTreeMap::from([(key("shop", "web"), uses(&["nginx:1.25"]))]);

@@ -342,7 +342,7 @@ fn pull_secret_mirrors_are_referenced_and_wanted_from_the_deployments() {
     let mut s = synced(&c, true, None, at(0));
     let key = ("team".to_string(), "api".to_string());
     let mut d = deployment(&[REDIS]);
-    d.pull_secrets.insert("regcred".into());
+    d.pull_secrets = ["regcred".to_string()].into_iter().collect();
     s.observe(&c, Observation::Deployments(0, Seen::Applied((key.clone(), Some(d.clone())))), at(0));
     let wanted = s.pull_secrets_wanted();
     let mirror = mirror_name("team", "regcred");
