@@ -406,11 +406,13 @@ def registry_has(ref):
 
 class CreatedCounter:
     """Counts the objects created from now on at some collection paths ({kind: path}), by watching
-    them: a peer's Jobs and pods may be gone by the end (Job TTL, the peer's own clean-up)."""
+    them: a peer's Jobs and pods may be gone by the end (Job TTL, the peer's own clean-up). Also
+    when each pod was first seen Succeeded (a Job's pod)."""
 
     def __init__(self, paths):
         self.created = {kind: set() for kind in paths}
         self.first = {}  # kind -> monotonic time of its first creation
+        self.succeeded = {}  # pod uid -> monotonic time it was first seen Succeeded
         self.stopped = False
         for kind, path in paths.items():
             rv = kube.get(f"{path}?limit=1")["metadata"]["resourceVersion"]
@@ -427,6 +429,8 @@ class CreatedCounter:
                     if typ == "ADDED":
                         self.created[kind].add(obj["metadata"]["uid"])
                         self.first.setdefault(kind, time.monotonic())
+                    if kind == "pods" and (obj.get("status") or {}).get("phase") == "Succeeded":
+                        self.succeeded.setdefault(obj["metadata"]["uid"], time.monotonic())
                     if self.stopped:
                         return
             except Exception:  # noqa: BLE001 (a dropped watch: watch again from rv)

@@ -84,15 +84,28 @@ def peers():
     }
 
 
-def kubectl_file(verb, path):
-    args = {"apply": ["apply", "--server-side", "--force-conflicts"],
-            "delete": ["delete", "--ignore-not-found", "--wait=false"]}[verb]
-    r = subprocess.run([KUBECTL, "--kubeconfig", KUBECONFIG, *args, "-f", path], capture_output=True, text=True)
+def kubectl(*args):
+    r = subprocess.run([KUBECTL, "--kubeconfig", KUBECONFIG, *args], capture_output=True, text=True)
     if r.returncode != 0:
-        raise RuntimeError(f"kubectl {verb} -f {path}: {r.stderr.strip()}")
-    if verb == "apply":
-        subprocess.run([KUBECTL, "--kubeconfig", KUBECONFIG, "wait", "--for=condition=Established",
-                        "--timeout=60s", "-f", path], check=True, capture_output=True)
+        raise RuntimeError(f"kubectl {' '.join(args)}: {r.stderr.strip()}")
+
+
+def apply_crd(path):
+    import yaml
+    with open(path) as f:
+        name = yaml.safe_load(f)["metadata"]["name"]
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:  # an earlier run's, still terminating
+        crd = kube.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}", allow=(404,))
+        if not crd or not crd["metadata"].get("deletionTimestamp"):
+            break
+        time.sleep(1)
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", path)
+    kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", path)
+
+
+def delete_crd(path):
+    kubectl("delete", "--ignore-not-found", "--wait=false", "-f", path)
 
 
 def seed_crds(peer):
@@ -125,12 +138,12 @@ def run_peer(tag, start, done, watched, timeout, interval=0.5):
         while proc.alive() and time.monotonic() - proc.t_start < timeout:
             outcome, progress = done()
             if outcome:
-                seconds = time.monotonic() - proc.t_start
                 break
             if time.monotonic() - last_log > 10:
                 log(f"  {tag}: {progress}")
                 last_log = time.monotonic()
             time.sleep(interval)
+        seconds = time.monotonic() - proc.t_start
         a1 = apiserver_counts()
         alive = proc.alive()
         cpu = proc_cpu_seconds(proc.pid) if alive else None
@@ -140,7 +153,10 @@ def run_peer(tag, start, done, watched, timeout, interval=0.5):
         if outcome != "done":
             outcome = outcome or ("exited" if not alive else "timed out")
             log(f"{tag}: {outcome} ({progress}); log tail:\n{proc.tail()}")
+        succeeded = sorted(counter.succeeded.values())
         return {"outcome": outcome, "progress": progress, "seconds_to_done": seconds if outcome == "done" else None,
+                "seconds_to_outcome": seconds, "pods_succeeded": len(succeeded),
+                "seconds_to_last_pod_succeeded": succeeded[-1] - proc.t_start if succeeded else None,
                 "seconds_to_first": first, "created": counter.counts(), "requests": count_verbs(reqs),
                 "requests_total": len(reqs), "apiserver_all": a1[0] - a0[0], "apiserver_writes": a1[1] - a0[1],
                 "cpu_s": cpu, "peak_rss": rss, "exit_code": None if alive else proc.p.returncode,
@@ -240,6 +256,10 @@ def warmup_fledged(peer, n, m, timeout):
     def done():
         st = (kube.get(f"{collection}/bench-warm").get("status") or {})
         progress = f"status {st.get('status') or 'none'}: {st.get('message', '')}".rstrip(": ")
+        failures = [f for per_image in (st.get("failures") or {}).values() for f in per_image]
+        if failures:
+            reasons = sorted({f"{f.get('reason', '')}: {f.get('message', '')}" for f in failures})
+            progress += f"; {len(failures)} of {n * m} pulls failed ({'; '.join(reasons)[:300]})"
         if st.get("status") == "Succeeded":
             return "done", progress
         if st.get("status") in ("Failed", "Aborted"):
@@ -274,8 +294,8 @@ def section_warmup():
         if "fledged" not in reasons:
             crds.append(fledged_crd(found["fledged"]))
         for path in crds:
-            kubectl_file("apply", path)
-    except (RuntimeError, subprocess.CalledProcessError) as e:
+            apply_crd(path)
+    except RuntimeError as e:
         sys.exit(f"bench: the peers' CRDs: {e}")
     for k, why in reasons.items():
         log(f"warm-up: {found[k].name} is not run: {why}")
@@ -313,7 +333,7 @@ def section_warmup():
         delete_bench_nodes()
         for path in reversed(crds):
             try:
-                kubectl_file("delete", path)
+                delete_crd(path)
             except RuntimeError as e:
                 log(f"  cleanup: {e}")
     write_section("warmup", render(results), results)
@@ -333,7 +353,10 @@ def peer_row(n, k, r, m):
     if r["outcome"] == "done":
         took = fmt_s(r["seconds_to_done"])
     else:
-        took = f"{r['outcome']} ({r['progress']})"
+        took = f"{r['outcome']} at {fmt_s(r['seconds_to_outcome'])} ({r['progress']})"
+        pods = r["created"].get("pods")
+        if pods and r["pods_succeeded"] == pods:
+            took += f"; all {pods:,} of its pods had Succeeded at {fmt_s(r['seconds_to_last_pod_succeeded'])}"
     return [n, PEER_LABELS[k], fmt_s(r["seconds_to_first"]), took, trigger + made,
             f"{r['requests_total']:,} ({', '.join(f'{v} {c:,}' for v, c in sorted(r['requests'].items()))})",
             f"{r['apiserver_all']:,.0f} ({r['apiserver_writes']:,.0f} writes)",
@@ -403,6 +426,12 @@ def render(results):
     ]
     if results["stopped"]:
         md += [f"Stopped {results['stopped']}.", ""]
+    unfinished = [f"{PEER_LABELS[k]} at {n} nodes (`{os.path.relpath(r['log'], ROOT)}`)"
+                  for k in PEER_LABELS for n, r in results[k].items() if r["outcome"] != "done"]
+    if unfinished:
+        md += ["Not done: " + ", ".join(unfinished) + ". The row gives the peer's own verdict or where it"
+               " stood when the run stopped, and, where every pod it created had Succeeded, when the last"
+               " one did (watched).", ""]
     if ratios:
         md += ["Ratios (peer ÷ kwarm): " + "; ".join(ratios) + ".", ""]
     sizes_note = []
