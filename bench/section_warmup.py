@@ -352,6 +352,8 @@ def peer_row(n, k, r, m):
     trigger = {"puller": "", "seed": f"{m} PrePullImages + ", "fledged": "1 ImageCache + "}[k]
     if r["outcome"] == "done":
         took = fmt_s(r["seconds_to_done"])
+        if r["pods_succeeded"]:
+            took += f" (its last pod Succeeded at {fmt_s(r['seconds_to_last_pod_succeeded'])})"
     else:
         took = f"{r['outcome']} at {fmt_s(r['seconds_to_outcome'])} ({r['progress']})"
         pods = r["created"].get("pods")
@@ -412,7 +414,10 @@ def render(results):
         "The peers' objects are every one created while they ran (watched: the seed's Jobs expire"
         " after 300 s and kube-fledged deletes each Job when it is done), plus the objects that"
         " trigger them; Events excluded. \"start → first write\" is the DaemonSet for kwarm and the"
-        " puller, the first Job for the others.",
+        " puller, the first Job for the others. For the Job-based peers the row also gives when the"
+        " last of their pods Succeeded (watched): what comes after is the peer's own bookkeeping"
+        " (kube-fledged deletes its Jobs one by one through client-go's default 5 requests/s"
+        " before it writes its status).",
         "",
         table(["nodes", "tool", "start → first write", "start → all held / pulled", "objects", "manager requests",
                "API server requests", "manager CPU", "manager peak RSS"], rows),
@@ -442,10 +447,12 @@ def render(results):
         if skipped:
             sizes_note.append(f"{PEER_LABELS[k]} was not run at {', '.join(map(str, skipped))} nodes"
                               f" (`{setting}`, now {' '.join(map(str, results['peer_sizes'][k])) or 'empty'})")
-    if sizes_note:
-        md += ["Sizes: " + "; ".join(sizes_note) + ". The Job-based peers create M × N Jobs (20,000 at"
-               " 1,000 nodes): on this shared 2-core cluster that takes tens of minutes and slows everyone's"
-               f" tests. A peer's run stops after `BENCH_PEER_TIMEOUT` ({results['peer_timeout']} s).", ""]
+    md += ["Sizes: each peer runs at the `BENCH_NODES` sizes also in its own setting, `BENCH_PULLER_NODES`"
+           " (default: all), `BENCH_SEED_NODES` and `BENCH_FLEDGED_NODES` (default: 100 only). The Job-based"
+           " peers create M × N Jobs (20,000 at 1,000 nodes) and run tens of minutes at 100 nodes already"
+           " on this shared 2-core cluster, slowing everyone's tests; a peer's run stops after"
+           f" `BENCH_PEER_TIMEOUT` ({results['peer_timeout']} s)."
+           + (" Here " + "; ".join(sizes_note) + "." if sizes_note else ""), ""]
     if results.get("profile"):
         pr = results["profile"]
         md += [f"**Profile** of the manager during a {pr['nodes']}-node warm-up (symbolized build, `perf record -g`;"
