@@ -1,5 +1,6 @@
 """Shared by the benchmark sections: settings from the environment, statistics and Markdown,
 processes (kwarm, the counting proxy), and cluster helpers. The sections import all of it."""
+import glob
 import json
 import os
 import re
@@ -9,7 +10,7 @@ import socket
 import statistics
 import subprocess
 import sys
-import threading  # noqa: F401 (used by the sections)
+import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -306,6 +307,146 @@ def wait_port(port, what, seconds=10):
             time.sleep(0.1)
     raise RuntimeError(f"{what} did not start on port {port} within {seconds} s")
 
+
+# ---------------------------------------------------------------- the peers (hack/peers.sh)
+
+# the peers' source archives, and where hack/peers.sh builds them (hack/bench.sh exports both)
+PEERS_DIR = os.environ.get("KWARM_PEERS_DIR", "")
+PEERS_CACHE = os.environ.get("KWARM_PEERS_CACHE", os.path.expanduser("~/.cache/kwarm/peers"))
+PULLER_IMAGE = f"{REG}/eclipse/kubernetes-image-puller:next"
+FLEDGED_BUSYBOX_IMAGE = f"{REG}/senthilrch/busybox:1.35.0"
+
+
+class Peer:
+    """A peer as hack/peers.sh built it from its source archive (cache folder NAME-COMMIT): its
+    binary and extracted source, or `reason`, the exact reason it cannot run (no archive, or the
+    end of its failed build's log)."""
+
+    def __init__(self, name, archive_prefix, binary):
+        self.name = name
+        self.binary = self.src = self.commit = self.reason = None
+        archives = sorted(glob.glob(os.path.join(PEERS_DIR, f"{archive_prefix}-*.tar.gz"))) if PEERS_DIR else []
+        if not archives:
+            self.reason = (f"no {archive_prefix}-*.tar.gz among the peers' source archives"
+                           f" (KWARM_PEERS_DIR={PEERS_DIR or 'unset'})")
+            return
+        self.commit = os.path.basename(archives[0])[:-len(".tar.gz")].rsplit("-", 1)[1]
+        folder = os.path.join(PEERS_CACHE, f"{name}-{self.commit}")
+        path = os.path.join(folder, "bin", binary)
+        if os.access(path, os.X_OK):
+            self.binary, self.src = path, os.path.join(folder, "src")
+            return
+        build_log = os.path.join(folder, "build.log")
+        if os.path.exists(build_log):
+            with open(build_log, errors="replace") as f:
+                tail = [line.strip() for line in f if line.strip()][-3:]
+            self.reason = f"its build failed (`hack/peers.sh build`, {build_log}): " + " / ".join(tail)
+        else:
+            self.reason = f"not built: no {path} (`hack/peers.sh build`)"
+
+
+class PeerProcess:
+    """A peer's manager as a child process, its output in a log file (Kwarm's counterpart)."""
+
+    def __init__(self, name, cmd, env):
+        self.name = name
+        os.makedirs(WORK, exist_ok=True)
+        self.log_path = os.path.join(WORK, f"{name}.log")
+        full = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/root")}
+        full.update(env)
+        self.logf = open(self.log_path, "w")
+        self.t_start = time.monotonic()
+        self.p = subprocess.Popen(cmd, env=full, stdout=self.logf, stderr=subprocess.STDOUT,
+                                  preexec_fn=_die_with_parent)
+        self.pid = self.p.pid
+
+    def alive(self):
+        return self.p.poll() is None
+
+    def stop(self, kill=False):
+        """SIGTERM (SIGKILL with kill=True: no clean-up of its own), then wait."""
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+            try:
+                self.p.wait(30)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+        self.logf.close()
+
+    def tail(self, n=20):
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return "".join(f.readlines()[-n:])
+        except OSError:
+            return ""
+
+
+def puller_deployment(ns):
+    """The Deployment kubernetes-image-puller insists on (DEPLOYMENT_NAME; it exits without it),
+    with 0 replicas: the puller runs out of cluster."""
+    kube.post(f"/apis/apps/v1/namespaces/{ns}/deployments",
+              {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "kubernetes-image-puller"},
+               "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "p"}},
+                        "template": {"metadata": {"labels": {"app": "p"}},
+                                     "spec": {"containers": [{"name": "p", "image": PULLER_IMAGE}]}}}},
+              allow=(409,))
+
+
+def puller_env(ns, daemonset, images, kubeconfig, node_selector=None):
+    """kubernetes-image-puller's environment: `images` as {name: ref}, the chart's resources."""
+    env = {"KUBECONFIG": kubeconfig, "IMAGES": ";".join(f"{k}={v}" for k, v in images.items()),
+           "CACHING_INTERVAL_HOURS": "1", "NAMESPACE": ns, "DAEMONSET_NAME": daemonset,
+           "DEPLOYMENT_NAME": "kubernetes-image-puller", "KIP_IMAGE": PULLER_IMAGE,
+           "CACHING_MEMORY_REQUEST": "10Mi", "CACHING_MEMORY_LIMIT": "20Mi",
+           "CACHING_CPU_REQUEST": ".05", "CACHING_CPU_LIMIT": ".2"}
+    if node_selector:
+        env["NODE_SELECTOR"] = json.dumps(node_selector)
+    return env
+
+
+def registry_has(ref):
+    return subprocess.run(["skopeo", "inspect", "--tls-verify=false", f"docker://{ref}"],
+                          capture_output=True).returncode == 0
+
+
+class CreatedCounter:
+    """Counts the objects created from now on at some collection paths ({kind: path}), by watching
+    them: a peer's Jobs and pods may be gone by the end (Job TTL, the peer's own clean-up). Also
+    when each pod was first seen Succeeded (a Job's pod)."""
+
+    def __init__(self, paths):
+        self.created = {kind: set() for kind in paths}
+        self.first = {}  # kind -> monotonic time of its first creation
+        self.succeeded = {}  # pod uid -> monotonic time it was first seen Succeeded
+        self.stopped = False
+        for kind, path in paths.items():
+            rv = kube.get(f"{path}?limit=1")["metadata"]["resourceVersion"]
+            threading.Thread(target=self._watch, args=(kind, path, rv), daemon=True).start()
+
+    def _watch(self, kind, path, rv):
+        while not self.stopped:
+            try:
+                for typ, obj, _ in kube.watch(path, resource_version=rv, timeout_seconds=60):
+                    if typ == "ERROR":  # resourceVersion too old: go on from now (rare at these sizes)
+                        rv = kube.get(f"{path}?limit=1")["metadata"]["resourceVersion"]
+                        break
+                    rv = obj["metadata"]["resourceVersion"]
+                    if typ == "ADDED":
+                        self.created[kind].add(obj["metadata"]["uid"])
+                        self.first.setdefault(kind, time.monotonic())
+                    if kind == "pods" and (obj.get("status") or {}).get("phase") == "Succeeded":
+                        self.succeeded.setdefault(obj["metadata"]["uid"], time.monotonic())
+                    if self.stopped:
+                        return
+            except Exception:  # noqa: BLE001 (a dropped watch: watch again from rv)
+                time.sleep(1)
+
+    def counts(self):
+        return {kind: len(uids) for kind, uids in self.created.items()}
+
+    def stop(self):
+        self.stopped = True
 
 def count_verbs(reqs):
     out = {}

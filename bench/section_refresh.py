@@ -22,17 +22,7 @@ import tempfile
 from common import *  # noqa: F401,F403 (settings, helpers and the modules they use)
 from common import _die_with_parent
 
-PEERS = os.environ.get("KWARM_PEERS_CACHE", os.path.expanduser("~/.cache/kwarm/peers"))
-PULLER_KIP = f"{REG}/eclipse/kubernetes-image-puller:next"
 CLUSTER_DIR = os.environ.get("KWARM_CLUSTER_DIR", "/var/lib/kwarm-cluster")
-
-
-def puller_binary():
-    for d in sorted(os.listdir(PEERS)) if os.path.isdir(PEERS) else []:
-        b = os.path.join(PEERS, d, "bin", "kubernetes-image-puller")
-        if d.startswith("kubernetes-image-puller-") and os.access(b, os.X_OK):
-            return b
-    return None
 
 
 class OwnRegistry:
@@ -209,7 +199,7 @@ def section_refresh():
     n = env_int("BENCH_REFRESH_NODES", 20)
     size = env_int("BENCH_REFRESH_IMAGE_BYTES", 1 << 20)
     check_cluster()
-    puller = puller_binary()
+    puller = Peer("kubernetes-image-puller", "che-kubernetes-image-puller", "kubernetes-image-puller").binary
     registry = OwnRegistry()
     results = {"images": m, "kwok_nodes": n, "image_bytes": size, "puller": None, "kwarm": None}
     ns_p, ns_k = "kwarm-bench-refresh-puller", "kwarm-bench-refresh-kwarm"
@@ -226,23 +216,14 @@ def section_refresh():
         names = [f"img{i:02d}" for i in range(m)]
         listing = ";".join(f"{nm}={ref}" for nm, ref in zip(names, images))
 
-        puller_image = subprocess.run(["skopeo", "inspect", "--tls-verify=false", f"docker://{PULLER_KIP}"],
-                                      capture_output=True).returncode == 0
+        puller_image = registry_has(PULLER_IMAGE)
         if puller and not puller_image:
-            log(f"  {PULLER_KIP} is not in the registry (hack/peers.sh images): the puller is not run")
+            log(f"  {PULLER_IMAGE} is not in the registry (hack/peers.sh images): the puller is not run")
         if puller and puller_image:
             ensure_ns(ns_p)
-            kube.post(f"/apis/apps/v1/namespaces/{ns_p}/deployments",
-                      {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "kubernetes-image-puller"},
-                       "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "p"}},
-                                "template": {"metadata": {"labels": {"app": "p"}},
-                                             "spec": {"containers": [{"name": "p", "image": PULLER_KIP}]}}}},
-                      allow=(409,))
+            puller_deployment(ns_p)
             env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/root"),
-                   "KUBECONFIG": KUBECONFIG, "IMAGES": listing, "CACHING_INTERVAL_HOURS": "1",
-                   "NAMESPACE": ns_p, "DAEMONSET_NAME": "bench-puller", "DEPLOYMENT_NAME": "kubernetes-image-puller",
-                   "KIP_IMAGE": PULLER_KIP, "CACHING_MEMORY_REQUEST": "10Mi", "CACHING_MEMORY_LIMIT": "20Mi",
-                   "CACHING_CPU_REQUEST": ".05", "CACHING_CPU_LIMIT": ".2"}
+                   **puller_env(ns_p, "bench-puller", dict(zip(names, images)), KUBECONFIG)}
 
             def start_puller(tag):
                 logf = open(os.path.join(WORK, f"puller-refresh-{tag}.log"), "w")

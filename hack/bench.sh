@@ -6,7 +6,8 @@
 # Usage: hack/bench.sh [SECTION...]       (`make bench` runs all; ~30-45 min)
 #   holder     holder binary size, RSS and SIGTERM-to-exit on the real node, kwarm vs Go sleep
 #   image      bytes a node pulls for the init image
-#   warmup     time until M images are held on N KWOK nodes, objects, API requests
+#   warmup     time until M images are held on N KWOK nodes, objects, API requests: kwarm and the
+#              real peers side by side (kubernetes-image-puller, the kwarm seed, kube-fledged)
 #   reaction   Deployment change -> DaemonSet updated (p50/p99), -> image in containerd vs ctr pull
 #   footprint  manager RSS/CPU with 1,000 and 10,000 watched Deployments, idle API writes, profile
 #   gate       N KWOK nodes joining with the node gate taint: join -> released p50/p99, writes, CPU
@@ -14,14 +15,20 @@
 #              roll: seconds some node held no holder, registry requests and bytes (no change, 1 changed)
 # Settings (environment):
 #   BENCH_NODES="100 500 1000"   KWOK node counts for warmup      BENCH_IMAGES=20  images held
-#   BENCH_SEED_MODEL_NODES="100"  node counts for the seed-design model (M x N Jobs)
+#   BENCH_PULLER_NODES=BENCH_NODES  BENCH_SEED_NODES="100"  BENCH_FLEDGED_NODES="100"
+#                                the BENCH_NODES sizes at which each peer runs in warmup (the seed
+#                                and kube-fledged run M x N Jobs: tens of minutes at 500+ nodes)
+#   BENCH_PEER_TIMEOUT=1800      seconds a peer's warm-up may take   BENCH_WARMUP_TIMEOUT=900 kwarm's
 #   BENCH_REACTION_SAMPLES=200   Deployment changes               BENCH_PULL_SAMPLES=6 per size
 #   BENCH_DEPLOYMENTS="1000 10000"                                BENCH_IDLE=600   idle window (s)
 #   BENCH_HOLDER_SAMPLES=20      holders of each kind             BENCH_PROFILE=1  perf the 10k sync
 #   BENCH_GATE_NODES="1000"      KWOK node counts joining gated
 # Everything it creates is its own: namespaces kwarm-bench-*, fake nodes bench-node-*, images
 # 127.0.0.1:5000/kwarm-bench/*; built tools go to the cache (~/.cache/kwarm/bench), logs to
-# _output/bench.
+# _output/bench. The peers (warmup, refresh) are built by hack/peers.sh from their source archives
+# (KWARM_PEERS_DIR); a peer without an archive or whose build failed is reported not run, with why.
+# The peers' own names are theirs: namespaces kwarm-system (the seed's Jobs) and kube-fledged, their
+# CRDs (removed at the end of warmup).
 # shellcheck source=hack/lib.sh
 . "$(dirname "$0")/lib.sh"
 # shellcheck source=hack/cluster/common.sh
@@ -32,6 +39,7 @@ BENCH_CACHE="$CACHE_DIR/bench"
 SECTIONS_DIR="$ROOT_DIR/bench/sections"
 RESULTS="$ROOT_DIR/bench/RESULTS.md"
 PULL_SIZES=("4k:4096" "1m:1048576" "16m:16777216")
+PEERS_DIR="${KWARM_PEERS_DIR:-$ROOT_DIR/../shared/peers}" # hack/peers.sh's default
 
 go_version() { GOFLAGS='' go env GOVERSION; }
 
@@ -110,6 +118,19 @@ pull_images() {
   export PULL_IMAGES
 }
 
+# the peers' source archives by name and commit (what hack/peers.sh builds), or that there are none
+peers_line() {
+  local f list=()
+  for f in "$PEERS_DIR"/*.tar.gz; do
+    [ -f "$f" ] && list+=("$(basename "$f" .tar.gz)")
+  done
+  if [ ${#list[@]} -eq 0 ]; then
+    echo "no source archives in KWARM_PEERS_DIR: not run"
+  else
+    echo "built from their source archives by \`hack/peers.sh\`: ${list[*]}"
+  fi
+}
+
 machine_header() {
   local rev dirty kube_ver ctr_ver
   rev="$(git -C "$ROOT_DIR" rev-parse --short HEAD)"
@@ -131,7 +152,7 @@ and noisy, so read ratios, not absolute numbers. Raw numbers: \`bench/sections/*
 | toolchains | $(rustc --version), $(go_version) |
 | cluster | Kubernetes $kube_ver (kube-apiserver, controller-manager, scheduler, kubelet), containerd ${ctr_ver:-?}, etcd $ETCD_VERSION, KWOK $KWOK_VERSION (one real node + fake nodes) |
 | tools | $(skopeo --version), $(buildah --version | cut -d' ' -f1-3), $(perf --version 2>/dev/null || echo "perf: none") |
-| peers | kubernetes-image-puller and the kwarm seed: **not buildable here** (Go module proxy: 403 "This module version is not available"); see each section |
+| peers | $(peers_line) |
 
 EOF
 }
@@ -185,6 +206,11 @@ main() {
     export KWARM_PROFILE_BIN="$BENCH_CACHE/target-profile/release/kwarm"
   fi
   [[ " ${sections[*]} " == *" reaction "* ]] && pull_images
+  if [[ " ${sections[*]} " == *" warmup "* || " ${sections[*]} " == *" refresh "* ]]; then
+    # a peer that does not build is reported by the sections, with the end of its build log
+    "$HACK_DIR/peers.sh" || log "bench: not every peer built; the sections say which and why"
+  fi
+  export KWARM_PEERS_DIR="$PEERS_DIR" KWARM_PEERS_CACHE="$CACHE_DIR/peers"
   export KWARM_IMAGE="$REGISTRY/kwarm/kwarm:dev"
   for s in "${sections[@]}"; do
     t0=$SECONDS
