@@ -342,8 +342,8 @@ def section_reaction():
         " Deployment (replicas 0, `kwarm.io/enabled=true`) among 4 tags; time from sending the PATCH"
         " until the driver's watch of the DaemonSet delivers the new image. The floor is one write and"
         " its own watch event (a ConfigMap patched by the same client right after each change):"
-        " kwarm's path needs two of those (the Deployment, then the DaemonSet) plus its 50 ms"
-        " coalescing window.",
+        " kwarm's path needs two of those (the Deployment, then the DaemonSet); it acts on a change"
+        " after a quiet spell at once and coalesces what follows within 50 ms.",
         "",
         table(["", "n", "min", "p50", "p90", "p99", "max"], [
             ["kwarm: change → DaemonSet updated (ms)", s["n"], fmt_ms(s["min"]), fmt_ms(s["p50"]), fmt_ms(s["p90"]),

@@ -1,3 +1,0 @@
-module kwarm.invalid/bench/gosleep
-
-go 1.22
