@@ -28,11 +28,12 @@ KUBECTL = os.environ["KUBECTL"]
 KWARM = os.environ.get("KWARM_BIN", os.path.join(ROOT, "_output", "bin", "kwarm"))
 KWARM_PROFILE = os.environ.get("KWARM_PROFILE_BIN", "")
 SLEEP_BIN = os.path.join(ROOT, "_output", "bin", "sleep")
-GOSLEEP = os.environ.get("GOSLEEP_BIN", "")
-GOSLEEP_STRIPPED = os.environ.get("GOSLEEP_STRIPPED_BIN", "")
+# kubernetes-image-puller's own sleep, as its Makefile builds it (empty: PULLER_SLEEP_MISSING says why)
+PULLER_SLEEP = os.environ.get("PULLER_SLEEP_BIN", "")
+PULLER_SLEEP_MISSING = os.environ.get("PULLER_SLEEP_MISSING", "")
 REG = "127.0.0.1:5000"
 KIP_IMAGE = os.environ.get("KIP_IMAGE", f"{REG}/kwarm/sleep:dev")
-GOSLEEP_IMAGE = os.environ.get("GOSLEEP_IMAGE", "")
+PULLER_SLEEP_IMAGE = os.environ.get("PULLER_SLEEP_IMAGE", "")
 PULLER_FLOOR_IMAGE = os.environ.get("PULLER_FLOOR_IMAGE", "")
 PULL_IMAGES = os.environ.get("PULL_IMAGES", "")  # "size:ref size:ref ..."
 REAL_NODE = "127.0.0.1"

@@ -1,4 +1,4 @@
-"""Benchmark section: holder cost (the sleep holder against a Go sleep)."""
+"""Benchmark section: holder cost (kwarm's sleep against kubernetes-image-puller's)."""
 from common import *  # noqa: F401,F403 (settings, helpers and the modules they use)
 
 
@@ -9,7 +9,7 @@ def holder_pod(n):
               "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}}
         containers.append({"name": f"kwarm-{i}", "image": KIP_IMAGE, "command": ["/sleep", "infinity"],
                            "securityContext": sc})
-        containers.append({"name": f"go-{i}", "image": GOSLEEP_IMAGE, "command": ["/sleep", "720h"],
+        containers.append({"name": f"go-{i}", "image": PULLER_SLEEP_IMAGE, "command": ["/sleep", "720h"],
                            "securityContext": sc})
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "holders"},
             "spec": {"nodeName": REAL_NODE, "restartPolicy": "Never", "automountServiceAccountToken": False,
@@ -48,6 +48,8 @@ def cgroup_memory(pid):
 def section_holder():
     n = env_int("BENCH_HOLDER_SAMPLES", 20)
     ns = "kwarm-bench-holder"
+    if not PULLER_SLEEP:
+        raise RuntimeError(f"no kubernetes-image-puller sleep to compare with: {PULLER_SLEEP_MISSING}")
     check_cluster()
     ensure_ns(ns)
     try:
@@ -104,8 +106,7 @@ def section_holder():
         vals = [m[key] for m in mem[kind] if m[key] is not None]
         return statistics.median(vals) if vals else None
 
-    sizes = {"kwarm": os.path.getsize(SLEEP_BIN), "go": os.path.getsize(GOSLEEP),
-             "go_stripped": os.path.getsize(GOSLEEP_STRIPPED)}
+    sizes = {"kwarm": os.path.getsize(SLEEP_BIN), "go": os.path.getsize(PULLER_SLEEP)}
     tk, tg = summary(term["kwarm"]), summary(term["go"])
     md = [
         "## 1. Holder cost",
@@ -118,9 +119,8 @@ def section_holder():
         f" {n}. SIGTERM sent from the host to one holder at a time; time until the process has"
         " exited (pidfd poll).",
         "",
-        table(["", "kwarm `sleep`", "Go `sleep` (puller stand-in)", "ratio"], [
-            ["binary size", fmt_bytes(sizes["kwarm"]), f"{fmt_bytes(sizes['go'])} ({fmt_bytes(sizes['go_stripped'])} stripped)",
-             f"{ratio(sizes['go'], sizes['kwarm'])} ({ratio(sizes['go_stripped'], sizes['kwarm'])})"],
+        table(["", "kwarm `sleep`", "kubernetes-image-puller `sleep`", "ratio"], [
+            ["binary size", fmt_bytes(sizes["kwarm"]), fmt_bytes(sizes["go"]), ratio(sizes["go"], sizes["kwarm"])],
             ["RSS (VmRSS)", fmt_bytes(med("kwarm", "VmRSS")), fmt_bytes(med("go", "VmRSS")),
              ratio(med("go", "VmRSS"), med("kwarm", "VmRSS"))],
             ["of which anonymous", fmt_bytes(med("kwarm", "RssAnon")), fmt_bytes(med("go", "RssAnon")),
@@ -138,11 +138,10 @@ def section_holder():
              ", ".join(map(str, sorted(exits["go"]))) or "–", ""],
         ]),
         "",
-        "The Go holder is a stand-in: the Go module proxy refuses"
-        " `github.com/che-incubator/kubernetes-image-puller` (`403 Forbidden: This module version is"
-        " not available`), so `bench/gosleep` (the same behaviour and the same standard-library"
-        " imports: fmt, io, os, time; built with the local Go, `CGO_ENABLED=0 -trimpath`, unstripped"
-        " like the puller's `go build`) stands for it. Its size and memory are the Go runtime's.",
+        "The puller's holder is its own `sleep/sleep.go`, built from its source archive by"
+        " `hack/peers.sh` as its Makefile builds it (`CGO_ENABLED=0 go build -a -ldflags '-w -s'`, with"
+        " the local Go), in an image of its own (FROM scratch, the binary alone). Its size and memory"
+        " are the Go runtime's.",
     ]
     write_section("holder", "\n".join(md), {"sizes": sizes, "memory": mem, "sigterm_ms": term,
                                             "exit_codes": {k: sorted(v) for k, v in exits.items()}})

@@ -4,7 +4,7 @@
 # (+ .json with the raw numbers) per section and merges them into bench/RESULTS.md.
 #
 # Usage: hack/bench.sh [SECTION...]       (`make bench` runs all; ~30-45 min)
-#   holder     holder binary size, RSS and SIGTERM-to-exit on the real node, kwarm vs Go sleep
+#   holder     holder binary size, RSS and SIGTERM-to-exit on the real node, kwarm vs the puller's sleep
 #   image      bytes a node pulls for the init image
 #   warmup     time until M images are held on N KWOK nodes, objects, API requests: kwarm and the
 #              real peers side by side (kubernetes-image-puller, the kwarm seed, kube-fledged)
@@ -43,18 +43,25 @@ PEERS_DIR="${KWARM_PEERS_DIR:-$ROOT_DIR/../shared/peers}" # hack/peers.sh's defa
 
 go_version() { GOFLAGS='' go env GOVERSION; }
 
-# The Go holder stand-in (bench/gosleep), unstripped as `go build` leaves it and stripped.
-build_gosleep() {
-  local dir
-  dir="$BENCH_CACHE/gosleep-$(go_version)"
-  GOSLEEP_BIN="$dir/sleep" GOSLEEP_STRIPPED_BIN="$dir/sleep-stripped"
-  if [ ! -x "$GOSLEEP_BIN" ] || [ "$ROOT_DIR/bench/gosleep/main.go" -nt "$GOSLEEP_BIN" ]; then
-    log "bench: building the Go sleep stand-in with $(go_version)"
-    mkdir -p "$dir"
-    (cd "$ROOT_DIR/bench/gosleep" && GOFLAGS=-trimpath go build -o "$GOSLEEP_BIN" . &&
-      GOFLAGS=-trimpath go build -ldflags '-s -w' -o "$GOSLEEP_STRIPPED_BIN" .)
+# kubernetes-image-puller's own holder (its sleep/sleep.go, built by hack/peers.sh as its Makefile
+# does: -a -ldflags '-w -s'). Without the puller's source archive it stays unset and the holder and
+# image sections say why they cannot compare.
+puller_sleep() {
+  local a commit
+  PULLER_SLEEP_BIN="" PULLER_SLEEP_MISSING=""
+  a="$(find "$PEERS_DIR" -maxdepth 1 -name 'che-kubernetes-image-puller-*.tar.gz' 2>/dev/null | sort | head -1)"
+  if [ -z "$a" ]; then
+    PULLER_SLEEP_MISSING="no che-kubernetes-image-puller-*.tar.gz in $PEERS_DIR (KWARM_PEERS_DIR)"
+  else
+    commit="$(basename "$a" .tar.gz)" commit="${commit##*-}"
+    PULLER_SLEEP_BIN="$CACHE_DIR/peers/kubernetes-image-puller-$commit/bin/sleep"
+    [ -x "$PULLER_SLEEP_BIN" ] || "$HACK_DIR/peers.sh" build >&2 || true
+    if [ ! -x "$PULLER_SLEEP_BIN" ]; then
+      PULLER_SLEEP_MISSING="the puller did not build (hack/peers.sh build; see its build.log)"
+      PULLER_SLEEP_BIN=""
+    fi
   fi
-  export GOSLEEP_BIN GOSLEEP_STRIPPED_BIN
+  export PULLER_SLEEP_BIN PULLER_SLEEP_MISSING
 }
 
 busybox_static() {
@@ -81,22 +88,25 @@ bench_images() {
   KIP_IMAGE="$REGISTRY/kwarm-bench/sleep:$sleep_sha"
   mkdir -p "$tmp/kip/_output/bin" && cp "$ROOT_DIR/_output/bin/sleep" "$tmp/kip/_output/bin/sleep"
   push_image "$KIP_IMAGE" "$(cat "$ROOT_DIR/docker/sleep.Dockerfile")" "$tmp/kip"
-  # the Go stand-in alone, and the puller's init contract (Go sleep + a shell with cp)
-  tag="$(go_version)-$(sha256sum "$GOSLEEP_BIN" | cut -c1-8)"
-  GOSLEEP_IMAGE="$REGISTRY/kwarm-bench/gosleep:$tag"
-  PULLER_FLOOR_IMAGE="$REGISTRY/kwarm-bench/puller-floor:$tag"
-  mkdir -p "$tmp/go" "$tmp/floor/bin"
-  cp "$GOSLEEP_BIN" "$tmp/go/sleep"
-  push_image "$GOSLEEP_IMAGE" $'FROM scratch\nCOPY sleep /sleep\nUSER 65532:65532\nENTRYPOINT ["/sleep"]' "$tmp/go"
-  if ! registry_has "$PULLER_FLOOR_IMAGE"; then
-    cp "$GOSLEEP_BIN" "$tmp/floor/bin/sleep"
-    cp "$(busybox_static)" "$tmp/floor/bin/busybox"
-    ln -s busybox "$tmp/floor/bin/sh"
-    ln -s busybox "$tmp/floor/bin/cp"
-    push_image "$PULLER_FLOOR_IMAGE" $'FROM scratch\nCOPY bin /bin\nUSER 65532:65532\nCMD ["/bin/sleep", "720h"]' "$tmp/floor"
+  # the puller's sleep alone, and the puller's init contract (its sleep + a shell with cp)
+  PULLER_SLEEP_IMAGE="" PULLER_FLOOR_IMAGE=""
+  if [ -n "$PULLER_SLEEP_BIN" ]; then
+    tag="$(sha256sum "$PULLER_SLEEP_BIN" | cut -c1-12)"
+    PULLER_SLEEP_IMAGE="$REGISTRY/kwarm-bench/puller-sleep:$tag"
+    PULLER_FLOOR_IMAGE="$REGISTRY/kwarm-bench/puller-floor:$tag"
+    mkdir -p "$tmp/go" "$tmp/floor/bin"
+    cp "$PULLER_SLEEP_BIN" "$tmp/go/sleep"
+    push_image "$PULLER_SLEEP_IMAGE" $'FROM scratch\nCOPY sleep /sleep\nUSER 65532:65532\nENTRYPOINT ["/sleep"]' "$tmp/go"
+    if ! registry_has "$PULLER_FLOOR_IMAGE"; then
+      cp "$PULLER_SLEEP_BIN" "$tmp/floor/bin/sleep"
+      cp "$(busybox_static)" "$tmp/floor/bin/busybox"
+      ln -s busybox "$tmp/floor/bin/sh"
+      ln -s busybox "$tmp/floor/bin/cp"
+      push_image "$PULLER_FLOOR_IMAGE" $'FROM scratch\nCOPY bin /bin\nUSER 65532:65532\nCMD ["/bin/sleep", "720h"]' "$tmp/floor"
+    fi
   fi
   rm -rf "$tmp"
-  export KIP_IMAGE GOSLEEP_IMAGE PULLER_FLOOR_IMAGE
+  export KIP_IMAGE PULLER_SLEEP_IMAGE PULLER_FLOOR_IMAGE
 }
 
 # Images the real node has never held: distinct random content per sample (no shared layers).
@@ -196,7 +206,7 @@ main() {
   fi
   KWARM_BUILD="$KWARM_BUILD, manager sha256 $(sha256sum "$ROOT_DIR/_output/bin/kwarm" | cut -c1-12)"
   export KWARM_BUILD
-  build_gosleep
+  puller_sleep
   bench_images
   # a symbolized build of the same source for perf (separate target dir; the release build is stripped)
   if [[ " ${sections[*]} " == *" footprint "* ]] && [ "${BENCH_PROFILE:-1}" = 1 ]; then
@@ -206,7 +216,7 @@ main() {
     export KWARM_PROFILE_BIN="$BENCH_CACHE/target-profile/release/kwarm"
   fi
   [[ " ${sections[*]} " == *" reaction "* ]] && pull_images
-  if [[ " ${sections[*]} " == *" warmup "* || " ${sections[*]} " == *" refresh "* ]]; then
+  if [[ " ${sections[*]} " =~ \ (warmup|refresh|image)\  ]]; then
     # a peer that does not build is reported by the sections, with the end of its build log
     "$HACK_DIR/peers.sh" || log "bench: not every peer built; the sections say which and why"
   fi
