@@ -52,8 +52,8 @@ cluster-down: ## Stop the local cluster and remove its state
 	hack/cluster-down.sh
 
 .PHONY: images
-images: build ## Build the manager and sleep images with buildah and push them to the local registry
-	hack/image.sh docker/sleep.Dockerfile $(SLEEP_IMAGE)
+images: build ## Build the manager and sleep images (an index: linux/amd64, linux/arm64) with buildah and push them to the local registry
+	IMAGE_PLATFORMS=linux/amd64,linux/arm64 hack/image.sh docker/sleep.Dockerfile $(SLEEP_IMAGE)
 	hack/image.sh docker/kwarm.Dockerfile $(KWARM_IMAGE)
 
 .PHONY: e2e
