@@ -40,11 +40,12 @@ pub async fn status_report(client: Client, config: &Config) -> Result<crate::sta
         let node_api: Api<Node> = Api::all(client.clone());
         let nodes = with_timeout(API_TIMEOUT, node_api.list(&ListParams::default())).await?;
         let now = std::time::SystemTime::now();
+        let affinity = config.holder_affinity();
         let gated: Vec<_> = nodes
             .items
             .iter()
             .filter_map(|n| {
-                let g = gated_node(n, &gate.taint, &config.node_selector, config.affinity.as_ref(), now)?;
+                let g = gated_node(n, &gate.taint, &config.node_selector, Some(&affinity), now)?;
                 Some((n.name_any(), g))
             })
             .collect();
