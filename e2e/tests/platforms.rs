@@ -1,7 +1,8 @@
 //! Mixed clusters on the real local cluster: KWOK nodes labelled amd64, arm64, s390x and one
 //! Windows node next to each other. Holders land only where their `/sleep` can run: on amd64 and
 //! arm64 for kwarm's own (multi-arch) sleep image, on amd64 only for another KIP_IMAGE unless
-//! KIP_IMAGE_PLATFORMS says more; and the sleep image's index really has an arm64 entry that runs.
+//! KIP_IMAGE_PLATFORMS says more; `kwarm status` names the nodes left out for their platform; and
+//! the sleep image's index really has an arm64 entry that runs.
 
 mod support;
 
@@ -136,6 +137,12 @@ async fn holders_land_only_on_nodes_of_an_architecture_kip_image_runs_on() -> Re
             placed_by("arch-own", &client, &ns, &env, &expected_nodes(&nodes, &["amd64", "arm64"])).await?;
         if log.contains("not kwarm's sleep image") {
             bail!("kwarm's own image was taken for another one:\n{log}");
+        }
+        // `kwarm status` names the nodes left out for their platform, apart from failures.
+        let status = support::status_json(&env).await?;
+        let skipped = json!({"linux/s390x": 1, "windows/amd64": 1});
+        if status["skippedPlatforms"] != skipped {
+            bail!("kwarm status: skippedPlatforms {}, expected {skipped}", status["skippedPlatforms"]);
         }
 
         // A puller user's own KIP_IMAGE, platforms not given: amd64 only, and the log says so.
