@@ -14,7 +14,7 @@ help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
 .PHONY: build
-build: ## Build the manager and the sleep holder (static binaries in _output/bin)
+build: ## Build the manager and the sleep holder for x86_64 and aarch64 (static binaries in _output/bin)
 	hack/build-kwarm.sh
 	hack/build-sleep.sh
 
@@ -27,11 +27,12 @@ lint: ## cargo fmt --check, clippy -D warnings (manager, e2e, sleep), shellcheck
 	@if command -v shellcheck >/dev/null; then shellcheck -x -S warning hack/*.sh hack/tests/*.sh .ci/run; fi
 
 .PHONY: unit
-unit: ## Unit tests: config, rendering (golden files), image set, status, sleep, hack/ scripts
+unit: ## Unit tests: config, rendering (golden files), image set, status, sleep (x86_64, aarch64 under qemu), hack/ scripts
 	hack/tests/run.sh
 	cargo test
 	hack/build-sleep.sh
 	cargo test --manifest-path sleep/Cargo.toml
+	SLEEP_ARCH=arm64 cargo test --manifest-path sleep/Cargo.toml --test process
 
 .PHONY: golden
 golden: ## Rewrite the golden files after an intended rendering change
@@ -51,8 +52,8 @@ cluster-down: ## Stop the local cluster and remove its state
 	hack/cluster-down.sh
 
 .PHONY: images
-images: build ## Build the manager and sleep images with buildah and push them to the local registry
-	hack/image.sh docker/sleep.Dockerfile $(SLEEP_IMAGE)
+images: build ## Build the manager and sleep images (an index: linux/amd64, linux/arm64) with buildah and push them to the local registry
+	IMAGE_PLATFORMS=linux/amd64,linux/arm64 hack/image.sh docker/sleep.Dockerfile $(SLEEP_IMAGE)
 	hack/image.sh docker/kwarm.Dockerfile $(KWARM_IMAGE)
 
 .PHONY: e2e

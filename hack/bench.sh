@@ -86,7 +86,8 @@ bench_images() {
   # kwarm's holder image, tagged by the content of the binary measured here
   sleep_sha="$(sha256sum "$ROOT_DIR/_output/bin/sleep" | cut -c1-12)"
   KIP_IMAGE="$REGISTRY/kwarm-bench/sleep:$sleep_sha"
-  mkdir -p "$tmp/kip/_output/bin" && cp "$ROOT_DIR/_output/bin/sleep" "$tmp/kip/_output/bin/sleep"
+  # (docker/sleep.Dockerfile copies the binary of the platform it builds for: amd64 here)
+  mkdir -p "$tmp/kip/_output/bin" && cp "$ROOT_DIR/_output/bin/sleep" "$tmp/kip/_output/bin/sleep-amd64"
   push_image "$KIP_IMAGE" "$(cat "$ROOT_DIR/docker/sleep.Dockerfile")" "$tmp/kip"
   # the puller's sleep alone, and the puller's init contract (its sleep + a shell with cp)
   PULLER_SLEEP_IMAGE="" PULLER_FLOOR_IMAGE=""

@@ -25,6 +25,12 @@ REQUIRED=(
   procps                     # ps, pgrep for teardown checks
   iptables                   # the bridge CNI plugin and the kubelet probe for it
   ca-certificates
+  # the aarch64 sleep holder (hack/build-sleep.sh): rustup here has no aarch64 target, so core is
+  # built from source with Debian's Rust (pinned in hack/versions.sh) and tested under qemu
+  rustc-web                  # rustc-web: builds core and the holder for aarch64 (-Zbuild-std)
+  cargo-web                  # cargo-web: drives that build
+  rust-web-src               # the library source matching rustc-web, for -Zbuild-std
+  qemu-user                  # qemu-aarch64: runs the aarch64 holder's tests on this x86_64 host
 )
 # nice to have: lint passes without it (the Makefile skips shellcheck when it is absent)
 OPTIONAL=(shellcheck)

@@ -14,7 +14,7 @@ use crate::controller::API_TIMEOUT;
 use crate::daemonset::{STATE_ANNOTATION, held_images, selector_string};
 use crate::error::{Result, with_timeout};
 use crate::gate::gated_node;
-use crate::status::{NodeGateReport, PodHolders, pod_holders};
+use crate::status::{NodeGateReport, PodHolders, pod_holders, skipped_platform};
 
 /// Reads the DaemonSet and its pods once and summarises them for `kwarm status`.
 pub async fn status_report(client: Client, config: &Config) -> Result<crate::status::StatusReport> {
@@ -36,15 +36,30 @@ pub async fn status_report(client: Client, config: &Config) -> Result<crate::sta
     if let Some(check) = &config.digest_check {
         report.digests = check_digests(&client, config, check, live.as_ref(), &holders).await;
     }
+    // The nodes: for the node gate, and for the nodes skipped for their platform, which a user
+    // without the right to list nodes goes without (the gate's report cannot).
+    let node_api: Api<Node> = Api::all(client.clone());
+    let nodes = match with_timeout(API_TIMEOUT, node_api.list(&ListParams::default())).await {
+        Ok(list) => list.items,
+        Err(e) if config.node_gate.is_none() => {
+            tracing::debug!(error = %e, "Cannot list nodes: no report of the nodes skipped for their platform");
+            Vec::new()
+        }
+        Err(e) => return Err(e),
+    };
+    let affinity = config.holder_affinity();
+    for node in &nodes {
+        let labels = node.metadata.labels.clone().unwrap_or_default();
+        if let Some(platform) = skipped_platform(config, &affinity, &node.name_any(), &labels) {
+            *report.skipped_platforms.entry(platform).or_insert(0) += 1;
+        }
+    }
     if let Some(gate) = &config.node_gate {
-        let node_api: Api<Node> = Api::all(client.clone());
-        let nodes = with_timeout(API_TIMEOUT, node_api.list(&ListParams::default())).await?;
         let now = std::time::SystemTime::now();
         let gated: Vec<_> = nodes
-            .items
             .iter()
             .filter_map(|n| {
-                let g = gated_node(n, &gate.taint, &config.node_selector, config.affinity.as_ref(), now)?;
+                let g = gated_node(n, &gate.taint, &config.node_selector, Some(&affinity), now)?;
                 Some((n.name_any(), g))
             })
             .collect();

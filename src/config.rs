@@ -9,13 +9,15 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Affinity, Toleration};
+use k8s_openapi::api::core::v1::{
+    Affinity, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Toleration,
+};
 use serde::de::DeserializeOwned;
 
-use crate::gate::{GateTaint, NodeGate};
+use crate::gate::{GateTaint, NodeGate, requirement_admits};
 use crate::holder::{
-    Holder, IDLE_HOLDER_NAME, INIT_CONTAINER_NAME, derived_holder_name, is_puller_image, is_reserved_name,
-    parse_image_reference,
+    Holder, IDLE_HOLDER_NAME, INIT_CONTAINER_NAME, derived_holder_name, is_kwarm_sleep_image,
+    is_puller_image, is_reserved_name, parse_image_reference,
 };
 use crate::labels::{self, LabelSelector};
 use crate::quantity::Quantity;
@@ -23,6 +25,16 @@ use crate::rollout::{Certificates, Endpoint, GateMode, RolloutGate};
 
 /// The default image that holds `/sleep`, overridable with `KIP_IMAGE`.
 pub const DEFAULT_KIP_IMAGE: &str = concat!("ghcr.io/kwarm/sleep:v", env!("CARGO_PKG_VERSION"));
+/// The Linux architectures kwarm's sleep image is built for (`make images`: one image index), as
+/// nodes name them in `kubernetes.io/arch`.
+pub const KWARM_SLEEP_ARCHITECTURES: &[&str] = &["amd64", "arm64"];
+/// The architectures assumed for a `KIP_IMAGE` that is not kwarm's when `KIP_IMAGE_PLATFORMS` is
+/// not set: a puller user's own image is most likely built for amd64 only, and a holder on a node
+/// its image has no `/sleep` for fails forever.
+pub const OTHER_KIP_IMAGE_ARCHITECTURES: &[&str] = &["amd64"];
+/// The node labels with a node's architecture and OS (the beta ones are still set by kubelets).
+const ARCH_LABELS: [&str; 2] = ["kubernetes.io/arch", "beta.kubernetes.io/arch"];
+const OS_LABELS: [&str; 2] = ["kubernetes.io/os", "beta.kubernetes.io/os"];
 
 /// The shortest refresh interval accepted.
 const MIN_CACHING_INTERVAL: Duration = Duration::from_secs(60);
@@ -209,6 +221,9 @@ pub struct Config {
     pub tolerations: Vec<Toleration>,
     pub image_pull_secrets: Vec<String>,
     pub kip_image: String,
+    /// The Linux architectures `KIP_IMAGE` has a `/sleep` for (`kubernetes.io/arch` values): the
+    /// holders are placed on those nodes only (see [`Config::holder_affinity`]).
+    pub kip_architectures: BTreeSet<String>,
     pub priority_class_name: Option<String>,
     pub image_pull_policy: Option<PullPolicy>,
     pub max_surge: MaxSurge,
@@ -439,6 +454,7 @@ impl Config {
             tolerations: placement.tolerations,
             image_pull_secrets: placement.image_pull_secrets,
             kip_image: placement.kip_image,
+            kip_architectures: placement.kip_architectures,
             priority_class_name: placement.priority_class_name,
             image_pull_policy: placement.image_pull_policy,
             max_surge: placement.max_surge,
@@ -492,6 +508,7 @@ pub const VARIABLES: &[Variable] = &[
     var("TOLERATIONS", "[]"),
     var("IMAGE_PULL_SECRETS", ""),
     var("KIP_IMAGE", ""),
+    var("KIP_IMAGE_PLATFORMS", ""),
     var("PRIORITY_CLASS_NAME", ""),
     var("IMAGE_PULL_POLICY", ""),
     var("MAX_CONCURRENT_NODES", "10"),
@@ -604,6 +621,7 @@ struct Placement {
     tolerations: Vec<Toleration>,
     image_pull_secrets: Vec<String>,
     kip_image: String,
+    kip_architectures: BTreeSet<String>,
     priority_class_name: Option<String>,
     image_pull_policy: Option<PullPolicy>,
     max_surge: MaxSurge,
@@ -669,6 +687,8 @@ fn parse_placement(c: &mut Checker) -> Placement {
         );
         kip_image = DEFAULT_KIP_IMAGE.to_string();
     }
+    let kip_architectures = parse_kip_architectures(c, &kip_image);
+    check_platform_reachable(c, &node_selector, affinity.as_ref(), &kip_image, &kip_architectures);
     let priority_class_name = c.parse("PRIORITY_CLASS_NAME", None, |v| {
         labels::check_dns1123_subdomain(v).map(|()| Some(v.to_string()))
     });
@@ -685,9 +705,141 @@ fn parse_placement(c: &mut Checker) -> Placement {
         tolerations,
         image_pull_secrets,
         kip_image,
+        kip_architectures,
         priority_class_name,
         image_pull_policy,
         max_surge,
+    }
+}
+
+/// KIP_IMAGE_PLATFORMS, or what KIP_IMAGE is known or assumed to run on: kwarm's own image is
+/// built for [`KWARM_SLEEP_ARCHITECTURES`]; another image is assumed to be
+/// [`OTHER_KIP_IMAGE_ARCHITECTURES`] only, which the log and `kwarm check` say.
+fn parse_kip_architectures(c: &mut Checker, kip_image: &str) -> BTreeSet<String> {
+    let own = is_kwarm_sleep_image(kip_image);
+    let known = if own { KWARM_SLEEP_ARCHITECTURES } else { OTHER_KIP_IMAGE_ARCHITECTURES };
+    let known: BTreeSet<String> = known.iter().map(|a| a.to_string()).collect();
+    if !own && c.raw("KIP_IMAGE_PLATFORMS").is_none_or(|v| v.trim().is_empty()) {
+        c.warn(
+            "KIP_IMAGE",
+            kip_image,
+            format!(
+                "not kwarm's sleep image: holders are placed on {} nodes only; set \
+                 KIP_IMAGE_PLATFORMS to the platforms the image has (e.g. linux/amd64,linux/arm64)",
+                platform_list(&known)
+            ),
+        );
+    }
+    c.parse("KIP_IMAGE_PLATFORMS", known, |v| {
+        let expected = "comma-separated linux/ARCH platforms, ARCH as nodes name it in \
+                        kubernetes.io/arch (linux/amd64,linux/arm64): kwarm's holders run on Linux only";
+        let mut architectures = BTreeSet::new();
+        for platform in split_list(v) {
+            let arch = platform
+                .strip_prefix("linux/")
+                .filter(|arch| {
+                    !arch.contains('/') && labels::check_label_value(arch).is_ok() && !arch.is_empty()
+                })
+                .ok_or_else(|| format!("{expected}; {platform:?} is not one"))?;
+            architectures.insert(arch.to_string());
+        }
+        if architectures.is_empty() {
+            return Err(expected.into());
+        }
+        Ok(architectures)
+    })
+}
+
+/// `linux/amd64, linux/arm64`
+fn platform_list(architectures: &BTreeSet<String>) -> String {
+    architectures.iter().map(|a| format!("linux/{a}")).collect::<Vec<_>>().join(", ")
+}
+
+/// A NODE_SELECTOR or AFFINITY that admits no Linux node of an architecture KIP_IMAGE runs on
+/// (`kubernetes.io/os: windows`, `kubernetes.io/arch: s390x`) would leave the DaemonSet without a
+/// single pod: a configuration error, for the variable that rules the last platform out.
+fn check_platform_reachable(
+    c: &mut Checker,
+    node_selector: &BTreeMap<String, String>,
+    affinity: Option<&Affinity>,
+    kip_image: &str,
+    architectures: &BTreeSet<String>,
+) {
+    // One node per platform, labelled as a kubelet labels it; only these labels matter here,
+    // any other one in a selector could match some node.
+    let nodes: Vec<BTreeMap<String, String>> = architectures
+        .iter()
+        .map(|arch| {
+            let os = OS_LABELS.iter().map(|k| (k.to_string(), "linux".to_string()));
+            os.chain(ARCH_LABELS.iter().map(|k| (k.to_string(), arch.clone()))).collect()
+        })
+        .collect();
+    let platforms = platform_list(architectures);
+    let runs_on = format!(
+        "Linux nodes of a platform the holders' KIP_IMAGE {kip_image} runs on ({platforms}; KIP_IMAGE_PLATFORMS)"
+    );
+    let selected = |node: &&BTreeMap<String, String>| {
+        node_selector.iter().all(|(k, v)| !node.contains_key(k) || node.get(k) == Some(v))
+    };
+    let mut candidates: Vec<_> = nodes.iter().filter(selected).collect();
+    let mut narrowed = candidates.len() < nodes.len();
+    if candidates.is_empty() {
+        let given = c.raw("NODE_SELECTOR").unwrap_or_default().to_string();
+        c.fail("NODE_SELECTOR", &given, format!("a selector that admits {runs_on}"));
+        // AFFINITY on its own, so that its problem, if any, is reported too
+        candidates = nodes.iter().collect();
+        narrowed = false;
+    }
+    let required = affinity
+        .and_then(|a| a.node_affinity.as_ref())
+        .and_then(|n| n.required_during_scheduling_ignored_during_execution.as_ref());
+    let Some(required) = required else { return };
+    let term_admits = |term: &NodeSelectorTerm, node: &BTreeMap<String, String>| {
+        let platform_expression = |e: &&NodeSelectorRequirement| {
+            ARCH_LABELS.contains(&e.key.as_str()) || OS_LABELS.contains(&e.key.as_str())
+        };
+        term.match_expressions
+            .iter()
+            .flatten()
+            .filter(platform_expression)
+            .all(|e| requirement_admits(e, node))
+    };
+    let admitted =
+        candidates.iter().any(|node| required.node_selector_terms.iter().any(|t| term_admits(t, node)));
+    if !admitted && !required.node_selector_terms.is_empty() {
+        let given = c.raw("AFFINITY").unwrap_or_default().to_string();
+        let with_selector = if narrowed { ", together with NODE_SELECTOR" } else { "" };
+        c.fail(
+            "AFFINITY",
+            &given,
+            format!("a required nodeAffinity with a term that admits {runs_on}{with_selector}"),
+        );
+    }
+}
+
+impl Config {
+    /// The holders' node affinity: `AFFINITY`, with every required term (or a term of its own
+    /// when there is none) also requiring a `kubernetes.io/arch` that `KIP_IMAGE` runs on, so the
+    /// scheduler never places a holder where its init container cannot run. Terms are ORed, so
+    /// the requirement goes into each.
+    pub fn holder_affinity(&self) -> Affinity {
+        let architecture = NodeSelectorRequirement {
+            key: ARCH_LABELS[0].into(),
+            operator: "In".into(),
+            values: Some(self.kip_architectures.iter().cloned().collect()),
+        };
+        let mut affinity = self.affinity.clone().unwrap_or_default();
+        let node = affinity.node_affinity.get_or_insert_with(NodeAffinity::default);
+        let required = node
+            .required_during_scheduling_ignored_during_execution
+            .get_or_insert_with(|| NodeSelector { node_selector_terms: Vec::new() });
+        if required.node_selector_terms.is_empty() {
+            required.node_selector_terms.push(NodeSelectorTerm::default());
+        }
+        for term in &mut required.node_selector_terms {
+            term.match_expressions.get_or_insert_with(Vec::new).push(architecture.clone());
+        }
+        affinity
     }
 }
 

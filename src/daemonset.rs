@@ -248,7 +248,7 @@ fn render_unhashed(config: &Config, input: &RenderInput) -> DaemonSet {
         termination_grace_period_seconds: Some(5),
         security_context: Some(pod_security(input.openshift)),
         node_selector: Some(config.node_selector.clone()),
-        affinity: config.affinity.clone(),
+        affinity: Some(config.holder_affinity()),
         tolerations: (!tolerations.is_empty()).then_some(tolerations),
         image_pull_secrets: (!pull_secrets.is_empty())
             .then(|| pull_secrets.into_iter().map(|name| LocalObjectReference { name }).collect()),

@@ -156,7 +156,8 @@ fn term_admits(term: &NodeSelectorTerm, name: &str, labels: &BTreeMap<String, St
         && fields.iter().all(|r| requirement_admits(r, &node_fields))
 }
 
-fn requirement_admits(r: &NodeSelectorRequirement, labels: &BTreeMap<String, String>) -> bool {
+/// Whether a node with these labels meets one node-selector requirement, as the scheduler judges it.
+pub(crate) fn requirement_admits(r: &NodeSelectorRequirement, labels: &BTreeMap<String, String>) -> bool {
     let value = labels.get(&r.key);
     let values = r.values.as_deref().unwrap_or_default();
     let number = |s: &str| s.parse::<i64>().ok();

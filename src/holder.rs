@@ -116,6 +116,16 @@ pub fn is_puller_image(image: &str) -> bool {
     last.to_ascii_lowercase().contains("kubernetes-image-puller")
 }
 
+/// Whether `image` is kwarm's sleep image or a mirror of it: its repository's path ends in
+/// `kwarm/sleep` (`ghcr.io/kwarm/sleep:v0.1.0`, `127.0.0.1:5000/kwarm/sleep:dev`,
+/// `mirror.corp/kwarm/sleep@sha256:…`), with any tag or digest.
+pub fn is_kwarm_sleep_image(image: &str) -> bool {
+    let repository = image.split('@').next().unwrap_or(image);
+    let (path, last) = repository.rsplit_once('/').unwrap_or(("", repository));
+    let last = last.split(':').next().unwrap_or(last);
+    last == "sleep" && (path == "kwarm" || path.ends_with("/kwarm"))
+}
+
 /// A container name derived from the image alone, so it never changes while other images come and
 /// go: readable stem (last path segment and tag) plus a hash of the canonical reference.
 pub fn derived_holder_name(canonical: &str) -> String {

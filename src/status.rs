@@ -4,10 +4,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime};
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Affinity, Pod};
 use serde::{Deserialize, Serialize};
 
-use crate::gate::{GatedNode, NodeGate};
+use crate::config::Config;
+use crate::gate::{GatedNode, NodeGate, placement_admits};
 use crate::holder::parse_image_reference;
 
 mod index;
@@ -535,6 +536,37 @@ pub struct StatusReport {
     /// The rollout gate, when `ROLLOUT_GATE` is on.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rollout_gate: Option<RolloutGateReport>,
+    /// Nodes the holders skip for their platform (see [`skipped_platform`]): `os/arch` → count.
+    /// Not failures: nothing can run there.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub skipped_platforms: BTreeMap<String, usize>,
+}
+
+/// The platform (`os/arch`) of a node the holders skip for that platform alone: `NODE_SELECTOR`
+/// and `AFFINITY` as the user wrote them admit it (kwarm's own `kubernetes.io/os: linux` aside),
+/// but `KIP_IMAGE` has no `/sleep` for it, so the holders' placement (`holder_affinity`) does
+/// not. `None` for a node the holders run on, or one the user did not select anyway.
+pub fn skipped_platform(
+    config: &Config,
+    holder_affinity: &Affinity,
+    name: &str,
+    labels: &BTreeMap<String, String>,
+) -> Option<String> {
+    if placement_admits(&config.node_selector, Some(holder_affinity), name, labels) {
+        return None;
+    }
+    let os_keys = ["kubernetes.io/os", "beta.kubernetes.io/os"];
+    let user_selector: BTreeMap<String, String> = config
+        .node_selector
+        .iter()
+        .filter(|(k, _)| !os_keys.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    if !placement_admits(&user_selector, config.affinity.as_ref(), name, labels) {
+        return None;
+    }
+    let label = |key: &str| labels.get(key).map_or("unknown", String::as_str);
+    Some(format!("{}/{}", label("kubernetes.io/os"), label("kubernetes.io/arch")))
 }
 
 /// Text a registry or the kubelet wrote, safe to print on a terminal: control characters
@@ -681,6 +713,7 @@ impl StatusReport {
             digests: Vec::new(),
             node_gate: None,
             rollout_gate: None,
+            skipped_platforms: BTreeMap::new(),
         }
     }
 
@@ -793,6 +826,20 @@ impl StatusReport {
                 };
                 let _ = writeln!(out, "  {}/{}  until {deadline}  {waiting}", g.namespace, g.pod);
             }
+        }
+        if !self.skipped_platforms.is_empty() {
+            let shown: Vec<String> = self
+                .skipped_platforms
+                .iter()
+                .map(|(platform, n)| {
+                    format!("{} on {n} node{}", terminal_safe(platform), if *n == 1 { "" } else { "s" })
+                })
+                .collect();
+            let _ = writeln!(
+                out,
+                "\nNot placed, KIP_IMAGE has no /sleep for their platform (KIP_IMAGE_PLATFORMS): {}",
+                shown.join(", ")
+            );
         }
         if !self.quarantined.is_empty() {
             let _ = writeln!(out, "\nQuarantined (left out of the DaemonSet):");

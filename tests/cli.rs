@@ -137,6 +137,55 @@ fn check_reports_every_problem_on_its_own_line_and_exits_2() {
 }
 
 #[test]
+fn check_refuses_selectors_for_nodes_the_holders_cannot_run_on() {
+    let env = vars(&[
+        ("IMAGES", "nginx:1.25"),
+        ("NODE_SELECTOR", r#"{"kubernetes.io/os": "windows"}"#),
+        (
+            "AFFINITY",
+            r#"{"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms":
+                [{"matchExpressions": [{"key": "kubernetes.io/arch", "operator": "In", "values": ["s390x"]}]}]}}}"#,
+        ),
+    ]);
+    let out = kwarm(&["check"], &env);
+    assert_exit(&out, 2, "selectors for Windows and s390x nodes");
+    let stderr = text(&out.stderr);
+    let problems: Vec<&str> = stderr.lines().skip(1).map(str::trim).collect();
+    assert_eq!(problems.len(), 2, "{stderr}");
+    assert!(
+        problems[0].starts_with(r#"NODE_SELECTOR: invalid value "{\"kubernetes.io/os\": \"windows\"}": "#),
+        "{stderr}"
+    );
+    assert!(problems[1].starts_with("AFFINITY: invalid value "), "{stderr}");
+    for line in &problems {
+        assert!(line.contains("Linux nodes") && line.contains("linux/amd64, linux/arm64"), "{line}");
+    }
+}
+
+#[test]
+fn render_places_holders_on_the_architectures_of_kip_image() {
+    let arch_values = |env: &[(&str, &str)]| -> serde_json::Value {
+        let ds: serde_json::Value =
+            serde_json::from_str(&render(&["render", "-o", "json"], &vars(env))).expect("json");
+        ds["spec"]["template"]["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+            ["nodeSelectorTerms"][0]["matchExpressions"][0]
+            .clone()
+    };
+    let arch = |values: &[&str]| serde_json::json!({"key": "kubernetes.io/arch", "operator": "In", "values": values});
+    assert_eq!(arch_values(&[("IMAGES", "nginx:1.25")]), arch(&["amd64", "arm64"]));
+    assert_eq!(
+        arch_values(&[("IMAGES", "nginx:1.25"), ("KIP_IMAGE", "corp.example/tools/sleep:1")]),
+        arch(&["amd64"])
+    );
+    let env = [
+        ("IMAGES", "nginx:1.25"),
+        ("KIP_IMAGE", "corp.example/tools/sleep:1"),
+        ("KIP_IMAGE_PLATFORMS", "linux/arm64"),
+    ];
+    assert_eq!(arch_values(&env), arch(&["arm64"]));
+}
+
+#[test]
 fn check_says_when_there_is_nothing_to_warm() {
     let out = kwarm(&["check"], &vars(&[("WATCH_DEPLOYMENTS", "false")]));
     assert_exit(&out, 2, "nothing to warm");

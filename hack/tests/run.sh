@@ -113,6 +113,73 @@ test_broken_dpkg_stops() {
   expect_output "dpkg-query failed (exit 2)" && expect_no_apt
 }
 
+test_missing_aarch64_toolchain_is_installed() {
+  make_fakes aarch64-missing
+  printf 'rustc-web\ncargo-web\nrust-web-src\nqemu-user\n' >"$FAKE/missing"
+  install_deps
+  expect_status 0 &&
+    expect_output "installing rustc-web cargo-web rust-web-src qemu-user" &&
+    expect_apt '^install .*rustc-web .*cargo-web .*rust-web-src .*qemu-user' &&
+    { [ ! -s "$FAKE/missing" ] || fail "still missing: $(cat "$FAKE/missing")"; }
+}
+
+test_aarch64_toolchain_that_did_not_install_fails() {
+  make_fakes aarch64-broken
+  echo rust-web-src >"$FAKE/missing"
+  echo rust-web-src >"$FAKE/broken"
+  install_deps
+  [ "$STATUS" -ne 0 ] || fail "exit status 0 although rust-web-src is still missing" "output: $OUT"
+  expect_output "still not installed after apt-get install: rust-web-src"
+}
+
+# build-sleep ARGS... : runs hack/build-sleep.sh with the fake aarch64 rustc and cargo of
+# make_fake_rustc; sets OUT and STATUS
+build_sleep() {
+  STATUS=0
+  OUT="$(SLEEP_AARCH64_RUSTC="$FAKE/bin/rustc" SLEEP_AARCH64_CARGO="$FAKE/bin/cargo" "$HACK_DIR/build-sleep.sh" "$@" 2>&1)" || STATUS=$?
+}
+
+# make_fake_rustc NAME: a rustc that prints $FAKE/version and has its library source in
+# $FAKE/sysroot, and a cargo that must not be reached
+make_fake_rustc() {
+  make_fakes "$1"
+  mkdir -p "$FAKE/sysroot/lib/rustlib/src/rust/library/core"
+  touch "$FAKE/sysroot/lib/rustlib/src/rust/library/core/Cargo.toml"
+  cat >"$FAKE/bin/rustc" <<EOF
+#!/usr/bin/env bash
+case "\$1" in --version) cat "$FAKE/version" ;; --print) echo "$FAKE/sysroot" ;; esac
+EOF
+  printf '#!/usr/bin/env bash\necho "fake cargo must not run" >&2; exit 3\n' >"$FAKE/bin/cargo"
+  chmod +x "$FAKE/bin/rustc" "$FAKE/bin/cargo"
+}
+
+pinned_rust() { (. "$HACK_DIR/versions.sh" && echo "$SLEEP_AARCH64_RUST_VERSION"); }
+
+test_aarch64_sleep_needs_the_pinned_rustc() {
+  make_fake_rustc aarch64-version
+  echo "rustc 1.85.0 (4d91de4e4 2025-02-17) (built from a source tarball)" >"$FAKE/version"
+  build_sleep arm64
+  [ "$STATUS" -ne 0 ] || fail "exit status 0 with the wrong rustc" "output: $OUT"
+  expect_output "the aarch64 sleep is built with rustc $(pinned_rust)" && expect_output "is: rustc 1.85.0"
+}
+
+test_aarch64_sleep_needs_the_library_source() {
+  make_fake_rustc aarch64-source
+  echo "rustc $(pinned_rust) (ac68faa20 2026-05-25)" >"$FAKE/version"
+  rm -r "$FAKE/sysroot/lib/rustlib/src"
+  build_sleep arm64
+  [ "$STATUS" -ne 0 ] || fail "exit status 0 without the library source" "output: $OUT"
+  expect_output "no Rust library source at" && expect_output "rust-web-src"
+}
+
+test_aarch64_sleep_without_rustc_web_says_how_to_fix() {
+  make_fakes aarch64-absent
+  STATUS=0
+  OUT="$(SLEEP_AARCH64_RUSTC="$FAKE/none/rustc" "$HACK_DIR/build-sleep.sh" arm64 2>&1)" || STATUS=$?
+  [ "$STATUS" -ne 0 ] || fail "exit status 0 without an aarch64 rustc" "output: $OUT"
+  expect_output "run hack/install-deps.sh"
+}
+
 test_lines_propagates_failure() {
   local out status=0
   out="$(

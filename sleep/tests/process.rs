@@ -1,5 +1,11 @@
 //! Process tests of the built `sleep` binary: the one hack/build-sleep.sh writes to
-//! `_output/bin/sleep`, or the one named by `SLEEP_BIN`.
+//! `_output/bin/sleep` (the host's), `_output/bin/sleep-ARCH` with `SLEEP_ARCH=amd64|arm64`, or
+//! the one named by `SLEEP_BIN` (of `SLEEP_ARCH`, default the host's).
+//!
+//! A binary of another architecture than the host's runs under qemu-user (`qemu-aarch64`,
+//! `qemu-x86_64`): the same tests, with the emulator as the process that gets the signals. What
+//! qemu cannot show is which handlers the program installed (it catches every signal itself), so
+//! there readiness is qemu's mirror of our SIGCHLD `SIG_IGN`, the last disposition we set.
 //!
 //! The PID 1 tests run it as PID 1 of a new PID namespace with `unshare --pid --fork --mount-proc`
 //! (root only); they say SKIPPED on stderr and pass when that is not possible here.
@@ -22,15 +28,92 @@ const SIGINT: u32 = 2;
 const SIGTERM: u32 = 15;
 const SIGCHLD: u32 = 17;
 
-/// The binary under test. Without `SLEEP_BIN`, refuses a `_output/bin/sleep` older than the
-/// sources: testing a stale build would prove nothing.
+/// An architecture the holder is built for.
+struct Arch {
+    /// The OCI name, as in `_output/bin/sleep-ARCH` and `SLEEP_ARCH`.
+    oci: &'static str,
+    /// Rust's name, as in `std::env::consts::ARCH`.
+    rust: &'static str,
+    /// The ELF `e_machine`.
+    machine: u16,
+    /// The qemu-user emulator that runs it on another host.
+    qemu: &'static str,
+}
+
+const ARCHES: [Arch; 2] = [
+    Arch { oci: "amd64", rust: "x86_64", machine: 62, qemu: "qemu-x86_64" },
+    Arch { oci: "arm64", rust: "aarch64", machine: 183, qemu: "qemu-aarch64" },
+];
+
+/// The architecture under test: `SLEEP_ARCH`, by default the host's.
+fn arch() -> &'static Arch {
+    static ARCH: OnceLock<&'static Arch> = OnceLock::new();
+    ARCH.get_or_init(|| {
+        let wanted = std::env::var("SLEEP_ARCH").ok();
+        let found = ARCHES.iter().find(|a| match &wanted {
+            Some(name) => a.oci == name,
+            None => a.rust == std::env::consts::ARCH,
+        });
+        found.unwrap_or_else(|| panic!("SLEEP_ARCH={wanted:?}: expected amd64 or arm64"))
+    })
+}
+
+/// The emulator the binary under test needs on this host, if any.
+fn runner() -> Option<&'static Path> {
+    static RUNNER: OnceLock<Option<PathBuf>> = OnceLock::new();
+    RUNNER
+        .get_or_init(|| {
+            let arch = arch();
+            if arch.rust == std::env::consts::ARCH {
+                return None;
+            }
+            let found = std::env::var_os("PATH")
+                .into_iter()
+                .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+                .map(|dir| dir.join(arch.qemu))
+                .find(|candidate| candidate.is_file());
+            let qemu = found.unwrap_or_else(|| {
+                panic!(
+                    "{} is not on PATH: the {} binary needs it here (hack/install-deps.sh)",
+                    arch.qemu, arch.oci
+                )
+            });
+            Some(fs::canonicalize(qemu).unwrap())
+        })
+        .as_deref()
+}
+
+/// The words that run the binary under test: the emulator, if needed, and the binary.
+fn argv() -> Vec<&'static Path> {
+    runner().into_iter().chain([bin()]).collect()
+}
+
+/// A command running `program` (the binary under test or a copy of it), under the emulator if
+/// needed.
+fn command_for(program: &Path) -> Command {
+    match runner() {
+        Some(qemu) => {
+            let mut command = Command::new(qemu);
+            command.arg(program);
+            command
+        }
+        None => Command::new(program),
+    }
+}
+
+/// The binary under test. Without `SLEEP_BIN`, refuses a build older than the sources: testing a
+/// stale build would prove nothing.
 fn bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let default = match std::env::var_os("SLEEP_ARCH") {
+            Some(_) => format!("../_output/bin/sleep-{}", arch().oci),
+            None => "../_output/bin/sleep".to_string(),
+        };
         let (path, check_fresh) = match std::env::var_os("SLEEP_BIN") {
             Some(path) => (PathBuf::from(path), false),
-            None => (crate_dir.join("../_output/bin/sleep"), true),
+            None => (crate_dir.join(default), true),
         };
         let built = fs::metadata(&path)
             .and_then(|m| m.modified())
@@ -52,11 +135,11 @@ fn bin() -> &'static Path {
 }
 
 fn run(args: &[&str]) -> Output {
-    Command::new(bin()).args(args).output().unwrap()
+    command_for(bin()).args(args).output().unwrap()
 }
 
-fn spawn(program: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> Child {
-    Command::new(program)
+fn spawn(args: &[&str]) -> Child {
+    command_for(bin())
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -110,10 +193,18 @@ fn has_signal(pid: u32, key: &str, sig: u32) -> bool {
 }
 
 /// Whether `pid` runs the binary under test with its signal dispositions in place: only then
-/// may a test send it a signal (a PID 1 drops signals it does not handle yet).
+/// may a test send it a signal (a PID 1 drops signals it does not handle yet). Under an emulator,
+/// SIGCHLD ignored says so: the program ignores it right after installing its handlers, and qemu
+/// passes an ignored disposition on to the kernel (it catches all the others itself).
 fn ready(pid: u32) -> bool {
-    fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe == bin())
-        && has_signal(pid, "SigCgt", SIGTERM)
+    let exe = runner().unwrap_or(bin());
+    if !fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|path| path == exe) {
+        return false;
+    }
+    if runner().is_some() {
+        return has_signal(pid, "SigIgn", SIGCHLD);
+    }
+    has_signal(pid, "SigCgt", SIGTERM)
         && has_signal(pid, "SigCgt", SIGINT)
         && has_signal(pid, "SigIgn", SIGCHLD)
 }
@@ -146,13 +237,14 @@ fn binary_is_small_and_static() {
     let bytes = fs::read(bin()).unwrap();
     eprintln!("{}: {} bytes", bin().display(), bytes.len());
     assert!(bytes.len() as u64 <= MAX_SIZE, "{} bytes, over {MAX_SIZE}", bytes.len());
-    // ELF64, little endian, x86-64, ET_EXEC (not a PIE, which would need a dynamic loader)
+    // ELF64, little endian, the architecture under test, ET_EXEC (not a PIE, which would need a
+    // dynamic loader)
     assert_eq!(&bytes[..6], b"\x7fELF\x02\x01", "not a little-endian ELF64 file");
     let u16_at = |at: usize| u16::from_le_bytes([bytes[at], bytes[at + 1]]);
     let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
     let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap());
     assert_eq!(u16_at(16), 2, "e_type is not ET_EXEC");
-    assert_eq!(u16_at(18), 62, "e_machine is not x86-64");
+    assert_eq!(u16_at(18), arch().machine, "e_machine is not {}'s", arch().oci);
     // No PT_INTERP (3) nor PT_DYNAMIC (2): nothing to load but the file itself.
     let (phoff, phentsize, phnum) = (u64_at(32) as usize, u16_at(54) as usize, u16_at(56));
     let types: Vec<u32> = (0..phnum as usize).map(|i| u32_at(phoff + i * phentsize)).collect();
@@ -233,8 +325,9 @@ fn copy_to_writes_an_identical_runnable_copy_with_mode_0555() {
     // would take the execute bits away from a plain open(2).
     for umask in ["022", "022", "077"] {
         let out = Command::new("sh")
-            .args(["-c", &format!("umask {umask}; exec \"$0\" --copy-to \"$1\"")])
-            .args([bin().to_str().unwrap(), dest_str])
+            .args(["-c", &format!("umask {umask}; exec \"$@\""), "sh"])
+            .args(argv())
+            .args(["--copy-to", dest_str])
             .output()
             .unwrap();
         assert!(out.status.success(), "--copy-to (umask {umask}): {out:?}");
@@ -243,9 +336,9 @@ fn copy_to_writes_an_identical_runnable_copy_with_mode_0555() {
         let mode = fs::metadata(&dest).unwrap().permissions().mode() & 0o7777;
         assert_eq!(mode, 0o555, "mode {mode:o} (umask {umask})");
     }
-    let out = Command::new(&dest).arg("10ms").output().unwrap();
+    let out = command_for(&dest).arg("10ms").output().unwrap();
     assert!(out.status.success(), "the copy does not run: {out:?}");
-    let out = Command::new(&dest).arg("bogus").output().unwrap();
+    let out = command_for(&dest).arg("bogus").output().unwrap();
     assert_eq!(out.status.code(), Some(2), "the copy: {out:?}");
     fs::remove_dir_all(&dir).unwrap();
 }
@@ -268,7 +361,7 @@ fn copy_to_reports_failure() {
 #[test]
 fn no_argument_and_infinity_sleep_until_a_signal() {
     for (args, sig) in [(&[][..], SIGTERM), (&["infinity"], SIGINT), (&["720h"], SIGTERM)] {
-        let mut child = spawn(bin(), args);
+        let mut child = spawn(args);
         let pid = child.id();
         wait_until("the handlers are installed", || ready(pid));
         sleep(Duration::from_millis(200));
@@ -285,7 +378,7 @@ fn no_argument_and_infinity_sleep_until_a_signal() {
 fn other_signals_keep_it_sleeping() {
     // SIGCHLD is ignored; SIGSTOP/SIGCONT interrupt the sleep, which must go on for its full time.
     let start = Instant::now();
-    let mut child = spawn(bin(), &["300ms"]);
+    let mut child = spawn(&["300ms"]);
     let pid = child.id();
     wait_until("the handlers are installed", || ready(pid));
     send(pid, SIGCHLD);
@@ -298,9 +391,10 @@ fn other_signals_keep_it_sleeping() {
     assert!(took >= Duration::from_millis(300), "woke early: {took:?}");
 }
 
-/// `unshare --pid --fork --mount-proc PROGRAM ARGS… BIN`: the program becomes PID 1 of a new
-/// PID namespace and is expected to exec the binary under test (its last argument). Killed on
-/// drop (a failed test leaves nothing behind): SIGKILL to PID 1 ends the whole namespace.
+/// `unshare --pid --fork --mount-proc PROGRAM ARGS… [EMULATOR] BIN`: the program becomes PID 1 of
+/// a new PID namespace and is expected to exec the binary under test (its last arguments, the
+/// words of [`argv`]). Killed on drop (a failed test leaves nothing behind): SIGKILL to PID 1 ends
+/// the whole namespace.
 struct Namespace {
     unshare: Child,
 }
@@ -319,7 +413,7 @@ impl Namespace {
         let unshare = Command::new("unshare")
             .args(["--pid", "--fork", "--mount-proc"])
             .args(program)
-            .arg(bin())
+            .args(argv())
             .stdin(Stdio::null())
             .stdout(stdout)
             .spawn()
@@ -363,7 +457,7 @@ impl Drop for Namespace {
 }
 
 fn exits_0_on_signal_as_pid1(sig: u32) {
-    let Some(mut ns) = Namespace::start(&["sh", "-c", "exec \"$0\" infinity"], Stdio::null()) else {
+    let Some(mut ns) = Namespace::start(&["sh", "-c", "exec \"$@\" infinity", "sh"], Stdio::null()) else {
         return;
     };
     let pid1 = ns.pid1();
@@ -388,8 +482,8 @@ fn exits_0_on_sigint_as_pid1() {
 fn reaps_orphans_as_pid1() {
     // The subshell starts a second sleep and exits, so that one is reparented to PID 1, which
     // then becomes our sleep.
-    let script = "(\"$0\" 1h &); exec \"$0\"";
-    let Some(mut ns) = Namespace::start(&["sh", "-c", script], Stdio::null()) else {
+    let script = "(\"$@\" 1h &); exec \"$@\"";
+    let Some(mut ns) = Namespace::start(&["sh", "-c", script, "sh"], Stdio::null()) else {
         return;
     };
     let pid1 = ns.pid1();
@@ -414,9 +508,9 @@ fn reaps_earlier_zombies_as_pid1() {
     }
     // Fork a child that exits at once, wait until it is a zombie, print its PID, exec sleep.
     let script = r#"
-        my $bin = shift;
+        my @bin = @ARGV;
         my $pid = fork() // die "fork: $!";
-        if ($pid == 0) { exec($bin, "0") or die "exec: $!"; }
+        if ($pid == 0) { exec(@bin, "0") or die "exec: $!"; }
         my $state = "";
         for (1 .. 100000) {
             open(my $f, "<", "/proc/$pid/stat") or die "/proc/$pid/stat: $!";
@@ -425,7 +519,7 @@ fn reaps_earlier_zombies_as_pid1() {
         }
         $| = 1;
         print "$pid $state\n";
-        exec($bin) or die "exec: $!";
+        exec(@bin) or die "exec: $!";
     "#;
     let Some(mut ns) = Namespace::start(&["perl", "-e", script], Stdio::piped()) else {
         return;

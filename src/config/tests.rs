@@ -192,6 +192,7 @@ fn known_variables_cover_every_documented_variable() {
         "HEALTH_PROBE_BIND_ADDRESS",
         "LEADER_ELECT",
         "LOG_FORMAT",
+        "KIP_IMAGE_PLATFORMS",
     ];
     let known: BTreeSet<&str> = VARIABLES.iter().map(|v| v.name).collect();
     assert_eq!(known, documented.into_iter().collect::<BTreeSet<_>>());
@@ -740,8 +741,8 @@ fn node_selector_gets_linux_unless_an_os_is_chosen() {
             ("node-role.kubernetes.io/worker".to_string(), String::new()),
         ])
     );
-    let c = valid(&[("NODE_SELECTOR", r#"{"kubernetes.io/os": "windows"}"#)]);
-    assert_eq!(c.node_selector, BTreeMap::from([("kubernetes.io/os".to_string(), "windows".to_string())]));
+    let c = valid(&[("NODE_SELECTOR", r#"{"kubernetes.io/os": "linux", "disktype": "ssd"}"#)]);
+    assert_eq!(c.node_selector.get("kubernetes.io/os").map(String::as_str), Some("linux"));
     let c = valid(&[("NODE_SELECTOR", r#"{"beta.kubernetes.io/os": "linux"}"#)]);
     assert_eq!(c.node_selector, BTreeMap::from([("beta.kubernetes.io/os".to_string(), "linux".to_string())]));
 }
@@ -820,6 +821,229 @@ fn bad_tolerations() {
     }
     let expected = rejects("TOLERATIONS", r#"[{"operator": "Exists"}, {"key": "a", "efect": "NoSchedule"}]"#);
     assert!(expected.contains("unknown field [1].efect"), "{expected}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Platforms: holders only where KIP_IMAGE runs
+
+fn architectures(c: &Config) -> Vec<&str> {
+    c.kip_architectures.iter().map(String::as_str).collect()
+}
+
+#[test]
+fn kwarms_sleep_image_runs_on_amd64_and_arm64() {
+    let pinned = format!("mirror.corp/kwarm/sleep@sha256:{}", "0".repeat(64));
+    for image in [None, Some("127.0.0.1:5000/kwarm/sleep:dev"), Some(pinned.as_str())] {
+        let mut pairs = vec![("IMAGES", "nginx:1")];
+        pairs.extend(image.map(|i| ("KIP_IMAGE", i)));
+        let c = parse(&pairs).unwrap_or_else(|e| panic!("{image:?}: {e}"));
+        assert_eq!(architectures(&c), ["amd64", "arm64"], "{image:?}");
+        assert!(c.warnings.is_empty(), "{image:?}: {:?}", c.warnings);
+    }
+    // the puller's image is replaced by kwarm's, so kwarm's platforms apply
+    let c = valid(&[("IMAGES", "nginx:1"), ("KIP_IMAGE", "quay.io/eclipse/kubernetes-image-puller:next")]);
+    assert_eq!(architectures(&c), ["amd64", "arm64"]);
+}
+
+#[test]
+fn another_kip_image_is_assumed_amd64_only_and_says_so() {
+    let c = valid(&[("IMAGES", "nginx:1"), ("KIP_IMAGE", "registry.corp/tools/sleep:1")]);
+    assert_eq!(architectures(&c), ["amd64"]);
+    let shown: Vec<String> = c.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(shown.len(), 1, "{shown:?}");
+    assert!(
+        shown[0].starts_with(r#"KIP_IMAGE="registry.corp/tools/sleep:1": not kwarm's sleep image"#),
+        "{shown:?}"
+    );
+    assert!(
+        shown[0].contains("linux/amd64 nodes only") && shown[0].contains("KIP_IMAGE_PLATFORMS"),
+        "{shown:?}"
+    );
+    // with its platforms given, nothing is assumed and nothing to say
+    let c = valid(&[
+        ("IMAGES", "nginx:1"),
+        ("KIP_IMAGE", "registry.corp/tools/sleep:1"),
+        ("KIP_IMAGE_PLATFORMS", " linux/arm64, linux/amd64,linux/arm64 "),
+    ]);
+    assert_eq!(architectures(&c), ["amd64", "arm64"]);
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    // it may also narrow kwarm's own (a mirror that copied one platform)
+    let c = valid(&[("IMAGES", "nginx:1"), ("KIP_IMAGE_PLATFORMS", "linux/arm64")]);
+    assert_eq!(architectures(&c), ["arm64"]);
+}
+
+#[test]
+fn bad_kip_image_platforms() {
+    for bad in ["amd64", "windows/amd64", "linux/", "linux/arm/v7", "linux/AMD 64", ",", "darwin/arm64"] {
+        let e = problem(&[("IMAGES", "nginx:1"), ("KIP_IMAGE_PLATFORMS", bad)]);
+        assert_eq!((e.variable, e.value.as_str()), ("KIP_IMAGE_PLATFORMS", bad));
+        assert!(
+            e.expected.contains("linux/ARCH") && e.expected.contains("Linux only"),
+            "{bad}: {}",
+            e.expected
+        );
+    }
+}
+
+#[test]
+fn a_node_selector_for_nodes_the_holders_cannot_run_on_is_an_error() {
+    for (selector, platforms) in [
+        (r#"{"kubernetes.io/os": "windows"}"#, None),
+        (r#"{"beta.kubernetes.io/os": "windows", "pool": "a"}"#, None),
+        (r#"{"kubernetes.io/arch": "s390x"}"#, None),
+        (r#"{"kubernetes.io/arch": "arm64"}"#, Some("linux/amd64")),
+    ] {
+        let mut pairs = vec![("IMAGES", "nginx:1"), ("NODE_SELECTOR", selector)];
+        pairs.extend(platforms.map(|p| ("KIP_IMAGE_PLATFORMS", p)));
+        let e = problem(&pairs);
+        assert_eq!((e.variable, e.value.as_str()), ("NODE_SELECTOR", selector));
+        let runs_on = platforms.unwrap_or("linux/amd64, linux/arm64");
+        assert!(
+            e.expected.contains("Linux nodes") && e.expected.contains(runs_on),
+            "{selector}: {}",
+            e.expected
+        );
+        assert!(e.expected.contains(DEFAULT_KIP_IMAGE), "names the image: {}", e.expected);
+    }
+    // nodes the image runs on: fine
+    for selector in [r#"{"kubernetes.io/arch": "arm64"}"#, r#"{"kubernetes.io/os": "linux", "pool": "x"}"#] {
+        valid(&[("IMAGES", "nginx:1"), ("NODE_SELECTOR", selector)]);
+    }
+    let c = valid(&[
+        ("IMAGES", "nginx:1"),
+        ("NODE_SELECTOR", r#"{"kubernetes.io/arch": "s390x"}"#),
+        ("KIP_IMAGE_PLATFORMS", "linux/s390x"),
+    ]);
+    assert_eq!(architectures(&c), ["s390x"]);
+}
+
+fn required_node_affinity(terms: &str) -> String {
+    format!(
+        r#"{{"nodeAffinity":{{"requiredDuringSchedulingIgnoredDuringExecution":{{"nodeSelectorTerms":{terms}}}}}}}"#
+    )
+}
+
+#[test]
+fn an_affinity_for_nodes_the_holders_cannot_run_on_is_an_error() {
+    let arch = |op: &str, values: &str| {
+        format!(r#"{{"key":"kubernetes.io/arch","operator":"{op}","values":{values}}}"#)
+    };
+    let os_windows = r#"{"key":"kubernetes.io/os","operator":"In","values":["windows"]}"#;
+    let zone = r#"{"key":"zone","operator":"In","values":["a"]}"#;
+    for terms in [
+        format!("[{{\"matchExpressions\":[{}]}}]", arch("In", r#"["s390x"]"#)),
+        format!("[{{\"matchExpressions\":[{}]}}]", arch("NotIn", r#"["amd64","arm64"]"#)),
+        format!("[{{\"matchExpressions\":[{zone},{os_windows}]}}]"),
+        r#"[{"matchExpressions":[{"key":"beta.kubernetes.io/arch","operator":"DoesNotExist"}]}]"#.to_string(),
+        format!(
+            "[{{\"matchExpressions\":[{}]}},{{\"matchExpressions\":[{os_windows}]}}]",
+            arch("In", r#"["ppc64le"]"#)
+        ),
+    ] {
+        let affinity = required_node_affinity(&terms);
+        let e = problem(&[("IMAGES", "nginx:1"), ("AFFINITY", &affinity)]);
+        assert_eq!((e.variable, e.value.as_str()), ("AFFINITY", affinity.as_str()));
+        assert!(e.expected.contains("linux/amd64, linux/arm64"), "{terms}: {}", e.expected);
+    }
+    // one term that can match is enough (terms are ORed); other keys are not judged
+    for terms in [
+        format!(
+            "[{{\"matchExpressions\":[{}]}},{{\"matchExpressions\":[{zone}]}}]",
+            arch("In", r#"["s390x"]"#)
+        ),
+        format!("[{{\"matchExpressions\":[{}]}}]", arch("In", r#"["s390x","arm64"]"#)),
+        format!("[{{\"matchExpressions\":[{}]}}]", arch("NotIn", r#"["amd64"]"#)),
+        r#"[{"matchExpressions":[{"key":"kubernetes.io/arch","operator":"Exists"}]}]"#.to_string(),
+    ] {
+        valid(&[("IMAGES", "nginx:1"), ("AFFINITY", &required_node_affinity(&terms))]);
+    }
+    // NODE_SELECTOR and AFFINITY together: each admits some platform, together none
+    let amd64_only =
+        required_node_affinity(&format!("[{{\"matchExpressions\":[{}]}}]", arch("In", r#"["amd64"]"#)));
+    let e = problem(&[
+        ("IMAGES", "nginx:1"),
+        ("NODE_SELECTOR", r#"{"kubernetes.io/arch":"arm64"}"#),
+        ("AFFINITY", &amd64_only),
+    ]);
+    assert_eq!(e.variable, "AFFINITY");
+    assert!(e.expected.contains("together with NODE_SELECTOR"), "{}", e.expected);
+    // a preferred term never keeps a holder off a node
+    let preferred = r#"{"nodeAffinity":{"preferredDuringSchedulingIgnoredDuringExecution":[{"weight":1,"preference":{"matchExpressions":[{"key":"kubernetes.io/os","operator":"In","values":["windows"]}]}}]}}"#;
+    valid(&[("IMAGES", "nginx:1"), ("AFFINITY", preferred)]);
+}
+
+#[test]
+fn platform_problems_come_with_the_others() {
+    let errors = problems(&[
+        ("IMAGES", "nginx:1"),
+        ("NODE_SELECTOR", r#"{"kubernetes.io/os": "windows"}"#),
+        ("KIP_IMAGE_PLATFORMS", "windows/amd64"),
+        ("MAX_RETRIES", "x"),
+    ]);
+    let variables: BTreeSet<&str> = errors.iter().map(|e| e.variable).collect();
+    assert_eq!(variables, BTreeSet::from(["KIP_IMAGE_PLATFORMS", "MAX_RETRIES", "NODE_SELECTOR"]));
+    // a NODE_SELECTOR and an AFFINITY that are both wrong on their own: both reported
+    let s390x = required_node_affinity(
+        r#"[{"matchExpressions":[{"key":"kubernetes.io/arch","operator":"In","values":["s390x"]}]}]"#,
+    );
+    let errors = problems(&[
+        ("IMAGES", "nginx:1"),
+        ("NODE_SELECTOR", r#"{"kubernetes.io/os": "windows"}"#),
+        ("AFFINITY", &s390x),
+    ]);
+    let variables: Vec<&str> = errors.iter().map(|e| e.variable).collect();
+    assert_eq!(variables, ["NODE_SELECTOR", "AFFINITY"]);
+    assert!(!errors[1].expected.contains("NODE_SELECTOR"), "{}", errors[1].expected);
+}
+
+#[test]
+fn holder_affinity_requires_the_architectures_in_every_required_term() {
+    let arch_term = |values: &[&str]| NodeSelectorRequirement {
+        key: "kubernetes.io/arch".into(),
+        operator: "In".into(),
+        values: Some(values.iter().map(|v| v.to_string()).collect()),
+    };
+    let required = |a: &Affinity| {
+        a.node_affinity
+            .clone()
+            .unwrap()
+            .required_during_scheduling_ignored_during_execution
+            .unwrap()
+            .node_selector_terms
+    };
+    // no AFFINITY: one term of its own
+    let terms = required(&valid(&[("IMAGES", "nginx:1")]).holder_affinity());
+    assert_eq!(
+        terms,
+        vec![NodeSelectorTerm {
+            match_expressions: Some(vec![arch_term(&["amd64", "arm64"])]),
+            ..Default::default()
+        }]
+    );
+    // two ORed terms and a preference: the requirement goes into both terms, the preference stays
+    let affinity = r#"{"nodeAffinity":{
+        "requiredDuringSchedulingIgnoredDuringExecution":{"nodeSelectorTerms":[
+            {"matchExpressions":[{"key":"zone","operator":"In","values":["a"]}]},
+            {"matchFields":[{"key":"metadata.name","operator":"In","values":["n1"]}]}]},
+        "preferredDuringSchedulingIgnoredDuringExecution":[{"weight":1,"preference":{"matchExpressions":[{"key":"ssd","operator":"Exists"}]}}]},
+        "podAntiAffinity":{"preferredDuringSchedulingIgnoredDuringExecution":[{"weight":1,"podAffinityTerm":{"topologyKey":"zone"}}]}}"#;
+    let c = valid(&[
+        ("IMAGES", "nginx:1"),
+        ("KIP_IMAGE", "corp/sleep:1"),
+        ("KIP_IMAGE_PLATFORMS", "linux/amd64"),
+        ("AFFINITY", affinity),
+    ]);
+    let holder = c.holder_affinity();
+    let terms = required(&holder);
+    assert_eq!(terms.len(), 2);
+    assert_eq!(terms[0].match_expressions.as_ref().unwrap()[1], arch_term(&["amd64"]));
+    assert_eq!(terms[1].match_expressions.as_deref(), Some(&[arch_term(&["amd64"])][..]));
+    assert_eq!(terms[1].match_fields, required(c.affinity.as_ref().unwrap())[1].match_fields);
+    let user = c.affinity.as_ref().unwrap();
+    let node =
+        |a: &Affinity| a.node_affinity.clone().unwrap().preferred_during_scheduling_ignored_during_execution;
+    assert_eq!(node(&holder), node(user));
+    assert_eq!(holder.pod_anti_affinity, user.pod_anti_affinity);
 }
 
 // ---------------------------------------------------------------------------------------------

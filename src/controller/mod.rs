@@ -366,10 +366,11 @@ impl Controller {
                 let config = &self.ctx.config;
                 let gate = config.node_gate.as_ref().map(|g| &g.taint);
                 let now = SystemTime::now();
+                let affinity = gate.map(|_| config.holder_affinity());
                 self.node_listing
                     .fold(event, |node| {
                         let gated = gate.and_then(|g| {
-                            gated_node(&node, g, &config.node_selector, config.affinity.as_ref(), now)
+                            gated_node(&node, g, &config.node_selector, affinity.as_ref(), now)
                         });
                         let labels = config.rollout_gate.is_some().then(|| node.labels().clone());
                         (node.name_any(), NodeSeen { gated, labels })

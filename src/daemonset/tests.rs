@@ -342,7 +342,14 @@ fn scheduling_settings_reach_the_pod() {
             ("pool".to_string(), "build".to_string()),
         ]))
     );
-    assert_eq!(p.affinity, c.affinity);
+    // AFFINITY, with the architectures KIP_IMAGE (kwarm's) runs on required in its term
+    let affinity = p.affinity.as_ref().expect("affinity");
+    assert_eq!(affinity, &c.holder_affinity());
+    let terms = &affinity.node_affinity.as_ref().unwrap().required_during_scheduling_ignored_during_execution;
+    let expressions = terms.as_ref().unwrap().node_selector_terms[0].match_expressions.clone().unwrap();
+    let keys: Vec<&str> = expressions.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(keys, ["node-role.kubernetes.io/control-plane", "kubernetes.io/arch"]);
+    assert_eq!(expressions[1].values.as_deref(), Some(&["amd64".to_string(), "arm64".to_string()][..]));
     assert_eq!(p.tolerations.as_ref().map(Vec::len), Some(2));
     assert_eq!(p.priority_class_name.as_deref(), Some("image-cache"));
     let secrets: Vec<&str> = p.image_pull_secrets.iter().flatten().map(|s| s.name.as_str()).collect();
@@ -355,10 +362,12 @@ fn scheduling_settings_reach_the_pod() {
     // Nothing set: no empty lists or objects in the output.
     let minimal = render(&config(&[("IMAGES", "nginx:1.25")]));
     let p = pod(&minimal);
-    assert_eq!(
-        (p.affinity.as_ref(), p.tolerations.as_ref(), p.image_pull_secrets.as_ref()),
-        (None, None, None)
-    );
+    assert_eq!((p.tolerations.as_ref(), p.image_pull_secrets.as_ref()), (None, None));
+    // The only affinity: the architectures of kwarm's sleep image.
+    let only_architectures = serde_json::json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution":
+        {"nodeSelectorTerms": [{"matchExpressions": [
+            {"key": "kubernetes.io/arch", "operator": "In", "values": ["amd64", "arm64"]}]}]}}});
+    assert_eq!(serde_json::to_value(&p.affinity).unwrap(), only_architectures);
     assert_eq!(p.priority_class_name, None);
     assert_eq!(minimal.metadata.owner_references, None);
 }

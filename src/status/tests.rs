@@ -908,3 +908,62 @@ fn messages_from_registries_and_the_kubelet_cannot_drive_the_terminal_or_forge_l
     // plain text is borrowed as it is
     assert!(matches!(terminal_safe("no pull access"), std::borrow::Cow::Borrowed("no pull access")));
 }
+
+fn config(pairs: &[(&str, &str)]) -> Config {
+    let vars: Vec<(String, String)> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    Config::from_vars(vars, None).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn node_labels(os: &str, arch: &str, extra: &[(&str, &str)]) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::from([
+        ("kubernetes.io/os".to_string(), os.to_string()),
+        ("kubernetes.io/arch".to_string(), arch.to_string()),
+    ]);
+    labels.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    labels
+}
+
+#[test]
+fn nodes_are_skipped_for_their_platform_only_when_the_user_selected_them() {
+    let c = config(&[("IMAGES", "nginx:1"), ("NODE_SELECTOR", r#"{"pool": "a"}"#)]);
+    let affinity = c.holder_affinity();
+    let skipped = |os: &str, arch: &str, pool: &str| {
+        skipped_platform(&c, &affinity, "n", &node_labels(os, arch, &[("pool", pool)]))
+    };
+    // kwarm's image: amd64 and arm64 Linux nodes get holders
+    assert_eq!(skipped("linux", "amd64", "a"), None);
+    assert_eq!(skipped("linux", "arm64", "a"), None);
+    // selected by the user, but no /sleep for them
+    assert_eq!(skipped("linux", "s390x", "a").as_deref(), Some("linux/s390x"));
+    assert_eq!(skipped("windows", "amd64", "a").as_deref(), Some("windows/amd64"));
+    // not selected anyway: not reported
+    assert_eq!(skipped("linux", "s390x", "b"), None);
+    // a user affinity that already leaves arm64 out: those nodes are not "skipped"
+    let amd64_only = r#"{"nodeAffinity":{"requiredDuringSchedulingIgnoredDuringExecution":{"nodeSelectorTerms":[{"matchExpressions":[{"key":"kubernetes.io/arch","operator":"In","values":["amd64","s390x"]}]}]}}}"#;
+    let c = config(&[("IMAGES", "nginx:1"), ("AFFINITY", amd64_only)]);
+    let affinity = c.holder_affinity();
+    assert_eq!(skipped_platform(&c, &affinity, "n", &node_labels("linux", "arm64", &[])), None);
+    let s390x = skipped_platform(&c, &affinity, "n", &node_labels("linux", "s390x", &[]));
+    assert_eq!(s390x.as_deref(), Some("linux/s390x"));
+}
+
+#[test]
+fn skipped_platforms_are_reported_apart_from_failures() {
+    let mut report = StatusReport::build("ns", "ds", Some(Some(1)), &images(&["nginx:1"]), &[], None);
+    report.skipped_platforms =
+        BTreeMap::from([("linux/s390x".to_string(), 1), ("windows/amd64".to_string(), 2)]);
+    let text = report.to_text();
+    assert!(
+        text.contains(
+            "Not placed, KIP_IMAGE has no /sleep for their platform (KIP_IMAGE_PLATFORMS): linux/s390x on 1 node, windows/amd64 on 2 nodes"
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("Failures"), "{text}");
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["skippedPlatforms"], json!({"linux/s390x": 1, "windows/amd64": 2}));
+    // none: nothing said
+    report.skipped_platforms.clear();
+    assert!(!report.to_text().contains("Not placed"));
+    assert!(serde_json::to_value(&report).unwrap().get("skippedPlatforms").is_none());
+}
