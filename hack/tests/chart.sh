@@ -151,3 +151,20 @@ test_chart_schema_refuses_chart_values_it_would_misread() {
     refused /metrics/serviceMonitor/interval --set metrics.serviceMonitor.interval=30 &&
     refused /rolloutGate/certManager/duration --set rolloutGate.certManager.duration=1y
 }
+
+# `helm test`'s objects are hooks; the pod asks /readyz through the test's Service (the node's
+# loopback with hostNetwork) and reads the DaemonSet NAMESPACE/DAEMONSET_NAME name.
+test_chart_test_hook_checks_readyz_and_the_daemonset() {
+  helm_template --set configMap.namespace=holders,configMap.daemonsetName=warm || return
+  OUT="$("$HELM" template kwarm "$CHART_DIR" -n rel --show-only templates/tests/readiness.yaml \
+    --set configMap.namespace=holders,configMap.daemonsetName=warm)" || fail "render failed" || return
+  expect_output "helm.sh/hook: test" &&
+    expect_output 'value: "http://kwarm-test.rel.svc:8081/readyz"' &&
+    expect_output 'value: "/apis/apps/v1/namespaces/holders/daemonsets/warm"' &&
+    expect_output "resourceNames: [warm]" &&
+    { grep -qx "kind: Service" <<<"$OUT" || fail "no Service for /readyz"; }
+  OUT="$("$HELM" template kwarm "$CHART_DIR" -n rel --show-only templates/tests/readiness.yaml \
+    -f "$CHART_DIR/ci/local-cluster-values.yaml")" || fail "render failed" || return
+  expect_output 'value: "http://127.0.0.1:18091/readyz"' &&
+    { ! grep -qx "kind: Service" <<<"$OUT" || fail "a Service with hostNetwork"; }
+}
