@@ -19,7 +19,9 @@ build: ## Build the manager and the sleep holder for x86_64 and aarch64 (static 
 	hack/build-sleep.sh
 
 .PHONY: lint
-lint: ## cargo fmt --check, clippy -D warnings (manager, e2e, sleep), shellcheck when present
+lint: ## cargo fmt --check, clippy -D warnings (manager, e2e, sleep), shellcheck when present, chart README fresh
+	@tmp="$$(mktemp)"; trap 'rm -f "$$tmp"' EXIT; python3 hack/chart-readme.py -o "$$tmp" && \
+	  diff -u deploy/helm/README.md "$$tmp" || { echo "deploy/helm/README.md is stale: run make chart-readme" >&2; exit 1; }
 	cargo fmt --all -- --check
 	cargo fmt --manifest-path sleep/Cargo.toml -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
@@ -33,6 +35,10 @@ unit: ## Unit tests: config, rendering (golden files), image set, status, sleep 
 	hack/build-sleep.sh
 	cargo test --manifest-path sleep/Cargo.toml
 	SLEEP_ARCH=arm64 cargo test --manifest-path sleep/Cargo.toml --test process
+
+.PHONY: chart-readme
+chart-readme: ## Regenerate the values table of deploy/helm/README.md from values.yaml and its schema
+	hack/chart-readme.py
 
 .PHONY: golden
 golden: ## Rewrite the golden files after an intended rendering change

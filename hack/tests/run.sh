@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Tests of the hack/ scripts themselves, with fake system tools on PATH (no root, no network, no
-# package is really installed). Part of `make unit`. Prints one line per test and "N passed, N failed".
+# package is really installed), and of the Helm chart's values schema (chart.sh). Part of
+# `make unit`. Prints one line per test and "N passed, N failed".
 #   hack/tests/run.sh [NAME-FILTER]
 set -uo pipefail
 HACK_DIR="$(cd "$(dirname "$0")/.." && pwd)"
@@ -205,6 +206,9 @@ test_lines_splits_output() {
   )"
   [ "$out" = "2 a b|c 0" ] || fail "got: $out"
 }
+
+# shellcheck source=hack/tests/chart.sh
+. "$HACK_DIR/tests/chart.sh"
 
 for t in $(declare -F | awk '$3 ~ /^test_/ {print $3}'); do
   [ -z "$FILTER" ] || [[ "$t" == *"$FILTER"* ]] || continue

@@ -1,0 +1,170 @@
+# Tests of the Helm chart's values schema (deploy/helm/values.schema.json), sourced by run.sh:
+# `helm template` must accept every values file we ship and the puller-style values users bring,
+# and refuse, naming the value, what the manager would refuse at start. No cluster needed.
+# shellcheck shell=bash
+
+CHART_DIR="$HACK_DIR/../deploy/helm"
+HELM="${HELM:-$(. "$HACK_DIR/versions.sh"; echo "${KWARM_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kwarm}/bin/helm-$HELM_VERSION")}"
+
+# helm_template ARGS... : renders the chart; sets OUT and STATUS. Without helm (built by
+# `make tools`) the test is skipped, except in CI.
+helm_template() {
+  if [ ! -x "$HELM" ]; then
+    [ "${CI:-}" != true ] || { fail "no helm at $HELM: run make tools"; exit 1; }
+    echo "    skipped: no helm at $HELM (make tools builds it)" >&2
+    exit 0
+  fi
+  STATUS=0
+  # shellcheck disable=SC2034 # read by run.sh's expect_output
+  OUT="$("$HELM" template kwarm "$CHART_DIR" "$@" 2>&1 >/dev/null)" || STATUS=$?
+}
+
+# accepted ARGS... / refused WHERE ARGS... : WHERE is the schema's path of the refused value.
+accepted() { helm_template "$@" && expect_status 0; }
+refused() {
+  local where="$1"
+  shift
+  helm_template "$@"
+  [ "$STATUS" -ne 0 ] || fail "accepted: $*" && expect_output "at '$where'"
+}
+
+# A values file as kubernetes-image-puller users write theirs: its value names, numbers and JSON
+# as strings, IMAGES as a folded list, priorityClassName {} for unset.
+puller_values() {
+  cat >"$WORK/puller-values.yaml" <<'EOF'
+deploymentName: kubernetes-image-puller
+deploymentAnnotations: {}
+image:
+  repository: quay.io/eclipse/kubernetes-image-puller
+  tag: next
+serviceAccount:
+  name: k8s-image-puller
+updateStrategy:
+  type: Recreate
+priorityClassName: {}
+configMap:
+  name: k8s-image-puller
+  images: >
+    che-code=quay.io/che-incubator/che-code:next;
+    base-developer-image=quay.io/devfile/base-developer-image:ubi9-latest;
+  cachingIntervalHours: 1
+  cachingMemoryRequest: "10Mi"
+  cachingMemoryLimit: "20Mi"
+  cachingCpuRequest: ".05"
+  cachingCpuLimit: ".2"
+  daemonsetAnnotations: "{}"
+  nodeSelector: '{"kubernetes.io/hostname": "127.0.0.1"}'
+  imagePullSecrets: ""
+  affinity: "{}"
+  tolerations: '[{"key":"foo","operator":"Equal","value":"bar"}]'
+resources:
+  requests:
+    cpu: "50m"
+    memory: "64Mi"
+  limits:
+    cpu: "200m"
+    memory: "256Mi"
+tolerations: []
+nodeSelector: {}
+containerSecurityContext: {}
+EOF
+  echo "$WORK/puller-values.yaml"
+}
+
+test_chart_schema_accepts_shipped_values() {
+  accepted || return
+  local f
+  for f in "$CHART_DIR"/ci/*.yaml; do
+    accepted -f "$f" || return
+  done
+}
+
+test_chart_schema_accepts_puller_values() {
+  local values
+  values="$(puller_values)"
+  accepted -f "$values" &&
+    accepted -f "$values" --set-string configMap.cachingIntervalHours=6,configMap.cachingCpuRequest=0.1 &&
+    accepted -f "$values" --set configMap.cachingIntervalHours=24,configMap.cachingCpuRequest=0.1 &&
+    accepted -f "$values" --set priorityClassName= &&
+    accepted --set configMap.create=false,configMap.name=k8s-image-puller
+}
+
+test_chart_schema_accepts_what_the_manager_accepts() {
+  local yaml="$WORK/yaml-values.yaml"
+  cat >"$yaml" <<'EOF'
+configMap:
+  nodeSelector: {kubernetes.io/hostname: "127.0.0.1"}
+  tolerations: [{key: dedicated, operator: Exists}]
+  daemonsetAnnotations: {team: platform}
+  imagePullSecrets: [regcred, other]
+  watchNamespaces: [apps, web]
+EOF
+  accepted -f "$yaml" &&
+    # booleans the way the manager and the chart's kwarm.bool read them
+    accepted --set configMap.inheritPullSecrets=True,configMap.watchDeployments=0 &&
+    accepted --set-string configMap.watchDeployments=yes,configMap.inheritPullSecrets=FALSE &&
+    accepted --set configMap.cachingMemoryRequest=1e3,configMap.cachingMemoryLimit=1Gi &&
+    accepted --set configMap.cachingCpuRequest=100m,configMap.cachingCpuLimit=1 &&
+    accepted --set configMap.maxConcurrentNodes=25% && accepted --set configMap.maxConcurrentNodes=3 &&
+    accepted --set configMap.cachingInterval=1h30m,configMap.pullTimeout=90s,configMap.imageRetention=0 &&
+    accepted --set configMap.digestCheckInterval=0 && accepted --set-string configMap.digestCheckInterval=6h &&
+    accepted --set-string 'configMap.watchNamespaces=apps web' && accepted --set 'configMap.watchNamespaces=*' &&
+    accepted --set 'configMap.imagePullSecrets=a;b' &&
+    accepted --set configMap.maxRetries=0,configMap.maxImages=1000,configMap.logFormat=JSON &&
+    accepted --set-string configMap.nodeGateTaint=kwarm.io/warming=true:NoSchedule &&
+    accepted --set rolloutGate.enabled=True,rolloutGate.mode=opt-in,rolloutGate.url=https://127.0.0.1:9443/mutate &&
+    accepted --set rolloutGate.enabled=true,rolloutGate.certManager.enabled=true &&
+    accepted --set metrics.serviceMonitor.enabled=true,metrics.serviceMonitor.scrapeTimeout=10s
+}
+
+test_chart_schema_refuses_what_the_manager_refuses() {
+  refused /configMap/cachingCpuRequest --set configMap.cachingCpuRequest=abc &&
+    refused /configMap/cachingMemoryLimit --set configMap.cachingMemoryLimit=-1 &&
+    refused /configMap/cachingIntervalHours --set configMap.cachingIntervalHours=0 &&
+    refused /configMap/cachingIntervalHours --set-string configMap.cachingIntervalHours=1.5 &&
+    refused /configMap/cachingInterval --set configMap.cachingInterval=30 &&
+    refused /configMap/pullTimeout --set configMap.pullTimeout=10minutes-ish &&
+    refused /configMap/maxConcurrentNodes --set configMap.maxConcurrentNodes=101% &&
+    refused /configMap/maxConcurrentNodes --set configMap.maxConcurrentNodes=0 &&
+    refused /configMap/watchDeployments --set configMap.watchDeployments=maybe &&
+    refused /configMap/inheritPullSecrets --set configMap.inheritPullSecrets=2 &&
+    refused /configMap/imagePullPolicy --set configMap.imagePullPolicy=always &&
+    refused /configMap/logFormat --set configMap.logFormat=xml &&
+    refused /configMap/maxRetries --set configMap.maxRetries=31 &&
+    refused /configMap/maxImages --set-string configMap.maxImages=0 &&
+    refused /configMap/nodeGateTaint --set configMap.nodeGateTaint=kwarm.io/warming:Sometimes &&
+    refused /configMap/watchNamespaces --set 'configMap.watchNamespaces=*\,apps' &&
+    refused /configMap/namespace --set configMap.namespace=Apps &&
+    refused /configMap/nodeSelector --set configMap.nodeSelector=disk=ssd &&
+    refused /configMap/tolerations/0 --set 'configMap.tolerations[0].efect=NoSchedule' &&
+    refused /configMap/daemonsetAnnotations/kwarm.io~1status --set 'configMap.daemonsetAnnotations.kwarm\.io/status=x' &&
+    refused /deploymentName --set deploymentName=Kwarm
+}
+
+test_chart_schema_refuses_chart_values_it_would_misread() {
+  # "false" as a string is true to a template's `if`
+  refused /serviceAccount/create --set-string serviceAccount.create=false &&
+    refused /metrics/port --set metrics.port=0 &&
+    refused /rolloutGate/mode --set rolloutGate.mode=some &&
+    refused /rolloutGate/url --set rolloutGate.url=http://127.0.0.1:9443/mutate &&
+    refused /image/pullPolicy --set image.pullPolicy=always &&
+    refused /metrics/serviceMonitor/interval --set metrics.serviceMonitor.interval=30 &&
+    refused /rolloutGate/certManager/duration --set rolloutGate.certManager.duration=1y
+}
+
+# `helm test`'s objects are hooks; the pod asks /readyz through the test's Service (the node's
+# loopback with hostNetwork) and reads the DaemonSet NAMESPACE/DAEMONSET_NAME name.
+test_chart_test_hook_checks_readyz_and_the_daemonset() {
+  helm_template --set configMap.namespace=holders,configMap.daemonsetName=warm || return
+  OUT="$("$HELM" template kwarm "$CHART_DIR" -n rel --show-only templates/tests/readiness.yaml \
+    --set configMap.namespace=holders,configMap.daemonsetName=warm)" || fail "render failed" || return
+  expect_output "helm.sh/hook: test" &&
+    expect_output 'value: "http://kwarm-test.rel.svc:8081/readyz"' &&
+    expect_output 'value: "/apis/apps/v1/namespaces/holders/daemonsets/warm"' &&
+    expect_output "resourceNames: [warm]" &&
+    { grep -qx "kind: Service" <<<"$OUT" || fail "no Service for /readyz"; }
+  OUT="$("$HELM" template kwarm "$CHART_DIR" -n rel --show-only templates/tests/readiness.yaml \
+    -f "$CHART_DIR/ci/local-cluster-values.yaml")" || fail "render failed" || return
+  expect_output 'value: "http://127.0.0.1:18091/readyz"' &&
+    { ! grep -qx "kind: Service" <<<"$OUT" || fail "a Service with hostNetwork"; }
+}
