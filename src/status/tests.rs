@@ -232,7 +232,8 @@ fn the_template_generation_comes_from_the_pod_label() {
 // ---------------------------------------------------------------------------------------------
 // image_statuses
 
-fn holders(node: &str, generation: Option<i64>, images: &[(&str, HolderState)]) -> PodHolders {
+/// A holder pod on `node` of `generation`, with these image states (also for the index's tests).
+pub(super) fn holders(node: &str, generation: Option<i64>, images: &[(&str, HolderState)]) -> PodHolders {
     PodHolders {
         node: node.into(),
         generation,

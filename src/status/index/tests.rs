@@ -3,20 +3,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use proptest::prelude::*;
 
 use super::HolderIndex;
+use crate::status::tests::holders as pod;
 use crate::status::{HolderState, PodHolders, digest_counts, image_statuses};
 
 const IMAGES: [&str; 3] = ["reg/a:1", "reg/b:1", "reg/c:1"];
 const DIGESTS: [&str; 2] = ["sha256:aaaa", "sha256:bbbb"];
-
-fn pod(node: &str, generation: Option<i64>, images: &[(&str, HolderState)]) -> PodHolders {
-    PodHolders {
-        node: node.into(),
-        generation,
-        images: images.iter().map(|(i, s)| (i.to_string(), s.clone())).collect(),
-        init_failure: None,
-        digests: BTreeMap::new(),
-    }
-}
 
 fn failed(reason: &str, message: &str) -> HolderState {
     HolderState::Failed { reason: reason.into(), message: message.into() }
