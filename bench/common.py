@@ -166,18 +166,50 @@ def proc_status(pid):
     return out
 
 
-class Kwarm:
+class PeerProcess:
+    """A manager (kwarm's or a peer's) as a child process, its output in a log file."""
+
+    def __init__(self, name, cmd, env):
+        self.name = name
+        os.makedirs(WORK, exist_ok=True)
+        self.log_path = os.path.join(WORK, f"{name}.log")
+        full = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/root")}
+        full.update(env)
+        self.logf = open(self.log_path, "w")
+        self.t_start = time.monotonic()
+        self.p = subprocess.Popen(cmd, env=full, stdout=self.logf, stderr=subprocess.STDOUT,
+                                  preexec_fn=_die_with_parent)
+        self.pid = self.p.pid
+
+    def alive(self):
+        return self.p.poll() is None
+
+    def stop(self, kill=False):
+        """SIGTERM (SIGKILL with kill=True: no clean-up of its own), then wait."""
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+            try:
+                self.p.wait(30)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+        self.logf.close()
+
+    def tail(self, n=20):
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return "".join(f.readlines()[-n:])
+        except OSError:
+            return ""
+
+
+class Kwarm(PeerProcess):
     """The manager as a child process with its own metrics/health ports and log file."""
 
     def __init__(self, name, env, binary=None, kubeconfig=KUBECONFIG, wrap=None):
-        self.name = name
         self.metrics_port = free_port()
         self.health_port = free_port()
-        os.makedirs(WORK, exist_ok=True)
-        self.log_path = os.path.join(WORK, f"kwarm-{name}.log")
         full = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": os.environ.get("HOME", "/root"),
             "KUBECONFIG": kubeconfig,
             "KIP_IMAGE": KIP_IMAGE,
             "LEADER_ELECT": "false",
@@ -186,14 +218,8 @@ class Kwarm:
             "RUST_LOG": "info",
         }
         full.update(env)
-        cmd = [binary or KWARM]
-        if wrap:
-            cmd = wrap + cmd
-        self.logf = open(self.log_path, "w")
-        self.t_start = time.monotonic()
-        self.p = subprocess.Popen(cmd, env=full, stdout=self.logf, stderr=subprocess.STDOUT,
-                                  preexec_fn=_die_with_parent)
-        self.pid = self.p.pid
+        super().__init__(f"kwarm-{name}", (wrap or []) + [binary or KWARM], full)
+        self.name = name
         if wrap:  # the manager is a child of the wrapper (perf): find it
             for _ in range(100):
                 kids = subprocess.run(["pgrep", "-P", str(self.p.pid)], capture_output=True, text=True).stdout.split()
@@ -221,25 +247,6 @@ class Kwarm:
 
     def metric(self, prefix):
         return sum(v for k, v in self.metrics().items() if k == prefix or k.startswith(prefix + "{"))
-
-    def alive(self):
-        return self.p.poll() is None
-
-    def stop(self):
-        if self.p.poll() is None:
-            self.p.send_signal(signal.SIGTERM)
-            try:
-                self.p.wait(20)
-            except subprocess.TimeoutExpired:
-                self.p.kill()
-                self.p.wait()
-        self.logf.close()
-
-    def tail(self, n=20):
-        try:
-            return "".join(open(self.log_path).readlines()[-n:])
-        except OSError:
-            return ""
 
 
 class CountingProxy:
@@ -344,43 +351,6 @@ class Peer:
             self.reason = f"its build failed (`hack/peers.sh build`, {build_log}): " + " / ".join(tail)
         else:
             self.reason = f"not built: no {path} (`hack/peers.sh build`)"
-
-
-class PeerProcess:
-    """A peer's manager as a child process, its output in a log file (Kwarm's counterpart)."""
-
-    def __init__(self, name, cmd, env):
-        self.name = name
-        os.makedirs(WORK, exist_ok=True)
-        self.log_path = os.path.join(WORK, f"{name}.log")
-        full = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/root")}
-        full.update(env)
-        self.logf = open(self.log_path, "w")
-        self.t_start = time.monotonic()
-        self.p = subprocess.Popen(cmd, env=full, stdout=self.logf, stderr=subprocess.STDOUT,
-                                  preexec_fn=_die_with_parent)
-        self.pid = self.p.pid
-
-    def alive(self):
-        return self.p.poll() is None
-
-    def stop(self, kill=False):
-        """SIGTERM (SIGKILL with kill=True: no clean-up of its own), then wait."""
-        if self.p.poll() is None:
-            self.p.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-            try:
-                self.p.wait(30)
-            except subprocess.TimeoutExpired:
-                self.p.kill()
-                self.p.wait()
-        self.logf.close()
-
-    def tail(self, n=20):
-        try:
-            with open(self.log_path, errors="replace") as f:
-                return "".join(f.readlines()[-n:])
-        except OSError:
-            return ""
 
 
 def puller_deployment(ns):
