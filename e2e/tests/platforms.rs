@@ -223,6 +223,7 @@ async fn the_sleep_image_index_has_a_working_arm64_entry() -> Result<()> {
     let dir = std::env::temp_dir().join(format!("kwarm-e2e-arm64-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let result = async {
+        std::fs::create_dir_all(&dir)?;
         let image = dir.join("image");
         let destination = format!("dir:{}", image.display());
         command(
@@ -255,12 +256,17 @@ async fn the_sleep_image_index_has_a_working_arm64_entry() -> Result<()> {
             bail!("/sleep of the arm64 entry is not an aarch64 ELF (e_machine {machine:?})");
         }
         println!("arm64 entry: /sleep, {} bytes, aarch64", bytes.len());
-        let run = tokio::process::Command::new("qemu-aarch64").arg(&sleep).arg("10ms").status().await;
-        match run {
-            Ok(status) if status.success() => println!("arm64 /sleep 10ms under qemu-aarch64: {status}"),
-            Ok(status) => bail!("arm64 /sleep 10ms under qemu-aarch64: {status}"),
-            Err(e) => println!("SKIPPED running the arm64 /sleep: qemu-aarch64: {e}"),
+        // qemu-user comes with hack/install-deps.sh: without it this is a failure, not a skip
+        let status = tokio::process::Command::new("qemu-aarch64")
+            .arg(&sleep)
+            .arg("10ms")
+            .status()
+            .await
+            .context("running qemu-aarch64 (hack/install-deps.sh installs qemu-user)")?;
+        if !status.success() {
+            bail!("arm64 /sleep 10ms under qemu-aarch64: {status}");
         }
+        println!("arm64 /sleep 10ms under qemu-aarch64: {status}");
         anyhow::Ok(())
     }
     .await;
