@@ -1,5 +1,6 @@
 """Benchmark section: reaction to a Deployment image change."""
 from common import *  # noqa: F401,F403 (settings, helpers and the modules they use)
+from common import _die_with_parent
 
 
 class DsWatcher(threading.Thread):
