@@ -110,7 +110,9 @@ pub fn pod_holders(pod: &Pod) -> Option<PodHolders> {
 }
 
 /// Nodes holding `digest` of `image`, and nodes whose holders report only other digests of it
-/// (stale). Nodes whose runtime reports no digest count as neither.
+/// (stale). Nodes whose runtime reports no digest count as neither. From scratch: the oracle the
+/// [`HolderIndex`] is tested against.
+#[cfg(test)]
 pub fn digest_counts<'a>(
     pods: impl IntoIterator<Item = &'a PodHolders>,
     image: &str,
@@ -141,11 +143,12 @@ impl DigestReport {
         answers: &BTreeMap<String, crate::registry::Resolution>,
         pods: &[PodHolders],
     ) -> Vec<DigestReport> {
+        let index = HolderIndex::of_list(pods, None);
         answers
             .iter()
             .map(|(image, registry)| {
                 let (holding, stale) = match registry.digest() {
-                    Some(d) => digest_counts(pods, image, d),
+                    Some(d) => index.digest_counts(image, d),
                     None => (0, 0),
                 };
                 DigestReport { image: image.clone(), registry: registry.clone(), holding, stale }
@@ -188,6 +191,7 @@ impl ImageStatus {
 /// Aggregates pods into per-image node counts. Only pods of `generation` (the DaemonSet's current
 /// template) count; a node where the current pod is missing is counted by its older pod, since
 /// that one still holds the images (surge rollouts replace the old pod only when the new one runs).
+#[cfg(test)]
 pub fn image_statuses<'a>(
     pods: impl IntoIterator<Item = &'a PodHolders>,
     generation: Option<i64>,
@@ -690,10 +694,9 @@ impl StatusReport {
     ) -> StatusReport {
         let images: Vec<String> =
             images.iter().map(|i| parse_image_reference(i).unwrap_or_else(|_| i.clone())).collect();
-        let statuses = image_statuses(pods, generation.flatten(), &images);
-        let nodes = statuses
-            .first()
-            .map_or_else(|| pods.iter().map(|p| p.node.as_str()).collect::<BTreeSet<_>>().len(), |s| s.nodes);
+        let index = HolderIndex::of_list(pods, generation.flatten());
+        let statuses = index.statuses(&images);
+        let nodes = index.node_count();
         let quarantined = state
             .and_then(|s| serde_json::from_str::<PersistedState>(s).ok())
             .map(|s| s.quarantined)

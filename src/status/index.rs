@@ -1,9 +1,6 @@
 //! The holder pods, indexed so that one pod event costs O(images of that pod) and reading the
-//! per-image counts costs O(images), however many nodes there are. [`image_statuses`] and
-//! [`digest_counts`] compute the same figures from scratch; the tests hold the two together.
-//!
-//! [`image_statuses`]: super::image_statuses
-//! [`digest_counts`]: super::digest_counts
+//! per-image counts costs O(images), however many nodes there are. The manager and `kwarm status`
+//! both count through it; the tests hold it to counting from scratch.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -62,6 +59,12 @@ impl HolderIndex {
         index
     }
 
+    /// An index of pods listed without names (`kwarm status`): the list order stands in for
+    /// the names, so the first pod of a node counts where two are equally current.
+    pub fn of_list(pods: &[PodHolders], generation: Option<i64>) -> HolderIndex {
+        HolderIndex::new(pods.iter().enumerate().map(|(i, p)| (format!("{i:010}"), p.clone())), generation)
+    }
+
     pub fn get(&self, pod: &str) -> Option<&PodHolders> {
         self.pods.get(pod)
     }
@@ -118,7 +121,7 @@ impl HolderIndex {
         }
     }
 
-    /// Per-image node counts of `images`, as [`super::image_statuses`] computes them.
+    /// Per-image node counts of `images`.
     pub fn statuses(&self, images: &[String]) -> Vec<ImageStatus> {
         let nodes = self.nodes.len();
         images
@@ -141,8 +144,8 @@ impl HolderIndex {
             .collect()
     }
 
-    /// Nodes holding `digest` of `image`, and nodes whose holders report only other digests of it,
-    /// as [`super::digest_counts`] computes them.
+    /// Nodes holding `digest` of `image`, and nodes whose holders report only other digests of it
+    /// (stale); nodes whose runtime reports no digest count as neither.
     pub fn digest_counts(&self, image: &str, digest: &str) -> (usize, usize) {
         match self.images.get(image) {
             Some(t) => {
