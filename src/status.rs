@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::gate::{GatedNode, NodeGate, placement_admits};
 use crate::holder::parse_image_reference;
 
+pub mod conditions;
 mod index;
 pub use index::HolderIndex;
 

@@ -182,10 +182,23 @@ async fn a_missing_image_is_quarantined_while_a_good_one_warms() -> Result<()> {
     env.insert("WATCH_NAMESPACES".into(), apps.clone());
     env.insert("PULL_TIMEOUT".into(), "15s".into());
     env.insert("RETRY_BACKOFF".into(), "10m".into());
+    // a dropped image is dropped at once (the conditions flip back below)
+    env.insert("IMAGE_RETENTION".into(), "0s".into());
     env.insert("IMAGES".into(), "127.0.0.1:5000/test/small:v1".into());
     let mut manager = Manager::start("manager-quarantine", &env).await?;
     manager.wait_ready(Duration::from_secs(60)).await?;
     support::wait_holders_ready(&client, &ns, DS, 1, Duration::from_secs(120)).await?;
+    // What `kubectl wait --for=condition=Warm daemonset/NAME` waits for (README).
+    let long = Duration::from_secs(60);
+    let warm = support::wait_condition(&client, &ns, DS, "Warm", "True", Some("AllImagesWarm"), long).await?;
+    assert!(warm.message.as_deref().is_some_and(|m| m.contains("1 image warm on")), "{warm:?}");
+    support::wait_condition(&client, &ns, DS, "Degraded", "False", None, long).await?;
+    support::wait_condition(&client, &ns, DS, "Progressing", "False", None, long).await?;
+    support::tools::kubectl(
+        &["wait", "-n", &ns, "--for=condition=Warm", &format!("daemonset/{DS}"), "--timeout=10s"],
+        None,
+    )
+    .await?;
 
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &apps);
     deployments.create(&PostParams::default(), &deployment("mixed", &[good, missing], true)?).await?;
@@ -220,10 +233,31 @@ async fn a_missing_image_is_quarantined_while_a_good_one_warms() -> Result<()> {
     let good_status = good_status.with_context(|| format!("status lacks {good}: {status}"))?;
     assert_eq!(good_status["warm"], good_status["nodes"], "good image not warm everywhere: {good_status}");
 
+    // The DaemonSet is Ready with the good images, yet kwarm's conditions say what is not warm,
+    // and the DaemonSet carries the Event too (whatever the image's source).
+    let cond =
+        support::wait_condition(&client, &ns, DS, "Warm", "False", Some("ImagesQuarantined"), long).await?;
+    assert!(cond.message.as_deref().is_some_and(|m| m.contains(missing)), "{cond:?}");
+    support::wait_condition(&client, &ns, DS, "Degraded", "True", Some("ImagesQuarantined"), long).await?;
+    let ds_events: Api<Event> = Api::namespaced(client.clone(), &ns);
+    let on_ds = ds_events.list(&ListParams::default().fields(&format!("involvedObject.name={DS}"))).await?;
+    let reasons: Vec<_> = on_ds.items.iter().filter_map(|e| e.reason.as_deref()).collect();
+    assert!(reasons.contains(&"ImageQuarantined"), "no ImageQuarantined event on the DaemonSet: {reasons:?}");
+    assert!(reasons.contains(&"ImageWarm"), "no ImageWarm event on the DaemonSet for IMAGES: {reasons:?}");
+
     let log = manager.log_text();
     assert!(log.contains("Image quarantined"), "no log line for the quarantine");
     let d = deployments.get("mixed").await?;
     assert_untouched(&d, Some(1));
+
+    // Fixed (the bad image dropped from the Deployment): the conditions flip back.
+    let mut fixed = d;
+    if let Some(pod) = fixed.spec.as_mut().and_then(|s| s.template.spec.as_mut()) {
+        pod.containers.retain(|c| c.image.as_deref() == Some(good));
+    }
+    deployments.replace("mixed", &PostParams::default(), &fixed).await?;
+    support::wait_condition(&client, &ns, DS, "Warm", "True", Some("AllImagesWarm"), long).await?;
+    support::wait_condition(&client, &ns, DS, "Degraded", "False", Some("AsExpected"), long).await?;
     manager.stop().await?;
     for n in [&ns, &apps] {
         delete_namespace(&client, n, Duration::from_secs(120)).await?;

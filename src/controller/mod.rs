@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::{FutureExt, StreamExt};
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetCondition, Deployment};
 use k8s_openapi::api::core::v1::{Event as CoreEvent, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, Patch, PatchParams};
@@ -539,9 +539,45 @@ impl Controller {
                 let _ = queue.send(release);
             }
         }
-        match decision.apply {
-            Some(desired) => self.apply(&desired).await,
+        if let Some(desired) = decision.apply {
+            self.apply(&desired).await?;
+        }
+        match decision.conditions {
+            Some(conditions) => self.write_conditions(conditions).await,
             None => Ok(()),
+        }
+    }
+
+    /// Writes kwarm's conditions on the DaemonSet's status (server-side apply: the DaemonSet
+    /// controller's own status fields stay its own). Without the right to, kwarm says so once.
+    async fn write_conditions(&mut self, conditions: Vec<DaemonSetCondition>) -> Result<()> {
+        if !self.fence.may_write(Instant::now()) {
+            return Ok(());
+        }
+        let name = self.config().daemonset_name.clone();
+        let patch = serde_json::json!({
+            "apiVersion": "apps/v1",
+            "kind": "DaemonSet",
+            "metadata": {"name": name},
+            "status": {"conditions": conditions},
+        });
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        match with_timeout(API_TIMEOUT, self.ds_api.patch_status(&name, &params, &Patch::Apply(&patch))).await
+        {
+            Ok(mut written) => {
+                written.metadata.managed_fields = None;
+                tracing::debug!(daemonset = %name, "Wrote the DaemonSet's conditions");
+                self.observe(Observation::ConditionsWritten(written));
+                Ok(())
+            }
+            Err(e) if e.category() == "forbidden" => {
+                self.observe(Observation::ConditionsForbidden(e.to_string()));
+                self.announce();
+                Ok(())
+            }
+            // Deleted meanwhile: the watch brings it back and the next decision writes again.
+            Err(e) if e.api_code() == Some(404) => Ok(()),
+            Err(e) => Err(e),
         }
     }
 
@@ -608,6 +644,9 @@ impl Controller {
                 Notice::StateUnreadable { error } => {
                     tracing::warn!(%error, "Ignoring unreadable kwarm.io/state annotation");
                 }
+                Notice::ConditionsForbidden { error } => tracing::warn!(%error,
+                    "Not allowed to write the DaemonSet's status (RBAC): its Warm/Progressing/Degraded \
+                     conditions stay unwritten. Grant patch on daemonsets/status"),
                 Notice::PullsFailed(n) => {
                     self.ctx.shared.metrics.pulls.get_or_create(&StatusLabel { status: "failed" }).inc_by(n);
                 }
@@ -623,12 +662,18 @@ impl Controller {
                             format!("Image {image} quarantined for good after repeated failures: {reasons}")
                         }
                     };
-                    self.publish_to_users(&users, "ImageQuarantined", EventType::Warning, note);
+                    self.publish(&users, "ImageQuarantined", EventType::Warning, note);
                 }
                 Notice::RetryingQuarantined { image } => {
-                    tracing::info!(image = %image, "Retrying quarantined image")
+                    tracing::info!(image = %image, "Retrying quarantined image");
+                    let note = format!("Retrying quarantined image {image}");
+                    self.publish(&[], "RetryingQuarantined", EventType::Normal, note);
                 }
-                Notice::Recovered { image } => tracing::info!(image = %image, "Quarantined image recovered"),
+                Notice::Recovered { image } => {
+                    tracing::info!(image = %image, "Quarantined image recovered");
+                    let note = format!("Quarantined image {image} recovered: held again");
+                    self.publish(&[], "ImageRecovered", EventType::Normal, note);
+                }
                 Notice::InitFailing { nodes, reason, message } => {
                     tracing::error!(nodes, %reason, %message, kip_image = %config.kip_image,
                         "Init container failing: holders cannot start; check KIP_IMAGE and its pull secrets");
@@ -640,14 +685,21 @@ impl Controller {
                 Notice::Warm { image, warm, nodes, seconds, users } => {
                     tracing::info!(image = %image, nodes, seconds = format!("{seconds:.1}"), "Image warm on every node");
                     let note = format!("Image {image} warm on {warm}/{nodes} nodes in {seconds:.1} s");
-                    self.publish_to_users(&users, "ImageWarm", EventType::Normal, note);
+                    self.publish(&users, "ImageWarm", EventType::Normal, note);
                 }
                 Notice::WarmingStarted { image, nodes, users } => {
                     let note = format!("Warming image {image} on {nodes} nodes");
-                    self.publish_to_users(&users, "WarmingStarted", EventType::Normal, note);
+                    self.publish(&users, "WarmingStarted", EventType::Normal, note);
                 }
-                Notice::Overflow { image } => tracing::error!(image = %image, max_images = config.max_images,
-                    "Image not warmed: MAX_IMAGES reached; raise MAX_IMAGES or exclude images"),
+                Notice::Overflow { image } => {
+                    tracing::error!(image = %image, max_images = config.max_images,
+                        "Image not warmed: MAX_IMAGES reached; raise MAX_IMAGES or exclude images");
+                    let note = format!(
+                        "Image {image} not warmed: MAX_IMAGES={} reached; raise MAX_IMAGES or exclude images",
+                        config.max_images
+                    );
+                    self.publish(&[], "MaxImagesReached", EventType::Warning, note);
+                }
                 Notice::Refreshing => tracing::info!(
                     "Refreshing: rolling holders so images with pull policy Always are pulled again"
                 ),
@@ -668,21 +720,14 @@ impl Controller {
                         "Tag changed in its registry: rolling the holders so the nodes pull it again");
                     let note =
                         format!("Image {image} changed in its registry ({digest}): updating {stale} nodes");
-                    self.publish_to_users(&users, "ImageChanged", EventType::Normal, note);
+                    self.publish(&users, "ImageChanged", EventType::Normal, note);
                 }
                 Notice::ImageUpdated { image, digest, nodes, seconds, users } => {
                     tracing::info!(image = %image, %digest, nodes, seconds = format!("{seconds:.1}"),
                         "Tag updated on every node that holds it");
                     let note =
                         format!("Image {image} updated to {digest} on {nodes} nodes in {seconds:.1} s");
-                    self.publish_to_users(&users, "ImageUpdated", EventType::Normal, note.clone());
-                    self.queue_event(
-                        daemonset_reference(&config),
-                        "ImageUpdated",
-                        EventType::Normal,
-                        "Refresh",
-                        note,
-                    );
+                    self.publish(&users, "ImageUpdated", EventType::Normal, note);
                 }
                 Notice::StateTrimmed { dropped } => tracing::warn!(
                     dropped,
@@ -693,8 +738,15 @@ impl Controller {
         }
     }
 
-    /// Queues an Event on each of `users` (Deployments; never a write to them).
-    fn publish_to_users(&self, users: &[DeploymentKey], reason: &str, type_: EventType, note: String) {
+    /// Queues an Event about an image on the DaemonSet, whatever the image's source (IMAGES or
+    /// Deployments), and on each of `users` (Deployments; never a write to them). Only a leader
+    /// posts.
+    fn publish(&self, users: &[DeploymentKey], reason: &str, type_: EventType, note: String) {
+        if !self.state.leader() {
+            return;
+        }
+        let config = self.config();
+        self.queue_event(daemonset_reference(config), reason, type_, "Warm", note.clone());
         for (namespace, name) in users {
             self.queue_event(deployment_reference(namespace, name), reason, type_, "Warm", note.clone());
         }

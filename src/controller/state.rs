@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime};
 
-use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetCondition};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::ResourceExt;
 
@@ -23,7 +23,7 @@ use crate::registry::Resolution;
 use crate::rollout::{self, GatedPod, PodKey, PodRelease, WarmView};
 use crate::status::{
     HolderIndex, HolderState, ImageStatus, PersistedState, PodHolders, Quarantine, QuarantinePolicy,
-    STATE_MAX_BYTES,
+    STATE_MAX_BYTES, conditions,
 };
 
 /// Safety net: re-read the DaemonSet from the API server this often, even if the watch is quiet.
@@ -36,6 +36,10 @@ pub const EVENT_FANOUT: usize = 20;
 const REFRESH_AFTER_RESTART: Duration = Duration::from_secs(60);
 /// A node still gated this long after its release was asked for is asked for again.
 pub const RELEASE_RETRY: Duration = Duration::from_secs(30);
+/// The DaemonSet's conditions are written at most this often when one flips...
+pub const CONDITIONS_FLIP_GAP: Duration = Duration::from_secs(1);
+/// ... and this often when only a message changed (a warm-up's node counts).
+pub const CONDITIONS_MESSAGE_GAP: Duration = Duration::from_secs(10);
 
 /// What a watch (or the shell's own call) saw.
 #[derive(Debug, Clone)]
@@ -45,6 +49,10 @@ pub enum Observation {
     Resynced(Option<DaemonSet>),
     /// What the API server answered to kwarm's apply.
     Applied(DaemonSet),
+    /// What the API server answered to kwarm's write of the DaemonSet's conditions.
+    ConditionsWritten(DaemonSet),
+    /// kwarm may not write the DaemonSet's status (RBAC): it stops trying.
+    ConditionsForbidden(String),
     Pods(Seen<(String, Option<PodHolders>)>),
     /// From the Deployment stream with this index (see [`State::new`]'s `scopes`).
     Deployments(usize, Seen<(DeploymentKey, Option<DeploymentImages>)>),
@@ -91,6 +99,9 @@ pub enum Notice {
         error: String,
     },
     StateUnreadable {
+        error: String,
+    },
+    ConditionsForbidden {
         error: String,
     },
     /// Holders that just entered a failure state (pull failures, for the counter).
@@ -187,6 +198,8 @@ pub struct Decision {
     pub releases: Vec<Release>,
     /// Pods whose scheduling gate to remove (only a leader releases).
     pub pod_releases: Vec<PodRelease>,
+    /// The DaemonSet's conditions to write (kwarm's types only; only a leader writes).
+    pub conditions: Option<Vec<DaemonSetCondition>>,
     pub gauges: Gauges,
 }
 
@@ -258,6 +271,13 @@ pub struct State {
     /// The images of the last plan (canonical), for the digest checks.
     planned: BTreeSet<String>,
 
+    /// When kwarm last wrote the DaemonSet's conditions.
+    conditions_written: Option<SystemTime>,
+    /// When conditions that changed are due to be written (the write is rate-limited).
+    conditions_due: Option<SystemTime>,
+    /// Writing them is forbidden (RBAC): kwarm stopped trying.
+    conditions_forbidden: bool,
+
     notices: Vec<Notice>,
 }
 
@@ -308,6 +328,9 @@ impl State {
             rolled: BTreeMap::new(),
             updating: BTreeMap::new(),
             planned: BTreeSet::new(),
+            conditions_written: None,
+            conditions_due: None,
+            conditions_forbidden: false,
             notices: Vec::new(),
         }
     }
@@ -385,6 +408,17 @@ impl State {
                     }
                 }
                 true
+            }
+            Observation::ConditionsWritten(ds) => {
+                self.live = Some(ds);
+                false
+            }
+            Observation::ConditionsForbidden(error) => {
+                if !self.conditions_forbidden {
+                    self.conditions_forbidden = true;
+                    self.notices.push(Notice::ConditionsForbidden { error });
+                }
+                false
             }
             Observation::Resynced(live) => {
                 self.next_resync = now + RESYNC;
@@ -643,6 +677,9 @@ impl State {
         if !self.warming.is_empty() {
             next = next.min(now + PROGRESS_LOG_EVERY);
         }
+        if let Some(t) = self.conditions_due {
+            next = next.min(t);
+        }
         if let Some(g) = &config.node_gate {
             for (node, gated) in &self.gated {
                 match self.releasing.get(node) {
@@ -718,7 +755,7 @@ impl State {
         }
 
         if !self.leader {
-            return Decision { apply: None, releases: Vec::new(), pod_releases: Vec::new(), gauges };
+            return Decision { gauges, ..Default::default() };
         }
         let state = PersistedState::new(self.tracker.released(), &self.quarantine);
         let state = (!state.is_empty()).then(|| {
@@ -747,14 +784,59 @@ impl State {
                 self.name_in_use_reported = Some(uid);
                 self.notices.push(Notice::NameInUse { why });
             }
-            return Decision { apply: None, releases, pod_releases, gauges };
+            return Decision { releases, pod_releases, gauges, ..Default::default() };
         }
         if self.name_in_use_reported.take().is_some() {
             self.notices.push(Notice::NameFree);
         }
+        let conditions = self.conditions_to_write(&wanted, &statuses, &overflow_set(&plan.overflow), now);
         let apply =
             (!self.live.as_ref().is_some_and(|live| daemonset_matches(&desired, live))).then_some(desired);
-        Decision { apply, releases, pod_releases, gauges }
+        Decision { apply, releases, pod_releases, conditions, gauges }
+    }
+
+    /// The DaemonSet's conditions, when they changed and the rate limit allows a write now.
+    fn conditions_to_write(
+        &mut self,
+        wanted: &BTreeSet<String>,
+        statuses: &[ImageStatus],
+        overflow: &BTreeSet<String>,
+        now: SystemTime,
+    ) -> Option<Vec<DaemonSetCondition>> {
+        self.conditions_due = None;
+        let live = self.live.as_ref()?;
+        if self.conditions_forbidden {
+            return None;
+        }
+        let status = live.status.as_ref();
+        // The DaemonSet controller's node count, once it has seen the current template.
+        let nodes = status
+            .filter(|s| s.observed_generation.is_some() && s.observed_generation == live.metadata.generation)
+            .map(|s| usize::try_from(s.desired_number_scheduled).unwrap_or(0));
+        let quarantined = self.quarantine.excluded();
+        let updating: BTreeSet<String> = self.updating.keys().cloned().collect();
+        let observed = conditions::observe(&conditions::Inputs {
+            planned: wanted,
+            statuses,
+            nodes,
+            quarantined: &quarantined,
+            overflow,
+            updating: &updating,
+            init_failing: self.pods.init_failures().len(),
+        });
+        let current = status.and_then(|s| s.conditions.as_deref()).unwrap_or_default();
+        let merged = conditions::merge(current, &observed, now)?;
+        let gap = match conditions::status_changed(current, &observed) {
+            true => CONDITIONS_FLIP_GAP,
+            false => CONDITIONS_MESSAGE_GAP,
+        };
+        let due = self.conditions_written.map_or(now, |at| at + gap);
+        if now < due {
+            self.conditions_due = Some(due);
+            return None;
+        }
+        self.conditions_written = Some(now);
+        Some(merged)
     }
 
     /// Where images are warm now, for the webhook and the pod releases.

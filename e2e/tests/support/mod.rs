@@ -302,3 +302,30 @@ pub fn scratch_pod_spec(image: &str) -> serde_json::Value {
         "volumes": [{"name": "kip", "emptyDir": {}}],
     })
 }
+
+/// Waits until kwarm's condition `type_` on the DaemonSet has `status` ("True"/"False") and, when
+/// given, `reason`; returns it.
+pub async fn wait_condition(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    type_: &str,
+    status: &str,
+    reason: Option<&str>,
+    timeout: Duration,
+) -> Result<k8s_openapi::api::apps::v1::DaemonSetCondition> {
+    let api: Api<DaemonSet> = Api::namespaced(client.clone(), ns);
+    let what = format!("condition {type_}={status} ({reason:?}) on DaemonSet {ns}/{name}");
+    wait_until(&what, timeout, || async {
+        let Some(ds) = api.get_opt(name).await? else { return Ok(Check::Pending("no DaemonSet".into())) };
+        let conditions = ds.status.and_then(|s| s.conditions).unwrap_or_default();
+        let found = conditions.iter().find(|c| c.type_ == type_).cloned();
+        Ok(match found {
+            Some(c) if c.status == status && reason.is_none_or(|r| c.reason.as_deref() == Some(r)) => {
+                Check::Done(c)
+            }
+            other => Check::Pending(format!("{other:?}")),
+        })
+    })
+    .await
+}

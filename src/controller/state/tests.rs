@@ -91,6 +91,7 @@ fn names(notices: &[Notice]) -> Vec<&'static str> {
             Notice::NodesForbidden { .. } => "NodesForbidden",
             Notice::PendingPodsForbidden { .. } => "PendingPodsForbidden",
             Notice::StateUnreadable { .. } => "StateUnreadable",
+            Notice::ConditionsForbidden { .. } => "ConditionsForbidden",
             Notice::PullsFailed(_) => "PullsFailed",
             Notice::Quarantined { .. } => "Quarantined",
             Notice::RetryingQuarantined { .. } => "RetryingQuarantined",
@@ -955,4 +956,143 @@ fn an_image_over_max_images_releases_the_pods_waiting_for_it() {
     assert_eq!(images_of(d.apply.as_ref().expect("created")), [NGINX], "IMAGES first, the bound holds");
     assert_eq!(pods_released(&d), [("web-1", &rollout::Why::Overflow { image: REDIS.into() })]);
     assert_eq!(s.warm_view().overflow, BTreeSet::from([REDIS.to_string()]));
+}
+
+// --- the DaemonSet's conditions ---------------------------------------------------------------
+
+/// The live DaemonSet as the DaemonSet controller reports it: generation seen, `nodes` scheduled.
+fn with_status(ds: &DaemonSet, nodes: i32) -> DaemonSet {
+    let mut ds = ds.clone();
+    ds.status = Some(k8s_openapi::api::apps::v1::DaemonSetStatus {
+        observed_generation: ds.metadata.generation,
+        desired_number_scheduled: nodes,
+        ..Default::default()
+    });
+    ds
+}
+
+fn condition<'a>(written: &'a [DaemonSetCondition], type_: &str) -> (&'a str, &'a str) {
+    let c = written.iter().find(|c| c.type_ == type_).expect("condition written");
+    (c.status.as_str(), c.reason.as_deref().unwrap_or_default())
+}
+
+/// The API server's answer to the conditions write.
+fn written_back(live: &DaemonSet, conditions: &[DaemonSetCondition]) -> DaemonSet {
+    let mut ds = live.clone();
+    if let Some(status) = ds.status.as_mut() {
+        status.conditions = Some(conditions.to_vec());
+    }
+    ds
+}
+
+#[test]
+fn conditions_follow_the_holders_and_are_written_only_when_they_change() {
+    let c = config(&[("IMAGES", "nginx:1.25")]);
+    let mut s = synced(&c, true, None, at(0));
+    let ds = decide_and_apply(&mut s, &c, at(0)).expect("created");
+    // the DaemonSet controller has seen it: one node, no holder running yet
+    let live = with_status(&ds, 1);
+    s.observe(&c, Observation::DaemonSet(Seen::Applied(live.clone())), at(1));
+    let written = s.decide(&c, at(1)).conditions.expect("first conditions");
+    assert_eq!(condition(&written, "Warm"), ("False", "ImagesPulling"));
+    assert_eq!(condition(&written, "Progressing"), ("True", "PullingImages"));
+    assert_eq!(condition(&written, "Degraded"), ("False", "AsExpected"));
+    let live = written_back(&live, &written);
+    s.observe(&c, Observation::ConditionsWritten(live.clone()), at(1));
+    assert!(s.decide(&c, at(2)).conditions.is_none(), "unchanged: no write");
+
+    // warm on the node: Warm flips, written at once (the flip gap has passed)
+    s.observe(
+        &c,
+        Observation::Pods(Seen::Applied(("p1".into(), Some(pod("n1", 1, &[(NGINX, HolderState::Warm)]))))),
+        at(3),
+    );
+    let flipped = s.decide(&c, at(3)).conditions.expect("Warm flipped");
+    assert_eq!(condition(&flipped, "Warm"), ("True", "AllImagesWarm"));
+    assert_eq!(condition(&flipped, "Progressing"), ("False", "Complete"));
+    let degraded_before = written.iter().find(|c| c.type_ == "Degraded").unwrap();
+    let degraded_after = flipped.iter().find(|c| c.type_ == "Degraded").unwrap();
+    assert_eq!(degraded_before.last_transition_time, degraded_after.last_transition_time);
+}
+
+#[test]
+fn a_flip_waits_for_the_gap_and_wakes_the_loop() {
+    let c = config(&[("IMAGES", "nginx:1.25")]);
+    let mut s = synced(&c, true, None, at(0));
+    let ds = decide_and_apply(&mut s, &c, at(0)).expect("created");
+    let live = with_status(&ds, 1);
+    s.observe(&c, Observation::DaemonSet(Seen::Applied(live.clone())), at(0));
+    let now = at(1);
+    let written = s.decide(&c, now).conditions.expect("first conditions");
+    s.observe(&c, Observation::ConditionsWritten(written_back(&live, &written)), now);
+    s.observe(
+        &c,
+        Observation::Pods(Seen::Applied(("p1".into(), Some(pod("n1", 1, &[(NGINX, HolderState::Warm)]))))),
+        now,
+    );
+    let soon = now + Duration::from_millis(200);
+    assert!(s.decide(&c, soon).conditions.is_none(), "within the gap");
+    assert!(s.next_wakeup(&c, soon) <= now + CONDITIONS_FLIP_GAP, "the loop wakes for the write");
+    let later = now + CONDITIONS_FLIP_GAP;
+    assert_eq!(condition(&s.decide(&c, later).conditions.expect("due"), "Warm"), ("True", "AllImagesWarm"));
+}
+
+#[test]
+fn a_message_only_change_waits_longer() {
+    let c = config(&[("IMAGES", "nginx:1.25")]);
+    let mut s = synced(&c, true, None, at(0));
+    let ds = decide_and_apply(&mut s, &c, at(0)).expect("created");
+    let live = with_status(&ds, 3);
+    s.observe(&c, Observation::DaemonSet(Seen::Applied(live.clone())), at(0));
+    let written = s.decide(&c, at(1)).conditions.expect("first conditions");
+    s.observe(&c, Observation::ConditionsWritten(written_back(&live, &written)), at(1));
+    // one of three nodes warm: only the message changes
+    s.observe(
+        &c,
+        Observation::Pods(Seen::Applied(("p1".into(), Some(pod("n1", 1, &[(NGINX, HolderState::Warm)]))))),
+        at(2),
+    );
+    assert!(s.decide(&c, at(3)).conditions.is_none());
+    let due = at(1) + CONDITIONS_MESSAGE_GAP;
+    let update = s.decide(&c, due).conditions.expect("message update due");
+    assert_eq!(condition(&update, "Warm"), ("False", "ImagesPulling"));
+    let message = update.iter().find(|c| c.type_ == "Warm").and_then(|c| c.message.clone()).unwrap();
+    assert!(message.contains("(1/3 nodes)"), "{message}");
+}
+
+#[test]
+fn a_quarantined_image_turns_the_conditions_degraded() {
+    let c = config(&[("IMAGES", &format!("good=nginx:1.25;bad={MISSING}")), ("PULL_TIMEOUT", "10s")]);
+    let mut s = synced(&c, true, None, at(0));
+    let ds = decide_and_apply(&mut s, &c, at(0)).expect("created");
+    let live = with_status(&ds, 1);
+    s.observe(&c, Observation::DaemonSet(Seen::Applied(live)), at(0));
+    let failing = pod("n1", 1, &[(NGINX, HolderState::Warm), (MISSING, failed())]);
+    s.observe(&c, Observation::Pods(Seen::Applied(("p1".into(), Some(failing)))), at(1));
+    let d = s.decide(&c, at(1));
+    assert_eq!(condition(d.conditions.as_deref().expect("written"), "Degraded"), ("True", "PullsFailing"));
+    let d = s.decide(&c, at(30));
+    assert!(d.apply.is_some(), "the quarantined image is taken out");
+    let conditions = d.conditions.expect("written");
+    assert_eq!(condition(&conditions, "Warm"), ("False", "ImagesQuarantined"));
+    assert_eq!(condition(&conditions, "Degraded"), ("True", "ImagesQuarantined"));
+}
+
+#[test]
+fn followers_and_forbidden_writes_write_no_conditions() {
+    let c = config(&[("IMAGES", "nginx:1.25")]);
+    let mut leader = synced(&c, true, None, at(0));
+    let ds = decide_and_apply(&mut leader, &c, at(0)).expect("created");
+    let live = with_status(&ds, 1);
+
+    let mut follower = synced(&c, false, Some(live.clone()), at(0));
+    assert!(follower.decide(&c, at(1)).conditions.is_none());
+
+    leader.observe(&c, Observation::DaemonSet(Seen::Applied(live)), at(0));
+    leader.take_notices();
+    leader.observe(&c, Observation::ConditionsForbidden("forbidden".into()), at(1));
+    assert_eq!(names(&leader.take_notices()), ["ConditionsForbidden"]);
+    leader.observe(&c, Observation::ConditionsForbidden("forbidden".into()), at(1));
+    assert!(leader.take_notices().is_empty(), "said once");
+    assert!(leader.decide(&c, at(2)).conditions.is_none());
 }
