@@ -199,7 +199,7 @@ fn check_says_when_there_is_nothing_to_warm() {
 #[test]
 fn every_subcommand_refuses_an_invalid_environment() {
     let env = vars(&[("IMAGES", "kip=nginx:1.25")]);
-    for args in [&["check"][..], &["render"], &["render", "-o", "json"], &["status"]] {
+    for args in [&["check"][..], &["render"], &["render", "-o", "json"], &["ungate"], &["run"]] {
         let out = kwarm(args, &env);
         assert_exit(&out, 2, &format!("kwarm {args:?}"));
         assert!(out.stdout.is_empty(), "kwarm {args:?} printed {}", text(&out.stdout));
