@@ -132,21 +132,31 @@ const SERVICE_ACCOUNT_NAMESPACE: &str = "/var/run/secrets/kubernetes.io/servicea
 /// How often `kwarm status --wait` looks again.
 const WAIT_INTERVAL: Duration = Duration::from_secs(2);
 
-/// A failure with the exit code it ends the process with.
+/// A failure with the exit code it ends the process with; `error` is printed, `None` when the
+/// problems were printed already.
 struct Failure {
     code: u8,
-    error: anyhow::Error,
+    error: Option<anyhow::Error>,
 }
 
 impl Failure {
     fn cluster(error: impl Into<anyhow::Error>) -> Failure {
-        Failure { code: exit::CLUSTER, error: error.into() }
+        Failure { code: exit::CLUSTER, error: Some(error.into()) }
+    }
+
+    fn invalid(error: anyhow::Error) -> Failure {
+        Failure { code: exit::INVALID_CONFIG, error: Some(error) }
+    }
+
+    /// Invalid configuration, every problem already printed.
+    fn invalid_config() -> Failure {
+        Failure { code: exit::INVALID_CONFIG, error: None }
     }
 }
 
 impl From<anyhow::Error> for Failure {
     fn from(error: anyhow::Error) -> Failure {
-        Failure { code: exit::FAILURE, error }
+        Failure { code: exit::FAILURE, error: Some(error) }
     }
 }
 
@@ -193,7 +203,9 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(Failure { code, error }) => {
-            eprintln!("kwarm: {error:#}");
+            if let Some(error) = error {
+                eprintln!("kwarm: {error:#}");
+            }
             ExitCode::from(code)
         }
     }
@@ -212,7 +224,7 @@ fn own_namespace() -> Option<String> {
 fn manager_config() -> Result<Config, Failure> {
     Config::from_env(own_namespace()).map_err(|errors| {
         print_problems("invalid configuration", "nothing was changed in the cluster", &errors.0);
-        Failure { code: exit::INVALID_CONFIG, error: anyhow::anyhow!("the configuration is invalid") }
+        Failure::invalid_config()
     })
 }
 
@@ -352,7 +364,7 @@ async fn status(args: StatusArgs) -> Result<u8, Failure> {
     let own = own_namespace();
     let config = kwarm::cli::status_config(vars.clone(), own.clone()).map_err(|errors| {
         print_problems("invalid configuration", "", &errors.0);
-        Failure { code: exit::INVALID_CONFIG, error: anyhow::anyhow!("the configuration is invalid") }
+        Failure::invalid_config()
     })?;
     let (client, _) = client.map_err(Failure::cluster)?;
     let namespace = kwarm::cli::namespace(
@@ -485,8 +497,7 @@ async fn check_configmaps(
             } else {
                 std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?
             };
-            let invalid =
-                |e: String| Failure { code: exit::INVALID_CONFIG, error: anyhow::anyhow!("{path}: {e}") };
+            let invalid = |e: String| Failure::invalid(anyhow::anyhow!("{path}: {e}"));
             let mut found = kwarm::cli::configmaps_in(&text).map_err(invalid)?;
             if let Some(name) = &configmap {
                 found.retain(|c| &c.name == name);
