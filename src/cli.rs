@@ -211,19 +211,23 @@ pub fn status_text(reports: &[StatusReport], searched: &str) -> String {
     out
 }
 
-/// The log filter: `RUST_LOG` (default `info`), without the kube client's per-request failure
-/// line unless `RUST_LOG` names the client: kwarm logs each failed call itself, once.
+/// The log filter: `RUST_LOG` (default `info`), without the lines kube logs itself for a failure
+/// kwarm logs anyway (one line per retry): the client's ERROR line for every failed request, the
+/// watcher's warning for a refused watch. `RUST_LOG` naming a kube crate gets it as asked.
 pub fn log_filter(rust_log: Option<&str>) -> String {
-    let given = rust_log.map(str::trim).filter(|s| !s.is_empty()).unwrap_or("info");
-    if given.contains("kube_client") {
-        given.to_string()
-    } else {
-        format!("{given},{KUBE_CLIENT_REQUESTS}=off")
+    let mut filter = rust_log.map(str::trim).filter(|s| !s.is_empty()).unwrap_or("info").to_string();
+    for (krate, directive) in KUBE_DUPLICATES {
+        if !filter.contains(krate) {
+            filter = format!("{filter},{directive}");
+        }
     }
+    filter
 }
 
-/// The kube client's tracing target that logs every failed request at ERROR.
-const KUBE_CLIENT_REQUESTS: &str = "kube_client::client::builder";
+/// kube's tracing targets that repeat a failure kwarm logs itself: the client logs every failed
+/// request at ERROR, the watcher a refused (403) watch at WARN.
+const KUBE_DUPLICATES: [(&str, &str); 2] =
+    [("kube_client", "kube_client::client::builder=off"), ("kube_runtime", "kube_runtime::watcher=error")];
 
 /// A ConfigMap found in a manifest, as `envFrom` would hand it to the manager.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

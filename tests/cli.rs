@@ -637,3 +637,44 @@ fn check_of_a_configmap_in_a_cluster_that_cannot_be_reached_exits_4() {
     assert_exit(&out, 4, "unreachable cluster");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+// ---------------------------------------------------------------------------------------------
+// the manager's log
+
+#[test]
+fn the_manager_logs_each_failed_try_once_without_colour_and_never_renews_a_lease_it_never_held() {
+    use std::process::Stdio;
+    let dir = scratch_dir("manager-log");
+    let kubeconfig = unreachable_cluster(&dir);
+    let env = vars(&[
+        ("KUBECONFIG", kubeconfig.to_str().expect("path")),
+        ("IMAGES", "nginx:1.25"),
+        ("METRICS_BIND_ADDRESS", "0"),
+        ("HEALTH_PROBE_BIND_ADDRESS", "0"),
+    ]);
+    let child = Command::new(env!("CARGO_BIN_EXE_kwarm"))
+        .arg("run")
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kwarm run");
+    // a few retries of the leader election (every 2 s) and of the first API call
+    std::thread::sleep(std::time::Duration::from_millis(4500));
+    let pid = child.id().to_string();
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    let output = child.wait_with_output().expect("kwarm exits");
+    let _ = std::fs::remove_dir_all(&dir);
+    let log = text(&output.stderr);
+    assert!(output.stdout.is_empty(), "logs go to stderr: {}", text(&output.stdout));
+    assert!(log.contains("Starting kwarm"), "{log}");
+    assert!(!log.contains('\x1b'), "colour codes in a log that is not a terminal:\n{log}");
+    assert!(!log.contains("kube_client"), "kube's own line for a failure kwarm logs:\n{log}");
+    assert!(!log.to_lowercase().contains("renew"), "a lease never held is not renewed:\n{log}");
+    let acquire = log.lines().filter(|l| l.contains("Could not acquire the lease")).count();
+    assert!(acquire >= 2, "one line per try of the election:\n{log}");
+    for line in log.lines() {
+        assert!(!line.contains(" ERROR "), "{line}");
+    }
+}

@@ -353,9 +353,17 @@ fn the_variable_list_has_every_variable_with_its_default_and_one_line() {
 
 #[test]
 fn the_kube_clients_request_failures_are_not_logged_twice() {
-    assert_eq!(log_filter(None), "info,kube_client::client::builder=off");
-    assert_eq!(log_filter(Some("")), "info,kube_client::client::builder=off");
-    assert_eq!(log_filter(Some("info,kwarm=debug")), "info,kwarm=debug,kube_client::client::builder=off");
+    let quiet = "kube_client::client::builder=off,kube_runtime::watcher=error";
+    assert_eq!(log_filter(None), format!("info,{quiet}"));
+    assert_eq!(log_filter(Some("")), format!("info,{quiet}"));
+    assert_eq!(log_filter(Some("info,kwarm=debug")), format!("info,kwarm=debug,{quiet}"));
     // asked for explicitly: as asked
-    assert_eq!(log_filter(Some("debug,kube_client=trace")), "debug,kube_client=trace");
+    assert_eq!(
+        log_filter(Some("debug,kube_client=trace")),
+        "debug,kube_client=trace,kube_runtime::watcher=error"
+    );
+    assert_eq!(
+        log_filter(Some("kube_runtime=debug,kube_client=debug")),
+        "kube_runtime=debug,kube_client=debug"
+    );
 }
