@@ -424,11 +424,12 @@ async fn status(args: StatusArgs) -> Result<u8, Failure> {
         && reports.iter().all(|r| not_warm(r).is_empty());
     let text = match (args.output, &selection) {
         (StatusFormat::Text, _) => kwarm::cli::status_text(&reports, &searched),
-        (StatusFormat::Json, Selection::One { .. }) => {
+        // one DaemonSet asked for by name: a Status (`reports` holds exactly its report)
+        (StatusFormat::Json, Selection::One { .. }) if reports.len() == 1 => {
             let document = StatusDocument::new(&reports[0]);
             serde_json::to_string_pretty(&document).context("encoding JSON")? + "\n"
         }
-        (StatusFormat::Json, Selection::Discover { .. }) => {
+        (StatusFormat::Json, _) => {
             serde_json::to_string_pretty(&StatusList::new(&reports)).context("encoding JSON")? + "\n"
         }
     };
