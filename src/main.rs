@@ -393,7 +393,11 @@ async fn status(args: StatusArgs) -> Result<u8, Failure> {
                 return Err(Failure::cluster(e));
             }
             (true, Err(e)) => {
-                eprintln!("kwarm: waiting: {e:#}");
+                let reasons = vec![format!("{e:#}")];
+                if reasons != last_reasons {
+                    eprintln!("kwarm: waiting: {}", reasons[0]);
+                    last_reasons = reasons;
+                }
                 tokio::time::sleep(WAIT_INTERVAL).await;
                 continue;
             }
