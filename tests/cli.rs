@@ -678,3 +678,21 @@ fn the_manager_logs_each_failed_try_once_without_colour_and_never_renews_a_lease
         assert!(!line.contains(" ERROR "), "{line}");
     }
 }
+
+#[test]
+fn status_wait_gives_up_at_its_timeout_when_the_cluster_stays_unreachable() {
+    let dir = scratch_dir("wait-unreachable");
+    let kubeconfig = unreachable_cluster(&dir);
+    let env = vars(&[("KUBECONFIG", kubeconfig.to_str().expect("path")), ("DAEMONSET_NAME", "holders")]);
+    let started = std::time::Instant::now();
+    let out = kwarm(&["status", "--wait", "--timeout", "3s"], &env);
+    let took = started.elapsed();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_exit(&out, 4, "unreachable until the timeout");
+    assert!(
+        took >= std::time::Duration::from_secs(2) && took < std::time::Duration::from_secs(20),
+        "{took:?}"
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(stderr.matches("kwarm: waiting: ").count(), 1, "said once while it lasts:\n{stderr}");
+}
