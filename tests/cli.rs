@@ -696,3 +696,24 @@ fn status_wait_gives_up_at_its_timeout_when_the_cluster_stays_unreachable() {
     let stderr = text(&out.stderr);
     assert_eq!(stderr.matches("kwarm: waiting: ").count(), 1, "said once while it lasts:\n{stderr}");
 }
+
+#[test]
+fn status_takes_the_namespace_from_the_flag_then_namespace_then_the_kubeconfig_context() {
+    let dir = scratch_dir("namespaces");
+    let kubeconfig = unreachable_cluster(&dir);
+    let kubeconfig = kubeconfig.to_str().expect("path");
+    let read = |args: &[&str], env: &[(&str, &str)]| {
+        let mut env = vars(env);
+        env.push(("KUBECONFIG".into(), kubeconfig.into()));
+        let out = kwarm(args, &env);
+        assert_exit(&out, 4, "unreachable cluster");
+        text(&out.stderr)
+    };
+    let flag = read(&["status", "-n", "flag", "--daemonset", "h"], &[("NAMESPACE", "env")]);
+    assert!(flag.contains("reading DaemonSet flag/h"), "{flag}");
+    let env = read(&["status"], &[("NAMESPACE", "env"), ("DAEMONSET_NAME", "h")]);
+    assert!(env.contains("reading DaemonSet env/h"), "{env}");
+    let context = read(&["status", "--daemonset", "h"], &[]);
+    assert!(context.contains("reading DaemonSet tools/h"), "{context}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
