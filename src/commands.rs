@@ -33,6 +33,21 @@ pub async fn status_report(client: Client, config: &Config) -> Result<crate::sta
         &holders,
         live.as_ref().and_then(|d| d.annotations().get(STATE_ANNOTATION)).map(String::as_str),
     );
+    let status = live.as_ref().and_then(|d| d.status.as_ref());
+    let current = status.is_some_and(|s| {
+        s.observed_generation.is_some()
+            && s.observed_generation == live.as_ref().and_then(|d| d.metadata.generation)
+    });
+    report.desired_nodes =
+        status.filter(|_| current).map(|s| usize::try_from(s.desired_number_scheduled).unwrap_or(0));
+    report.manager_warm = status
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Warm"))
+        .map(|c| crate::status::ManagerCondition {
+            status: c.status == "True",
+            reason: c.reason.clone().unwrap_or_default(),
+            message: c.message.clone().unwrap_or_default(),
+        });
     if let Some(check) = &config.digest_check {
         report.digests = check_digests(&client, config, check, live.as_ref(), &holders).await;
     }
@@ -103,6 +118,40 @@ async fn rollout_report(
         }
     }
     Ok(crate::status::RolloutGateReport::build(timeout, &gated, &view))
+}
+
+/// The DaemonSets kwarm manages (its labels) in `namespace` (`None`: every namespace), named
+/// `name` if given: `(namespace, name)`, sorted.
+pub async fn managed_daemonsets(
+    client: Client,
+    namespace: Option<&str>,
+    name: Option<&str>,
+) -> Result<Vec<(String, String)>> {
+    let api: Api<DaemonSet> = match namespace {
+        Some(ns) => Api::namespaced(client, ns),
+        None => Api::all(client),
+    };
+    let mut params = ListParams::default().labels(crate::daemonset::MANAGED_SELECTOR);
+    if let Some(name) = name {
+        params = params.fields(&format!("metadata.name={name}"));
+    }
+    let list = with_timeout(API_TIMEOUT, api.list_metadata(&params)).await?;
+    let mut found: Vec<(String, String)> =
+        list.items.iter().map(|d| (d.namespace().unwrap_or_default(), d.name_any())).collect();
+    found.sort();
+    Ok(found)
+}
+
+/// Reads a ConfigMap's `data` (for `kwarm check --configmap`); `None` when it does not exist.
+pub async fn configmap_data(
+    client: Client,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<std::collections::BTreeMap<String, String>>> {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let api: Api<ConfigMap> = Api::namespaced(client, namespace);
+    let found = with_timeout(API_TIMEOUT, api.get_opt(name)).await?;
+    Ok(found.map(|cm| cm.data.unwrap_or_default()))
 }
 
 /// Removes the node gate's taint from every node that carries it; returns the nodes released.

@@ -36,6 +36,8 @@ pub const OTHER_KIP_IMAGE_ARCHITECTURES: &[&str] = &["amd64"];
 const ARCH_LABELS: [&str; 2] = ["kubernetes.io/arch", "beta.kubernetes.io/arch"];
 const OS_LABELS: [&str; 2] = ["kubernetes.io/os", "beta.kubernetes.io/os"];
 
+/// `NAMESPACE` when neither it nor the pod's own namespace is known: kubernetes-image-puller's.
+pub const DEFAULT_NAMESPACE: &str = "k8s-image-puller";
 /// The shortest refresh interval accepted.
 const MIN_CACHING_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -482,63 +484,77 @@ impl Config {
 pub struct Variable {
     pub name: &'static str,
     pub default: &'static str,
+    /// One line for `kwarm check --list`.
+    pub description: &'static str,
 }
 
-const fn var(name: &'static str, default: &'static str) -> Variable {
-    Variable { name, default }
+const fn var(name: &'static str, default: &'static str, description: &'static str) -> Variable {
+    Variable { name, default, description }
 }
 
 /// Every variable kwarm reads: the one list the environment is filtered by, typos are checked
 /// against and the README's table is tested against. Setting a variable to its `default` changes
 /// nothing (a unit test holds the parsers to it).
 pub const VARIABLES: &[Variable] = &[
-    var("IMAGES", ""),
-    var("DAEMONSET_NAME", "kubernetes-image-puller"),
-    var("DAEMONSET_ANNOTATIONS", "{}"),
-    var("NAMESPACE", ""),
-    var("DEPLOYMENT_NAME", ""),
-    var("CACHING_INTERVAL_HOURS", "1"),
-    var("CACHING_INTERVAL", ""),
-    var("CACHING_MEMORY_REQUEST", "10Mi"),
-    var("CACHING_MEMORY_LIMIT", "20Mi"),
-    var("CACHING_CPU_REQUEST", ".05"),
-    var("CACHING_CPU_LIMIT", ".2"),
-    var("NODE_SELECTOR", "{}"),
-    var("AFFINITY", "{}"),
-    var("TOLERATIONS", "[]"),
-    var("IMAGE_PULL_SECRETS", ""),
-    var("KIP_IMAGE", ""),
-    var("KIP_IMAGE_PLATFORMS", ""),
-    var("PRIORITY_CLASS_NAME", ""),
-    var("IMAGE_PULL_POLICY", ""),
-    var("MAX_CONCURRENT_NODES", "10"),
-    var("WATCH_DEPLOYMENTS", "true"),
-    var("DEPLOYMENT_SELECTOR", "kwarm.io/enabled=true"),
-    var("WATCH_NAMESPACES", "*"),
-    var("EXCLUDE_NAMESPACES", ""),
-    var("EXCLUDE_IMAGES", ""),
-    var("IMAGE_RETENTION", "24h"),
-    var("PULL_TIMEOUT", "10m"),
-    var("RETRY_BACKOFF", "30s"),
-    var("MAX_RETRIES", "3"),
-    var("INHERIT_PULL_SECRETS", "false"),
-    var("MAX_IMAGES", "100"),
-    var("DIGEST_CHECK_INTERVAL", ""),
-    var("INSECURE_REGISTRIES", ""),
-    var("NODE_GATE_TAINT", ""),
-    var("NODE_GATE_TIMEOUT", "10m"),
-    var("ROLLOUT_GATE", "false"),
-    var("ROLLOUT_GATE_TIMEOUT", "5m"),
-    var("WEBHOOK_BIND_ADDRESS", ":9443"),
-    var("WEBHOOK_URL", ""),
-    var("WEBHOOK_SERVICE", "kwarm-webhook"),
-    var("WEBHOOK_SECRET", "kwarm-webhook-tls"),
-    var("WEBHOOK_CERT_DIR", ""),
-    var("WEBHOOK_CONFIGURATION", ""),
-    var("METRICS_BIND_ADDRESS", ":8080"),
-    var("HEALTH_PROBE_BIND_ADDRESS", ":8081"),
-    var("LEADER_ELECT", "true"),
-    var("LOG_FORMAT", "text"),
+    var(
+        "IMAGES",
+        "",
+        "`;`-separated `name=image` or `image` to warm; required unless Deployment watching is on",
+    ),
+    var("DAEMONSET_NAME", "kubernetes-image-puller", "name of the DaemonSet of holders"),
+    var("DAEMONSET_ANNOTATIONS", "{}", "JSON object of annotations for the DaemonSet"),
+    var("NAMESPACE", "", "where the DaemonSet lives (default: the pod's namespace, else k8s-image-puller)"),
+    var("DEPLOYMENT_NAME", "", "the manager's own Deployment, owner of the DaemonSet"),
+    var("CACHING_INTERVAL_HOURS", "1", "hours between refreshes (the default DIGEST_CHECK_INTERVAL)"),
+    var("CACHING_INTERVAL", "", "the same as a duration (30m, 6h; at least 1m); wins over the hours form"),
+    var("CACHING_MEMORY_REQUEST", "10Mi", "memory request of each holder container"),
+    var("CACHING_MEMORY_LIMIT", "20Mi", "memory limit of each holder container"),
+    var("CACHING_CPU_REQUEST", ".05", "CPU request of each holder container"),
+    var("CACHING_CPU_LIMIT", ".2", "CPU limit of each holder container"),
+    var("NODE_SELECTOR", "{}", "JSON map of node labels for the holders (kubernetes.io/os: linux added)"),
+    var("AFFINITY", "{}", "JSON Affinity of the holder pods"),
+    var("TOLERATIONS", "[]", "JSON array of Tolerations of the holder pods"),
+    var("IMAGE_PULL_SECRETS", "", "`;`-separated pull secret names in NAMESPACE"),
+    var("KIP_IMAGE", "", "image with /sleep for the init container (default: kwarm's sleep image)"),
+    var("KIP_IMAGE_PLATFORMS", "", "platforms KIP_IMAGE has a /sleep for (linux/amd64,linux/arm64)"),
+    var("PRIORITY_CLASS_NAME", "", "priority class of the holder pods"),
+    var("IMAGE_PULL_POLICY", "", "Always, IfNotPresent or Never for the holders"),
+    var("MAX_CONCURRENT_NODES", "10", "nodes updating at once (maxSurge: a number or a percentage)"),
+    var("WATCH_DEPLOYMENTS", "true", "warm the images of selected Deployments"),
+    var("DEPLOYMENT_SELECTOR", "kwarm.io/enabled=true", "label selector of the Deployments to warm"),
+    var("WATCH_NAMESPACES", "*", "namespaces whose Deployments are watched (list or *)"),
+    var("EXCLUDE_NAMESPACES", "", "namespaces never watched"),
+    var("EXCLUDE_IMAGES", "", "substrings or globs of images never warmed"),
+    var("IMAGE_RETENTION", "24h", "keep an image no Deployment uses any more this long"),
+    var("PULL_TIMEOUT", "10m", "an image failing on every node this long is quarantined"),
+    var("RETRY_BACKOFF", "30s", "first retry of a quarantined image after this long, doubling"),
+    var("MAX_RETRIES", "3", "retries of a quarantined image"),
+    var("INHERIT_PULL_SECRETS", "false", "mirror the Deployments' pull secrets into NAMESPACE"),
+    var("MAX_IMAGES", "100", "bound on holder containers (1 to 1000)"),
+    var(
+        "DIGEST_CHECK_INTERVAL",
+        "",
+        "how often tags are resolved to digests (default: the caching interval; 0: off)",
+    ),
+    var("INSECURE_REGISTRIES", "", "comma-separated host[:port] reached over plain HTTP"),
+    var("NODE_GATE_TAINT", "", "taint of the node warm-up gate, key[=value][:effect] (unset: off)"),
+    var("NODE_GATE_TIMEOUT", "10m", "a gated node is released this long after it joined"),
+    var("ROLLOUT_GATE", "false", "gate new pods of watched Deployments until warm: false, true or opt-in"),
+    var("ROLLOUT_GATE_TIMEOUT", "5m", "a gated pod is released this long after it was created"),
+    var("WEBHOOK_BIND_ADDRESS", ":9443", "address of the rollout gate's admission webhook (HTTPS)"),
+    var("WEBHOOK_URL", "", "https:// URL the API server calls the webhook at (unset: WEBHOOK_SERVICE)"),
+    var("WEBHOOK_SERVICE", "kwarm-webhook", "Service the API server calls the webhook through"),
+    var("WEBHOOK_SECRET", "kwarm-webhook-tls", "Secret where kwarm keeps its webhook CA and certificate"),
+    var("WEBHOOK_CERT_DIR", "", "read the webhook's tls.crt, tls.key, ca.crt from here instead"),
+    var(
+        "WEBHOOK_CONFIGURATION",
+        "",
+        "the MutatingWebhookConfiguration (default: kwarm-rollout-gate-<namespace>)",
+    ),
+    var("METRICS_BIND_ADDRESS", ":8080", "address of /metrics (0: off)"),
+    var("HEALTH_PROBE_BIND_ADDRESS", ":8081", "address of /healthz and /readyz (0: off)"),
+    var("LEADER_ELECT", "true", "Lease-based leader election"),
+    var("LOG_FORMAT", "text", "text or json (levels from RUST_LOG)"),
 ];
 
 /// Whether `name` is one of kwarm's variables.
@@ -590,7 +606,7 @@ fn parse_identity(
         }
         other => other,
     };
-    let namespace = c.parse("NAMESPACE", own_namespace.unwrap_or_else(|| "k8s-image-puller".into()), |v| {
+    let namespace = c.parse("NAMESPACE", own_namespace.unwrap_or_else(|| DEFAULT_NAMESPACE.into()), |v| {
         labels::check_dns1123_label(v).map(|()| v.to_string())
     });
     let deployment_name = c

@@ -61,6 +61,9 @@ pub fn selector_string(daemonset_name: &str) -> String {
     selector_labels(daemonset_name).iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
 }
 
+/// Label selector of every DaemonSet kwarm manages (the labels [`render_daemonset`] sets).
+pub const MANAGED_SELECTOR: &str = "app.kubernetes.io/managed-by=kwarm,app.kubernetes.io/name=kwarm";
+
 fn all_labels(daemonset_name: &str) -> BTreeMap<String, String> {
     let mut labels = selector_labels(daemonset_name);
     labels.insert("app.kubernetes.io/component".into(), "image-holder".into());

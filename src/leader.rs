@@ -177,6 +177,10 @@ impl Elector {
                         leader.send_replace(false);
                     }
                 }
+                // a replica that does not hold the lease has nothing to renew: it tries to acquire it
+                Err(e) if !is_leader => {
+                    tracing::warn!(error = %e, lease = %self.name, "Could not acquire the lease");
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, lease = %self.name, "Could not renew the lease");
                     if is_leader && !may_lead(last_renewal, self.timing, Instant::now()) {

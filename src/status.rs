@@ -545,6 +545,21 @@ pub struct StatusReport {
     /// Not failures: nothing can run there.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub skipped_platforms: BTreeMap<String, usize>,
+    /// Nodes the DaemonSet controller places the current template on (`desiredNumberScheduled`);
+    /// `None` until it has seen the current generation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub desired_nodes: Option<usize>,
+    /// The manager's own `Warm` condition on the DaemonSet, when it publishes one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub manager_warm: Option<ManagerCondition>,
+}
+
+/// A condition the manager wrote on its DaemonSet's status.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ManagerCondition {
+    pub status: bool,
+    pub reason: String,
+    pub message: String,
 }
 
 /// The platform (`os/arch`) of a node the holders skip for that platform alone: `NODE_SELECTOR`
@@ -718,6 +733,8 @@ impl StatusReport {
             node_gate: None,
             rollout_gate: None,
             skipped_platforms: BTreeMap::new(),
+            desired_nodes: None,
+            manager_warm: None,
         }
     }
 

@@ -199,7 +199,7 @@ fn check_says_when_there_is_nothing_to_warm() {
 #[test]
 fn every_subcommand_refuses_an_invalid_environment() {
     let env = vars(&[("IMAGES", "kip=nginx:1.25")]);
-    for args in [&["check"][..], &["render"], &["render", "-o", "json"], &["status"]] {
+    for args in [&["check"][..], &["render"], &["render", "-o", "json"], &["ungate"], &["run"]] {
         let out = kwarm(args, &env);
         assert_exit(&out, 2, &format!("kwarm {args:?}"));
         assert!(out.stdout.is_empty(), "kwarm {args:?} printed {}", text(&out.stdout));
@@ -358,4 +358,362 @@ fn render_into_a_closed_pipe_ends_quietly_and_a_full_disk_is_an_error() {
     assert_eq!(output.status.code(), Some(1), "stderr: {}", text(&output.stderr));
     let stderr = text(&output.stderr);
     assert!(stderr.contains("writing the output") && !stderr.contains("panicked"), "{stderr}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// kwarm --help, usage errors, exit codes
+
+/// Runs `kwarm <args>` with `env`, `stdin` as its input.
+fn kwarm_with_stdin(args: &[&str], env: &[(String, String)], stdin: &str) -> Output {
+    use std::io::Write as _;
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kwarm"))
+        .args(args)
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kwarm");
+    child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("writing stdin");
+    child.wait_with_output().expect("kwarm exits")
+}
+
+#[test]
+fn help_says_configuration_comes_from_the_environment() {
+    let out = kwarm(&["--help"], &[]);
+    assert_exit(&out, 0, "--help");
+    let help = text(&out.stdout);
+    assert!(help.contains("environment variables") && help.contains("envFrom"), "{help}");
+    assert!(help.contains("kwarm check --list"), "{help}");
+    let status = text(&kwarm(&["status", "--help"], &[]).stdout);
+    for code in ["0 warm", "3 not warm", "2 invalid configuration", "4 cannot read the cluster", "64 usage"] {
+        assert!(status.contains(code), "status --help lacks {code:?}:\n{status}");
+    }
+}
+
+#[test]
+fn usage_errors_exit_64_not_2_which_is_invalid_configuration() {
+    for args in [
+        &["status", "--bogus"][..],
+        &["status", "--timeout", "5s"],
+        &["status", "-n", "Not_A_Namespace"],
+        &["status", "-A", "-n", "kwarm"],
+        &["check", "--list", "-f", "x.yaml"],
+        &["frobnicate"],
+    ] {
+        let out = kwarm(args, &[]);
+        assert_exit(&out, 64, &format!("kwarm {args:?}"));
+        assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
+        assert!(!text(&out.stderr).is_empty(), "kwarm {args:?} says why");
+    }
+}
+
+/// A kubeconfig for an API server that is not there (a closed port on loopback).
+fn unreachable_cluster(dir: &Path) -> PathBuf {
+    let path = dir.join("kubeconfig");
+    let yaml = "apiVersion: v1\nkind: Config\ncurrent-context: nowhere\n\
+        clusters: [{name: nowhere, cluster: {server: 'https://127.0.0.1:9'}}]\n\
+        users: [{name: nobody, user: {token: abc}}]\n\
+        contexts: [{name: nowhere, context: {cluster: nowhere, user: nobody, namespace: tools}}]\n";
+    std::fs::write(&path, yaml).expect("writing the kubeconfig");
+    path
+}
+
+fn scratch_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("kwarm-cli-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+#[test]
+fn status_that_cannot_reach_the_cluster_exits_4() {
+    let dir = scratch_dir("unreachable");
+    let kubeconfig = unreachable_cluster(&dir);
+    let env = vars(&[("KUBECONFIG", kubeconfig.to_str().expect("path"))]);
+    let started = std::time::Instant::now();
+    let out = kwarm(&["status"], &env);
+    assert_exit(&out, 4, "unreachable API server");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30), "took {:?}", started.elapsed());
+    let stderr = text(&out.stderr);
+    // discovery in the context's namespace
+    assert!(stderr.contains("listing kwarm's DaemonSets"), "{stderr}");
+    let out = kwarm(&["status", "--kubeconfig", kubeconfig.to_str().expect("path"), "--daemonset", "h"], &[]);
+    assert_exit(&out, 4, "unreachable API server, --kubeconfig");
+    assert!(text(&out.stderr).contains("reading DaemonSet tools/h"), "{}", text(&out.stderr));
+    // a context the kubeconfig does not have
+    let out = kwarm(&["status", "--context", "elsewhere"], &env);
+    assert_exit(&out, 4, "unknown context");
+    // no kubeconfig, not in a pod
+    let out = kwarm(&["status"], &vars(&[("HOME", dir.to_str().expect("path"))]));
+    assert_exit(&out, 4, "no kubeconfig");
+    assert!(text(&out.stderr).contains("no kubeconfig"), "{}", text(&out.stderr));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn status_needs_only_the_variables_it_reads() {
+    let dir = scratch_dir("status-vars");
+    let kubeconfig = unreachable_cluster(&dir);
+    let kubeconfig = kubeconfig.to_str().expect("path");
+    // The manager would refuse this environment; status reads none of it, so it goes on to the
+    // cluster (and finds none).
+    let env = vars(&[("KUBECONFIG", kubeconfig), ("IMAGES", "kip=nginx:1.25"), ("CACHING_CPU_LIMIT", "x")]);
+    let out = kwarm(&["status"], &env);
+    assert_exit(&out, 4, "an invalid IMAGES is none of status's business");
+    assert!(!text(&out.stderr).contains("IMAGES"), "{}", text(&out.stderr));
+    // What it reads is checked, before the cluster is asked anything.
+    let env =
+        vars(&[("KUBECONFIG", kubeconfig), ("NODE_GATE_TAINT", "not a taint!"), ("DAEMONSET_NAME", "A_B")]);
+    let out = kwarm(&["status"], &env);
+    assert_exit(&out, 2, "invalid gate taint");
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("(2 problems)"), "{stderr}");
+    assert!(stderr.contains("NODE_GATE_TAINT: invalid value \"not a taint!\""), "{stderr}");
+    assert!(stderr.contains("DAEMONSET_NAME: invalid value \"A_B\""), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// ---------------------------------------------------------------------------------------------
+// kwarm check -f, --configmap, --list
+
+#[test]
+fn check_list_names_every_variable_with_its_default() {
+    let out = kwarm(&["check", "--list"], &vars(&[("IMAGES", "kip=invalid but not read")]));
+    assert_exit(&out, 0, "check --list");
+    let stdout = text(&out.stdout);
+    for name in ["IMAGES", "DAEMONSET_NAME", "CACHING_INTERVAL_HOURS", "NODE_GATE_TAINT", "LOG_FORMAT"] {
+        assert!(stdout.lines().any(|l| l.starts_with(&format!("{name} "))), "{name} missing:\n{stdout}");
+    }
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.split_whitespace().take(2).eq(["DAEMONSET_NAME", "kubernetes-image-puller"])),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn check_takes_the_pullers_configmap_file_and_stdin() {
+    let path = golden_dir().join("input/kubernetes-image-puller-configmap.yaml");
+    let path = path.to_str().expect("path");
+    // the environment is not what is checked
+    let env = vars(&[("IMAGES", "kip=nginx:1.25")]);
+    let out = kwarm(&["check", "-f", path], &env);
+    assert_exit(&out, 0, "puller ConfigMap file");
+    assert_eq!(
+        text(&out.stdout),
+        "ConfigMap k8s-image-puller/k8s-image-puller: configuration is valid: 3 images from IMAGES, \
+         Deployment watching on\n"
+    );
+    let yaml = std::fs::read_to_string(path).expect("fixture");
+    let out = kwarm_with_stdin(&["check", "-f", "-"], &env, &yaml);
+    assert_exit(&out, 0, "puller ConfigMap on stdin");
+}
+
+/// The puller's OpenShift template after `oc process` with its default parameters: a List with
+/// its ConfigMap (kubernetes-image-puller's own image as KIP_IMAGE, `type: Opaque` left in).
+const PROCESSED_PULLER_TEMPLATE: &str = r#"{
+  "kind": "List",
+  "apiVersion": "v1",
+  "items": [
+    {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "k8s-image-puller"}},
+    {
+      "apiVersion": "v1",
+      "kind": "ConfigMap",
+      "metadata": {"name": "k8s-image-puller", "labels": {"app": "kubernetes-image-puller"}},
+      "type": "Opaque",
+      "data": {
+        "IMAGES": "che-code=quay.io/che-incubator/che-code:next; base-developer-image=quay.io/devfile/base-developer-image:ubi9-latest;\n",
+        "DAEMONSET_NAME": "kubernetes-image-puller",
+        "CACHING_INTERVAL_HOURS": "1",
+        "NAMESPACE": "k8s-image-puller",
+        "CACHING_MEMORY_REQUEST": "10Mi",
+        "CACHING_MEMORY_LIMIT": "20Mi",
+        "CACHING_CPU_REQUEST": ".05",
+        "CACHING_CPU_LIMIT": ".2",
+        "NODE_SELECTOR": "{}",
+        "IMAGE_PULL_SECRETS": "",
+        "AFFINITY": "{}",
+        "KIP_IMAGE": "quay.io/eclipse/kubernetes-image-puller:next",
+        "TOLERATIONS": "[]"
+      }
+    }
+  ]
+}"#;
+
+#[test]
+fn check_takes_the_pullers_processed_openshift_template() {
+    let out = kwarm_with_stdin(&["check", "-f", "-"], &[], PROCESSED_PULLER_TEMPLATE);
+    assert_exit(&out, 0, "processed puller template");
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("ConfigMap k8s-image-puller: warning: KIP_IMAGE="), "{stdout}");
+    assert!(stdout.ends_with("ConfigMap k8s-image-puller: configuration is valid: 2 images from IMAGES, Deployment watching on\n"), "{stdout}");
+    // unprocessed, it says how
+    let template = "kind: Template\napiVersion: template.openshift.io/v1\nobjects: []\n";
+    let out = kwarm_with_stdin(&["check", "-f", "-"], &[], template);
+    assert_exit(&out, 2, "unprocessed template");
+    assert!(text(&out.stderr).contains("oc process"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn check_of_a_configmap_prints_every_problem_and_exits_2() {
+    let yaml = r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: k8s-image-puller, namespace: tools}
+data:
+  IMAGES: "=quay.io/eclipse/che-theia:next;web=nginx:1.25"
+  CACHING_INTERVAL_HOURS: "0"
+  CACHING_MEMORY_REQUEST: "30Mi"
+  MAX_IMAGES: 5000
+  CACHING_MEMORY_REQEST: "5Mi"
+"#;
+    let out = kwarm_with_stdin(&["check", "-f", "-"], &[], yaml);
+    assert_exit(&out, 2, "invalid ConfigMap");
+    let stderr = text(&out.stderr);
+    let mut lines = stderr.lines();
+    assert_eq!(
+        lines.next(),
+        Some("kwarm: ConfigMap tools/k8s-image-puller: invalid configuration (5 problems):")
+    );
+    let problems: Vec<&str> = lines.map(str::trim).collect();
+    assert!(problems[0].starts_with("MAX_IMAGES: invalid value 5000: a string (quote it"), "{stderr}");
+    for (line, variable) in
+        problems[1..].iter().zip(["IMAGES", "CACHING_INTERVAL_HOURS", "CACHING_MEMORY_REQUEST", "MAX_IMAGES"])
+    {
+        assert!(line.starts_with(&format!("{variable}: invalid value ")), "{line}");
+    }
+    assert_eq!(problems.len(), 5, "{stderr}");
+    // a typo of a variable is a warning, printed with the ConfigMap's name
+    assert!(text(&out.stdout).is_empty() || !text(&out.stdout).contains("valid"), "{}", text(&out.stdout));
+}
+
+#[test]
+fn check_picks_a_configmap_by_name_and_refuses_files_without_one() {
+    let two = "kind: ConfigMap\nmetadata: {name: good}\ndata: {IMAGES: 'nginx:1.25'}\n---\n\
+        kind: ConfigMap\nmetadata: {name: bad}\ndata: {IMAGES: 'a=b=c'}\n";
+    let out = kwarm_with_stdin(&["check", "-f", "-"], &[], two);
+    assert_exit(&out, 2, "one of two invalid");
+    assert!(text(&out.stdout).contains("ConfigMap good: configuration is valid"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).contains("ConfigMap bad: invalid configuration (1 problems)"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_exit(
+        &kwarm_with_stdin(&["check", "-f", "-", "--configmap", "good"], &[], two),
+        0,
+        "--configmap good",
+    );
+    let out = kwarm_with_stdin(&["check", "-f", "-", "--configmap", "other"], &[], two);
+    assert_exit(&out, 2, "no such ConfigMap");
+    assert!(text(&out.stderr).contains("no ConfigMap named other"), "{}", text(&out.stderr));
+
+    let out = kwarm_with_stdin(&["check", "-f", "-"], &[], "kind: Deployment\nmetadata: {name: kwarm}\n");
+    assert_exit(&out, 2, "not a ConfigMap");
+    assert!(
+        text(&out.stderr).contains("no ConfigMap in the manifest, only Deployment"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = kwarm_with_stdin(&["check", "-f", "-"], &[], "data: [unclosed\n");
+    assert_exit(&out, 2, "bad YAML");
+    assert!(text(&out.stderr).contains("not valid YAML"), "{}", text(&out.stderr));
+    let out = kwarm(&["check", "-f", "/nonexistent/configmap.yaml"], &[]);
+    assert_exit(&out, 1, "unreadable file");
+    assert!(text(&out.stderr).contains("reading /nonexistent/configmap.yaml"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn check_of_a_configmap_in_a_cluster_that_cannot_be_reached_exits_4() {
+    let dir = scratch_dir("check-cluster");
+    let kubeconfig = unreachable_cluster(&dir);
+    let out = kwarm(
+        &["check", "--configmap", "k8s-image-puller", "--kubeconfig", kubeconfig.to_str().expect("path")],
+        &[],
+    );
+    assert_exit(&out, 4, "unreachable cluster");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// ---------------------------------------------------------------------------------------------
+// the manager's log
+
+#[test]
+fn the_manager_logs_each_failed_try_once_without_colour_and_never_renews_a_lease_it_never_held() {
+    use std::process::Stdio;
+    let dir = scratch_dir("manager-log");
+    let kubeconfig = unreachable_cluster(&dir);
+    let env = vars(&[
+        ("KUBECONFIG", kubeconfig.to_str().expect("path")),
+        ("IMAGES", "nginx:1.25"),
+        ("METRICS_BIND_ADDRESS", "0"),
+        ("HEALTH_PROBE_BIND_ADDRESS", "0"),
+    ]);
+    let child = Command::new(env!("CARGO_BIN_EXE_kwarm"))
+        .arg("run")
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kwarm run");
+    // a few retries of the leader election (every 2 s) and of the first API call
+    std::thread::sleep(std::time::Duration::from_millis(4500));
+    let pid = child.id().to_string();
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    let output = child.wait_with_output().expect("kwarm exits");
+    let _ = std::fs::remove_dir_all(&dir);
+    let log = text(&output.stderr);
+    assert!(output.stdout.is_empty(), "logs go to stderr: {}", text(&output.stdout));
+    assert!(log.contains("Starting kwarm"), "{log}");
+    assert!(!log.contains('\x1b'), "colour codes in a log that is not a terminal:\n{log}");
+    assert!(!log.contains("kube_client"), "kube's own line for a failure kwarm logs:\n{log}");
+    assert!(!log.to_lowercase().contains("renew"), "a lease never held is not renewed:\n{log}");
+    let acquire = log.lines().filter(|l| l.contains("Could not acquire the lease")).count();
+    assert!(acquire >= 2, "one line per try of the election:\n{log}");
+    for line in log.lines() {
+        assert!(!line.contains(" ERROR "), "{line}");
+    }
+}
+
+#[test]
+fn status_wait_gives_up_at_its_timeout_when_the_cluster_stays_unreachable() {
+    let dir = scratch_dir("wait-unreachable");
+    let kubeconfig = unreachable_cluster(&dir);
+    let env = vars(&[("KUBECONFIG", kubeconfig.to_str().expect("path")), ("DAEMONSET_NAME", "holders")]);
+    let started = std::time::Instant::now();
+    let out = kwarm(&["status", "--wait", "--timeout", "3s"], &env);
+    let took = started.elapsed();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_exit(&out, 4, "unreachable until the timeout");
+    assert!(
+        took >= std::time::Duration::from_secs(2) && took < std::time::Duration::from_secs(20),
+        "{took:?}"
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(stderr.matches("kwarm: waiting: ").count(), 1, "said once while it lasts:\n{stderr}");
+}
+
+#[test]
+fn status_takes_the_namespace_from_the_flag_then_namespace_then_the_kubeconfig_context() {
+    let dir = scratch_dir("namespaces");
+    let kubeconfig = unreachable_cluster(&dir);
+    let kubeconfig = kubeconfig.to_str().expect("path");
+    let read = |args: &[&str], env: &[(&str, &str)]| {
+        let mut env = vars(env);
+        env.push(("KUBECONFIG".into(), kubeconfig.into()));
+        let out = kwarm(args, &env);
+        assert_exit(&out, 4, "unreachable cluster");
+        text(&out.stderr)
+    };
+    let flag = read(&["status", "-n", "flag", "--daemonset", "h"], &[("NAMESPACE", "env")]);
+    assert!(flag.contains("reading DaemonSet flag/h"), "{flag}");
+    let env = read(&["status"], &[("NAMESPACE", "env"), ("DAEMONSET_NAME", "h")]);
+    assert!(env.contains("reading DaemonSet env/h"), "{env}");
+    let context = read(&["status", "--daemonset", "h"], &[]);
+    assert!(context.contains("reading DaemonSet tools/h"), "{context}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -223,8 +223,9 @@ async fn status_shows_a_failing_image_with_its_reason() -> Result<()> {
             .arg("status")
             .output()
             .await?;
-        if !output.status.success() {
-            bail!("kwarm status failed: {}", String::from_utf8_lossy(&output.stderr));
+        // 3: not warm, which a failing image is
+        if output.status.code() != Some(3) {
+            bail!("kwarm status exited {:?}: {}", output.status, String::from_utf8_lossy(&output.stderr));
         }
         let text = String::from_utf8_lossy(&output.stdout).into_owned();
         let shows =
@@ -234,6 +235,76 @@ async fn status_shows_a_failing_image_with_its_reason() -> Result<()> {
     .await?;
     println!("{text}");
     assert!(text.contains("Failures:"), "no failure section:\n{text}");
+    manager.stop().await?;
+    delete_namespace(&client, &ns, Duration::from_secs(120)).await
+}
+
+/// `kwarm status ARGS` with exactly `env` and the admin kubeconfig: exit code, stdout, how long.
+async fn kwarm_status(
+    env: &BTreeMap<String, String>,
+    args: &[&str],
+) -> Result<(Option<i32>, String, Duration)> {
+    let started = Instant::now();
+    let output = tokio::process::Command::new(support::kwarm_bin())
+        .env_clear()
+        .envs(env)
+        .env("KUBECONFIG", kubeconfig_path())
+        .arg("status")
+        .args(args)
+        .output()
+        .await?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if !stderr.is_empty() {
+        println!("kwarm status {args:?} stderr:\n{stderr}");
+    }
+    Ok((output.status.code(), String::from_utf8_lossy(&output.stdout).into_owned(), started.elapsed()))
+}
+
+#[tokio::test]
+async fn status_wait_exits_0_once_warm_and_3_at_its_timeout() -> Result<()> {
+    let client = client().await?;
+    let ns = create_namespace(&client, "kwarm-e2e-wait-").await?;
+    let mut env = base_env(&ns);
+    env.insert("IMAGES".into(), "good=127.0.0.1:5000/test/small:v1".into());
+    env.insert("DIGEST_CHECK_INTERVAL".into(), "0".into());
+    let mut manager = Manager::start("manager-status-wait", &env).await?;
+    manager.wait_ready(Duration::from_secs(60)).await?;
+
+    // Right after the start the holders are still pulling: --wait returns 0 once they hold it.
+    let (code, text, took) = kwarm_status(&env, &["--wait", "--timeout", "180s"]).await?;
+    println!("warm after {} ms:\n{text}", took.as_millis());
+    ensure!(code == Some(0), "--wait on a warmable image exited {code:?}:\n{text}");
+    ensure!(text.contains(&format!("{ns}/{DS}")) && text.contains(" yes "), "no warm NAME row:\n{text}");
+    let (code, _, _) = kwarm_status(&env, &[]).await?;
+    ensure!(code == Some(0), "a warm DaemonSet: kwarm status exited {code:?}");
+
+    // Without the manager's environment: the namespace flag and discovery, a StatusList.
+    let (code, json, _) = kwarm_status(&BTreeMap::new(), &["-n", &ns, "-o", "json"]).await?;
+    ensure!(code == Some(0), "discovered and warm: exited {code:?}:\n{json}");
+    let list: serde_json::Value = serde_json::from_str(&json).context("status -o json")?;
+    ensure!(list["apiVersion"] == "kwarm.io/v1alpha1" && list["kind"] == "StatusList", "{list}");
+    ensure!(list["items"].as_array().map(Vec::len) == Some(1), "one kwarm DaemonSet in {ns}: {list}");
+    ensure!(list["items"][0]["kind"] == "Status" && list["items"][0]["daemonset"] == DS, "{list}");
+    ensure!(list["items"][0]["warm"] == true, "{list}");
+    manager.stop().await?;
+
+    // An image that cannot be pulled: never warm, so --wait gives up at its timeout with 3.
+    let missing = "127.0.0.1:5000/test/not-there:v1";
+    env.insert("IMAGES".into(), format!("good=127.0.0.1:5000/test/small:v1;bad={missing}"));
+    let mut manager = Manager::start("manager-status-wait-bad", &env).await?;
+    manager.wait_ready(Duration::from_secs(60)).await?;
+    let (code, text, took) = kwarm_status(&env, &["--wait", "--timeout", "20s"]).await?;
+    println!("gave up after {} ms:\n{text}", took.as_millis());
+    ensure!(code == Some(3), "--wait on an image that cannot be pulled exited {code:?}:\n{text}");
+    ensure!(took >= Duration::from_secs(18), "gave up after {took:?}, before its 20 s timeout");
+    ensure!(took < Duration::from_secs(60), "--timeout 20s took {took:?}");
+    ensure!(
+        text.contains("Not warm:") && text.contains(missing),
+        "the final report names the image:\n{text}"
+    );
+    let (code, json, _) = kwarm_status(&env, &["-o", "json"]).await?;
+    let document: serde_json::Value = serde_json::from_str(&json).context("status -o json")?;
+    ensure!(code == Some(3) && document["kind"] == "Status" && document["warm"] == false, "{document}");
     manager.stop().await?;
     delete_namespace(&client, &ns, Duration::from_secs(120)).await
 }
