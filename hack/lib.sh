@@ -28,6 +28,8 @@ die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 # bin NAME VERSION -> path of a cached binary
 bin_path() { echo "$BIN_DIR/$1-$2"; }
+# the cached helm (its name carries HELM_BUILD: how hack/build-bins.sh builds it)
+helm_bin() { bin_path helm "$HELM_VERSION-b$HELM_BUILD"; }
 
 # lines ARRAY CMD... : the output lines of CMD into ARRAY (empty output: no element). CMD's failure
 # is the caller's failure. Use it instead of `mapfile -t ARRAY < <(CMD)`: bash drops the status of

@@ -63,7 +63,7 @@ KUBECTL_BIN="$(bin_path kubectl "$KUBE_VERSION")"
 use_cached_tools() {
   local dir="$CACHE_DIR/path" name target
   mkdir -p "$dir"
-  for pair in "kubectl:$KUBECTL_BIN" "kwok:$KWOK_BIN" "etcd:$ETCD_BIN" "helm:$(bin_path helm "$HELM_VERSION")"; do
+  for pair in "kubectl:$KUBECTL_BIN" "kwok:$KWOK_BIN" "etcd:$ETCD_BIN" "helm:$(helm_bin)"; do
     name="${pair%%:*}" target="${pair#*:}"
     [ -x "$target" ] || continue
     [ "$(readlink "$dir/$name" 2>/dev/null)" = "$target" ] || ln -sfn "$target" "$dir/$name"

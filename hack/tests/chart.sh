@@ -4,7 +4,7 @@
 # shellcheck shell=bash
 
 CHART_DIR="$HACK_DIR/../deploy/helm"
-HELM="${HELM:-$(. "$HACK_DIR/versions.sh"; echo "${KWARM_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kwarm}/bin/helm-$HELM_VERSION")}"
+HELM="${HELM:-$(. "$HACK_DIR/versions.sh"; echo "${KWARM_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kwarm}/bin/helm-$HELM_VERSION-b$HELM_BUILD")}"
 
 # helm_template ARGS... : renders the chart; sets OUT and STATUS. Without helm (built by
 # `make tools`) the test is skipped, except in CI.
