@@ -14,6 +14,8 @@ ROOT_DIR="$(cd "$HACK_DIR/.." && pwd)"
 # Binaries built from the module proxy live outside the checkout so clean clones reuse them.
 CACHE_DIR="${KWARM_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kwarm}"
 BIN_DIR="$CACHE_DIR/bin"
+# The venv of the Python linters (kubernetes-validate, yamllint; hack/install-deps.sh makes it).
+LINT_VENV="$CACHE_DIR/venv/lint-kv$KUBERNETES_VALIDATE_VERSION-yl$YAMLLINT_VERSION"
 # Everything a running cluster owns (state, logs, certs, kubeconfig) lives here.
 CLUSTER_DIR="${KWARM_CLUSTER_DIR:-/var/lib/kwarm-cluster}"
 KUBECONFIG_PATH="$CLUSTER_DIR/kubeconfig"

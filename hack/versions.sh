@@ -12,3 +12,8 @@ HELM_BUILD="${HELM_BUILD:-2}"
 # `core` for aarch64, which the rustup toolchain here has no target for. Only that build uses it.
 SLEEP_AARCH64_RUST_VERSION="${SLEEP_AARCH64_RUST_VERSION:-1.96.0}"
 
+# The Python linters of `make lint` (hack/lint-manifests.sh), from PyPI into a venv under the cache
+# that hack/install-deps.sh makes (its name carries these versions). kubernetes-validate carries
+# Kubernetes' OpenAPI schemas: its release matching KUBE_VERSION's minor validates for it.
+KUBERNETES_VALIDATE_VERSION="${KUBERNETES_VALIDATE_VERSION:-1.34.1}"
+YAMLLINT_VERSION="${YAMLLINT_VERSION:-1.38.0}"
