@@ -19,9 +19,10 @@ build: ## Build the manager and the sleep holder for x86_64 and aarch64 (static 
 	hack/build-sleep.sh
 
 .PHONY: lint
-lint: ## cargo fmt --check, clippy -D warnings (manager, e2e, sleep), shellcheck when present, chart README fresh
+lint: ## chart README fresh, yamllint and offline schema validation of every rendered manifest, cargo fmt --check, clippy -D warnings (manager, e2e, sleep), shellcheck when present
 	@tmp="$$(mktemp)"; trap 'rm -f "$$tmp"' EXIT; python3 hack/chart-readme.py -o "$$tmp" && \
 	  diff -u deploy/helm/README.md "$$tmp" || { echo "deploy/helm/README.md is stale: run make chart-readme" >&2; exit 1; }
+	hack/lint-manifests.sh
 	cargo fmt --all -- --check
 	cargo fmt --manifest-path sleep/Cargo.toml -- --check
 	cargo clippy --workspace --all-targets -- -D warnings

@@ -67,8 +67,8 @@ build_etcd() {
   log "etcd $v: built"
 }
 
-build_simple() { # name module-path version
-  local name="$1" pkg="$2" v="$3" dst; dst="$(bin_path "$name" "$v")"
+build_simple() { # name module-path version [ldflags [destination]]
+  local name="$1" pkg="$2" v="$3" dst; dst="${5:-$(bin_path "$name" "$v")}"
   [ -x "$dst" ] && { log "$name $v: cached"; return; }
   log "$name $v: building"
   local gobin="$CACHE_DIR/src/gobin-$name-$v"; mkdir -p "$gobin" "$BIN_DIR"
@@ -78,7 +78,28 @@ build_simple() { # name module-path version
 }
 
 build_kwok() { build_simple kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK_VERSION"; }
-build_helm() { build_simple helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION" "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"; }
+# helm with the ldflags of Helm's own Makefile: its version, and the Kubernetes version it assumes
+# without a cluster (`helm template`, `helm lint`; .Capabilities.KubeVersion, a chart's kubeVersion
+# check) taken from the k8s.io/client-go it is built with, as that Makefile does. Without them helm
+# assumes v1.20.0 and refuses a chart with kubeVersion >=1.22.0-0. The cached binary's name
+# carries HELM_BUILD (hack/versions.sh), so a cache from before this rebuilds.
+build_helm() {
+  local v="$HELM_VERSION" dst; dst="$(helm_bin)"
+  [ -x "$dst" ] && { log "helm $v: cached"; return; }
+  local mod client_go major minor
+  mod="$(GOFLAGS='' go mod download -json "helm.sh/helm/v3@$v" | sed -n 's/^\s*"GoMod": "\(.*\)",$/\1/p')"
+  [ -f "$mod" ] || die "could not download helm.sh/helm/v3@$v go.mod from the module proxy"
+  client_go="$(awk '$1 == "k8s.io/client-go" {print $2; exit}' "$mod")"
+  [[ "$client_go" =~ ^v0\.([0-9]+)\. ]] || die "helm $v: no k8s.io/client-go v0.N.x in its go.mod ($client_go)"
+  major=1 minor="${BASH_REMATCH[1]}"
+  local ld="-X helm.sh/helm/v3/internal/version.version=$v -X helm.sh/helm/v3/internal/version.metadata="
+  local p
+  for p in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
+    ld+=" -X $p.k8sVersionMajor=$major -X $p.k8sVersionMinor=$minor"
+  done
+  log "helm $v: assumes Kubernetes v$major.$minor offline (client-go $client_go)"
+  build_simple helm helm.sh/helm/v3/cmd/helm "$v" "$ld" "$dst"
+}
 
 case "${1:-all}" in
   kube) build_kube ;; etcd) build_etcd ;; kwok) build_kwok ;; helm) build_helm ;;

@@ -3,6 +3,9 @@
 # Idempotent and fast when everything is present: dpkg is asked first, apt-get runs only for what is
 # missing (and `apt-get update` only then, because a fresh machine may have no package lists).
 # Go and Rust come with the machine; the cluster's Go binaries are built by hack/build-bins.sh.
+# Then the Python linters of `make lint` (kubernetes-validate, yamllint; versions in
+# hack/versions.sh) go into a venv under the cache (LINT_VENV), made again only when it is absent
+# or incomplete.
 # shellcheck source=hack/lib.sh
 . "$(dirname "$0")/lib.sh"
 
@@ -19,6 +22,7 @@ REQUIRED=(
   apache2-utils              # htpasswd, for registry auth tests
   jq                         # JSON in scripts
   python3-yaml               # hack/process-template.py (OpenShift templates without oc)
+  python3-venv               # the venv of the Python linters (kubernetes-validate, yamllint)
   busybox-static             # a static /bin/sh for kubernetes-image-puller's image (hack/peers.sh)
   curl                       # health endpoints
   util-linux                 # setsid, mount/umount, nsenter
@@ -61,11 +65,38 @@ apt_install() {
   "${sudo[@]}" apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
+# The interpreter of the linters' venv: Debian's python3, which python3-venv completes.
+LINT_PYTHON="${LINT_PYTHON:-/usr/bin/python3}"
+LINT_PACKAGES=("kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" "yamllint==$YAMLLINT_VERSION")
+
+# The venv is complete once pip finished (.complete); a venv cannot be moved, so it is made in place.
+lint_tools_present() {
+  [ -f "$LINT_VENV/.complete" ] && [ -x "$LINT_VENV/bin/kubernetes-validate" ] && [ -x "$LINT_VENV/bin/yamllint" ]
+}
+
+install_lint_tools() {
+  if lint_tools_present; then
+    log "lint tools: present ($LINT_VENV)"
+    return
+  fi
+  log "lint tools: installing ${LINT_PACKAGES[*]} into $LINT_VENV"
+  rm -rf "$LINT_VENV"
+  mkdir -p "$(dirname "$LINT_VENV")"
+  "$LINT_PYTHON" -m venv "$LINT_VENV" || { rm -rf "$LINT_VENV"; die "$LINT_PYTHON -m venv failed (python3-venv)"; }
+  "$LINT_VENV/bin/pip" install --quiet --disable-pip-version-check "${LINT_PACKAGES[@]}" ||
+    { rm -rf "$LINT_VENV"; die "pip could not install ${LINT_PACKAGES[*]}"; }
+  [ -x "$LINT_VENV/bin/kubernetes-validate" ] && [ -x "$LINT_VENV/bin/yamllint" ] ||
+    { rm -rf "$LINT_VENV"; die "pip installed ${LINT_PACKAGES[*]} but $LINT_VENV/bin lacks them"; }
+  touch "$LINT_VENV/.complete"
+  log "lint tools: done"
+}
+
 usage() {
   cat <<EOF
 Usage: hack/install-deps.sh [--check]
-  (none)   install the missing OS packages with apt-get, then check with dpkg that all are there
-  --check  only report the missing packages; exit 1 when a required one is missing
+  (none)   install the missing OS packages with apt-get, then check with dpkg that all are there;
+           then the Python linters (a venv under the cache) when they are missing
+  --check  only report the missing packages and linters; exit 1 when a required one is missing
 EOF
 }
 
@@ -81,14 +112,22 @@ main() {
   local need opt
   lines need missing "${REQUIRED[@]}"
   lines opt missing "${OPTIONAL[@]}"
+  if [ "$mode" = check ]; then
+    local ok=0
+    [ ${#need[@]} -eq 0 ] || { log "OS packages missing: ${need[*]}"; ok=1; }
+    [ ${#opt[@]} -eq 0 ] || log "optional OS packages missing: ${opt[*]}"
+    [ ${#need[@]} -gt 0 ] || [ ${#opt[@]} -gt 0 ] || log "OS packages: all present"
+    lint_tools_present || { log "lint tools missing: ${LINT_PACKAGES[*]} in $LINT_VENV"; ok=1; }
+    return "$ok"
+  fi
+  install_os_packages
+  install_lint_tools
+}
+
+# (need and opt: the missing packages main found)
+install_os_packages() {
   if [ ${#need[@]} -eq 0 ] && [ ${#opt[@]} -eq 0 ]; then
     log "OS packages: all present"
-    return
-  fi
-  if [ "$mode" = check ]; then
-    [ ${#need[@]} -eq 0 ] || log "OS packages missing: ${need[*]}"
-    [ ${#opt[@]} -eq 0 ] || log "optional OS packages missing: ${opt[*]}"
-    [ ${#need[@]} -eq 0 ]
     return
   fi
   if [ ${#need[@]} -gt 0 ]; then

@@ -14,6 +14,8 @@ ROOT_DIR="$(cd "$HACK_DIR/.." && pwd)"
 # Binaries built from the module proxy live outside the checkout so clean clones reuse them.
 CACHE_DIR="${KWARM_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kwarm}"
 BIN_DIR="$CACHE_DIR/bin"
+# The venv of the Python linters (kubernetes-validate, yamllint; hack/install-deps.sh makes it).
+LINT_VENV="$CACHE_DIR/venv/lint-kv$KUBERNETES_VALIDATE_VERSION-yl$YAMLLINT_VERSION"
 # Everything a running cluster owns (state, logs, certs, kubeconfig) lives here.
 CLUSTER_DIR="${KWARM_CLUSTER_DIR:-/var/lib/kwarm-cluster}"
 KUBECONFIG_PATH="$CLUSTER_DIR/kubeconfig"
@@ -28,6 +30,8 @@ die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 # bin NAME VERSION -> path of a cached binary
 bin_path() { echo "$BIN_DIR/$1-$2"; }
+# the cached helm (its name carries HELM_BUILD: how hack/build-bins.sh builds it)
+helm_bin() { bin_path helm "$HELM_VERSION-b$HELM_BUILD"; }
 
 # lines ARRAY CMD... : the output lines of CMD into ARRAY (empty output: no element). CMD's failure
 # is the caller's failure. Use it instead of `mapfile -t ARRAY < <(CMD)`: bash drops the status of

@@ -20,6 +20,10 @@
 #   127.0.0.1:5000/devfile/base-developer-image:ubi9-latest 4 KiB 1  own values and templates name; the
 #     real node's containerd serves quay.io/... from here (hack/cluster-up.sh MIRRORED_REGISTRIES)
 # Every image has /label (its own reference) and /data/* (the random files).
+#   127.0.0.1:5000/test/helm-test:v1  the chart's `helm test` pod (tests.image in
+#     deploy/helm/ci/local-cluster-values.yaml): this host's busybox-static (sh) and curl with its
+#     shared libraries, in place of docker.io/curlimages/curl, which an offline cluster cannot pull.
+#     Built from the host's packages, so its digest is this machine's.
 # shellcheck source=hack/lib.sh
 . "$(dirname "$0")/lib.sh"
 # shellcheck source=hack/cluster/common.sh
@@ -75,12 +79,36 @@ main() {
     # shellcheck disable=SC2086 # spec is "name size..." on purpose
     build_one $spec
   done
+  build_helm_test_image
   if private_has "private/secret:v1"; then
     log "test image $PRIVATE_REGISTRY/private/secret:v1: present"
   else
     REGISTRY_HOST="$PRIVATE_REGISTRY" IMAGE_PUSH_CREDS="$PRIVATE_REGISTRY_USER:$PRIVATE_REGISTRY_PASSWORD" \
       build_one "private/secret:v1" 4096
   fi
+}
+
+# The `helm test` image: /bin/sh (busybox, with the applets the test script uses) and curl.
+build_helm_test_image() {
+  local ref="$REGISTRY/test/helm-test:v1" dir curl lib
+  if registry_has "$ref"; then
+    log "test image $ref: present"
+    return
+  fi
+  curl="$(command -v curl)" || die "curl is missing: run hack/install-deps.sh"
+  [ -x /bin/busybox ] || die "/bin/busybox is missing: run hack/install-deps.sh (busybox-static)"
+  dir="$(mktemp -d)"
+  mkdir -p "$dir/root/bin" "$dir/root/usr/bin"
+  cp /bin/busybox "$dir/root/bin/busybox"
+  for applet in sh cat sleep echo; do ln -s busybox "$dir/root/bin/$applet"; done
+  cp "$curl" "$dir/root/usr/bin/curl"
+  # the dynamic loader and every library curl links (ldd: "name => path (addr)" or "path (addr)")
+  for lib in $(ldd "$curl" | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}'); do
+    cp --parents -L "$lib" "$dir/root/"
+  done
+  printf 'FROM scratch\nCOPY root/ /\n' >"$dir/Dockerfile"
+  IMAGE_CONTEXT="$dir" "$HACK_DIR/image.sh" "$dir/Dockerfile" "$ref"
+  rm -rf "$dir"
 }
 
 private_has() { # REPO:TAG in the private registry (with the login)

@@ -70,6 +70,7 @@ pub struct Metrics {
     pub rollout_gate_duration: Histogram,
     pub rollout_gate_releases: Family<ReasonLabel, Counter>,
     pub webhook_admissions: Family<ResultLabel, Counter>,
+    pub resident_memory: Gauge,
 }
 
 impl Default for Metrics {
@@ -108,6 +109,7 @@ impl Metrics {
             rollout_gate_duration: Histogram::new(exponential_buckets(0.5, 2.0, 12)),
             rollout_gate_releases: Family::default(),
             webhook_admissions: Family::default(),
+            resident_memory: Gauge::default(),
         };
         registry.register_with_unit(
             "pull_duration",
@@ -211,11 +213,21 @@ impl Metrics {
             "Pods the rollout gate's webhook saw, by result (gated, or why not: warm, not_watched, …)",
             m.webhook_admissions.clone(),
         );
+        registry.register_with_unit(
+            "process_resident_memory",
+            "Resident set size of the manager process (VmRSS, read at each scrape)",
+            Unit::Bytes,
+            m.resident_memory.clone(),
+        );
         Metrics { registry, ..m }
     }
 
     /// The text exposition format.
     pub fn encode(&self) -> String {
+        if let Some(rss) = std::fs::read_to_string("/proc/self/status").ok().as_deref().and_then(vm_rss_bytes)
+        {
+            self.resident_memory.set(rss);
+        }
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
@@ -223,9 +235,22 @@ impl Metrics {
     }
 }
 
+/// VmRSS of a /proc/PID/status text, in bytes.
+fn vm_rss_bytes(status: &str) -> Option<i64> {
+    let line = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
+    let kib: i64 = line.trim().strip_suffix("kB")?.trim().parse().ok()?;
+    kib.checked_mul(1024)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resident_memory_from_proc_status() {
+        assert_eq!(vm_rss_bytes("Name:\tkwarm\nVmRSS:\t   12345 kB\nThreads: 4\n"), Some(12345 * 1024));
+        assert_eq!(vm_rss_bytes("Name:\tkwarm\n"), None);
+    }
 
     #[test]
     fn exposes_the_documented_names() {
@@ -248,6 +273,7 @@ mod tests {
             "kwarm_daemonset_applies_total{status=\"success\"} 1",
             "kwarm_last_successful_sync_timestamp_seconds ",
             concat!("kwarm_build_info{version=\"", env!("CARGO_PKG_VERSION"), "\"} 1"),
+            "kwarm_process_resident_memory_bytes ",
             "# EOF",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");

@@ -255,6 +255,17 @@ async fn helm_lifecycle(client: &Client, ns: &str) -> Result<()> {
         );
     }
 
+    // `helm test`: the chart's test pod (tests.image from the local registry) finds the manager
+    // ready and its DaemonSet there; its objects are gone once it passed.
+    let t = Instant::now();
+    let out = helm(&["test", RELEASE, "-n", ns, "--timeout", "120s"]).await?;
+    ensure!(out.contains("Phase:") && out.contains("Succeeded"), "helm test did not pass:\n{out}");
+    ensure!(
+        Api::<Pod>::namespaced(client.clone(), ns).get_opt("kubernetes-image-puller-test").await?.is_none(),
+        "the test pod is left behind after it passed"
+    );
+    println!("helm test: {} ms", t.elapsed().as_millis());
+
     // 2. Upgrade with another list: the DaemonSet follows, and while it rolls the node always has
     //    a ready holder of the image that stays.
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
@@ -327,6 +338,103 @@ async fn helm_lifecycle(client: &Client, ns: &str) -> Result<()> {
     ensure!(Api::<ClusterRole>::all(client.clone()).get_opt(&cluster_name).await?.is_none());
     ensure!(Api::<ClusterRoleBinding>::all(client.clone()).get_opt(&cluster_name).await?.is_none());
     println!("helm uninstall → DaemonSet and holder pods gone: {} ms", t.elapsed().as_millis());
+    Ok(())
+}
+
+/// A value the manager would refuse at start makes `helm install` fail at once, naming the value,
+/// and leaves nothing in the namespace (not even the release's record).
+#[tokio::test]
+async fn helm_install_refuses_invalid_values_and_creates_nothing() -> Result<()> {
+    let client = client().await?;
+    let ns = create_namespace(&client, "kwarm-e2e-helm-schema-").await?;
+    let result = refused_installs(&client, &ns).await;
+    delete_namespace(&client, &ns, Duration::from_secs(120)).await?;
+    result
+}
+
+async fn refused_installs(client: &Client, ns: &str) -> Result<()> {
+    for (set, named) in [
+        ("configMap.cachingCpuRequest=abc", "configMap/cachingCpuRequest"),
+        ("configMap.maxConcurrentNodes=101%", "configMap/maxConcurrentNodes"),
+    ] {
+        let t = Instant::now();
+        let args = [
+            "install",
+            RELEASE,
+            "deploy/helm",
+            "-n",
+            ns,
+            "-f",
+            LOCAL_VALUES,
+            "--set",
+            set,
+            "--wait",
+            "--timeout",
+            "60s",
+        ];
+        let err = match helm(&args).await {
+            Ok(out) => anyhow::bail!("helm install --set {set} succeeded:\n{out}"),
+            Err(e) => format!("{e:#}"),
+        };
+        ensure!(
+            err.contains(named) && err.contains("values don't meet the specifications of the schema"),
+            "helm install --set {set} failed without naming {named}:\n{err}"
+        );
+        ensure!(
+            t.elapsed() < Duration::from_secs(30),
+            "helm install --set {set} took {:?} to fail: not at install time",
+            t.elapsed()
+        );
+        println!(
+            "helm install --set {set} refused in {} ms: {}",
+            t.elapsed().as_millis(),
+            err.lines().filter(|l| l.contains(named)).collect::<Vec<_>>().join(" ")
+        );
+    }
+    // What the namespace holds: only what Kubernetes puts in every namespace.
+    let list = ListParams::default();
+    let secrets: Vec<String> = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), ns)
+        .list(&list)
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|o| o.metadata.name)
+        .collect();
+    ensure!(secrets.is_empty(), "secrets (a helm release record?) left in {ns}: {secrets:?}");
+    let config_maps: Vec<String> =
+        Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), ns)
+            .list(&list)
+            .await?
+            .items
+            .into_iter()
+            .filter_map(|o| o.metadata.name)
+            .filter(|n| n != "kube-root-ca.crt")
+            .collect();
+    ensure!(config_maps.is_empty(), "ConfigMaps left in {ns}: {config_maps:?}");
+    let accounts: Vec<String> =
+        Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client.clone(), ns)
+            .list(&list)
+            .await?
+            .items
+            .into_iter()
+            .filter_map(|o| o.metadata.name)
+            .filter(|n| n != "default")
+            .collect();
+    ensure!(accounts.is_empty(), "ServiceAccounts left in {ns}: {accounts:?}");
+    ensure!(
+        Api::<Deployment>::namespaced(client.clone(), ns).list(&list).await?.items.is_empty(),
+        "a Deployment in {ns}"
+    );
+    ensure!(
+        Api::<DaemonSet>::namespaced(client.clone(), ns).list(&list).await?.items.is_empty(),
+        "a DaemonSet in {ns}"
+    );
+    ensure!(Api::<Pod>::namespaced(client.clone(), ns).list(&list).await?.items.is_empty(), "pods in {ns}");
+    let cluster_name = format!("kwarm-{ns}-{RELEASE}");
+    ensure!(
+        Api::<ClusterRole>::all(client.clone()).get_opt(&cluster_name).await?.is_none(),
+        "ClusterRole {cluster_name}"
+    );
     Ok(())
 }
 

@@ -63,7 +63,7 @@ KUBECTL_BIN="$(bin_path kubectl "$KUBE_VERSION")"
 use_cached_tools() {
   local dir="$CACHE_DIR/path" name target
   mkdir -p "$dir"
-  for pair in "kubectl:$KUBECTL_BIN" "kwok:$KWOK_BIN" "etcd:$ETCD_BIN" "helm:$(bin_path helm "$HELM_VERSION")"; do
+  for pair in "kubectl:$KUBECTL_BIN" "kwok:$KWOK_BIN" "etcd:$ETCD_BIN" "helm:$(helm_bin)"; do
     name="${pair%%:*}" target="${pair#*:}"
     [ -x "$target" ] || continue
     [ "$(readlink "$dir/$name" 2>/dev/null)" = "$target" ] || ln -sfn "$target" "$dir/$name"
@@ -88,12 +88,20 @@ pid_of() { # NAME -> pid if the recorded process is alive, else nothing (exit 1)
 is_running() { pid_of "$1" >/dev/null; }
 
 # start_bg NAME CMD... : detached from our session (setsid), immune to hangups (nohup), stdin closed,
-# output to LOG_DIR/NAME.log, pid to PID_DIR/NAME.pid.
+# output to LOG_DIR/NAME.log, pid to PID_DIR/NAME.pid. Every other inherited descriptor is closed:
+# a daemon must not keep what its starter held open, such as the lock of
+# `flock LOCKFILE make cluster-up`, which it would otherwise hold until the cluster stops.
 start_bg() {
   local name="$1"; shift
   mkdir -p "$PID_DIR" "$LOG_DIR"
   printf '\n===== %s starting: %s\n' "$(date -Is)" "$*" >>"$LOG_DIR/$name.log"
-  setsid nohup "$@" >>"$LOG_DIR/$name.log" 2>&1 </dev/null &
+  (
+    for fd in /proc/self/fd/*; do
+      fd="${fd##*/}"
+      [ "$fd" -le 2 ] || eval "exec $fd>&-" 2>/dev/null || true
+    done
+    exec setsid nohup "$@" >>"$LOG_DIR/$name.log" 2>&1 </dev/null
+  ) &
   echo $! >"$PID_DIR/$name.pid"
 }
 

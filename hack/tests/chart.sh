@@ -4,7 +4,7 @@
 # shellcheck shell=bash
 
 CHART_DIR="$HACK_DIR/../deploy/helm"
-HELM="${HELM:-$(. "$HACK_DIR/versions.sh"; echo "${KWARM_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kwarm}/bin/helm-$HELM_VERSION")}"
+HELM="${HELM:-$(. "$HACK_DIR/versions.sh"; echo "${KWARM_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kwarm}/bin/helm-$HELM_VERSION-b$HELM_BUILD")}"
 
 # helm_template ARGS... : renders the chart; sets OUT and STATUS. Without helm (built by
 # `make tools`) the test is skipped, except in CI.
@@ -28,48 +28,8 @@ refused() {
   [ "$STATUS" -ne 0 ] || fail "accepted: $*" && expect_output "at '$where'"
 }
 
-# A values file as kubernetes-image-puller users write theirs: its value names, numbers and JSON
-# as strings, IMAGES as a folded list, priorityClassName {} for unset.
-puller_values() {
-  cat >"$WORK/puller-values.yaml" <<'EOF'
-deploymentName: kubernetes-image-puller
-deploymentAnnotations: {}
-image:
-  repository: quay.io/eclipse/kubernetes-image-puller
-  tag: next
-serviceAccount:
-  name: k8s-image-puller
-updateStrategy:
-  type: Recreate
-priorityClassName: {}
-configMap:
-  name: k8s-image-puller
-  images: >
-    che-code=quay.io/che-incubator/che-code:next;
-    base-developer-image=quay.io/devfile/base-developer-image:ubi9-latest;
-  cachingIntervalHours: 1
-  cachingMemoryRequest: "10Mi"
-  cachingMemoryLimit: "20Mi"
-  cachingCpuRequest: ".05"
-  cachingCpuLimit: ".2"
-  daemonsetAnnotations: "{}"
-  nodeSelector: '{"kubernetes.io/hostname": "127.0.0.1"}'
-  imagePullSecrets: ""
-  affinity: "{}"
-  tolerations: '[{"key":"foo","operator":"Equal","value":"bar"}]'
-resources:
-  requests:
-    cpu: "50m"
-    memory: "64Mi"
-  limits:
-    cpu: "200m"
-    memory: "256Mi"
-tolerations: []
-nodeSelector: {}
-containerSecurityContext: {}
-EOF
-  echo "$WORK/puller-values.yaml"
-}
+# A values file as kubernetes-image-puller users write theirs: deploy/helm/ci/puller-values.yaml.
+puller_values() { echo "$CHART_DIR/ci/puller-values.yaml"; }
 
 test_chart_schema_accepts_shipped_values() {
   accepted || return
@@ -114,7 +74,9 @@ EOF
     accepted --set-string configMap.nodeGateTaint=kwarm.io/warming=true:NoSchedule &&
     accepted --set rolloutGate.enabled=True,rolloutGate.mode=opt-in,rolloutGate.url=https://127.0.0.1:9443/mutate &&
     accepted --set rolloutGate.enabled=true,rolloutGate.certManager.enabled=true &&
-    accepted --set metrics.serviceMonitor.enabled=true,metrics.serviceMonitor.scrapeTimeout=10s
+    accepted --set metrics.serviceMonitor.enabled=true,metrics.serviceMonitor.scrapeTimeout=10s &&
+    accepted --set metrics.prometheusRule.enabled=true,metrics.prometheusRule.notWarmFor=1h,metrics.prometheusRule.syncStaleSeconds=600 &&
+    accepted --set metrics.dashboard.enabled=true,metrics.dashboard.namespace=monitoring,metrics.dashboard.labels.grafana_dashboard=kwarm
 }
 
 test_chart_schema_refuses_what_the_manager_refuses() {
@@ -149,7 +111,27 @@ test_chart_schema_refuses_chart_values_it_would_misread() {
     refused /rolloutGate/url --set rolloutGate.url=http://127.0.0.1:9443/mutate &&
     refused /image/pullPolicy --set image.pullPolicy=always &&
     refused /metrics/serviceMonitor/interval --set metrics.serviceMonitor.interval=30 &&
-    refused /rolloutGate/certManager/duration --set rolloutGate.certManager.duration=1y
+    refused /rolloutGate/certManager/duration --set rolloutGate.certManager.duration=1y &&
+    refused /metrics/prometheusRule/notWarmFor --set metrics.prometheusRule.notWarmFor=30 &&
+    refused /metrics/prometheusRule/syncStaleSeconds --set metrics.prometheusRule.syncStaleSeconds=10 &&
+    refused /metrics/prometheusRule/selector --set-string 'metrics.prometheusRule.selector=job="x"}' &&
+    refused /metrics/dashboard/namespace --set metrics.dashboard.namespace=Monitoring
+}
+
+# The rule and the dashboard only when asked for (the rule also needs the Prometheus Operator's
+# API); the rule selects the release's series, or those of metrics.prometheusRule.selector.
+test_chart_renders_rule_and_dashboard_when_asked() {
+  helm_template || return
+  OUT="$("$HELM" template kwarm "$CHART_DIR" -n mon --set metrics.prometheusRule.enabled=true)" || fail "render failed" || return
+  ! grep -qx "kind: PrometheusRule" <<<"$OUT" || fail "a PrometheusRule without its API" || return
+  OUT="$("$HELM" template kwarm "$CHART_DIR" -n mon --api-versions monitoring.coreos.com/v1/PrometheusRule \
+    --set metrics.prometheusRule.enabled=true,metrics.dashboard.enabled=true)" || fail "render failed" || return
+  expect_output "kind: PrometheusRule" && expect_output 'kwarm_images{state="quarantined", namespace="mon", job="kwarm-metrics"}' &&
+    expect_output "alert: KwarmManagerAbsent" && expect_output 'grafana_dashboard: "1"' &&
+    expect_output '"uid": "kwarm"' || return
+  OUT="$("$HELM" template kwarm "$CHART_DIR" -n mon --api-versions monitoring.coreos.com/v1/PrometheusRule \
+    --set metrics.prometheusRule.enabled=true --set-string 'metrics.prometheusRule.selector=cluster="eu"')" || fail "render failed" || return
+  expect_output 'absent(kwarm_build_info{cluster="eu"})'
 }
 
 # `helm test`'s objects are hooks; the pod asks /readyz through the test's Service (the node's
@@ -167,4 +149,57 @@ test_chart_test_hook_checks_readyz_and_the_daemonset() {
     -f "$CHART_DIR/ci/local-cluster-values.yaml")" || fail "render failed" || return
   expect_output 'value: "http://127.0.0.1:18091/readyz"' &&
     { ! grep -qx "kind: Service" <<<"$OUT" || fail "a Service with hostNetwork"; }
+}
+
+# validate ARGS... : hack/validate-manifests.py in the linters' venv; sets OUT and STATUS. Without
+# the venv (hack/install-deps.sh makes it) the test is skipped, except in CI.
+validate() {
+  local venv
+  venv="$(. "$HACK_DIR/lib.sh" && echo "$LINT_VENV")"
+  if [ ! -x "$venv/bin/python" ]; then
+    [ "${CI:-}" != true ] || { fail "no linters' venv at $venv: run hack/install-deps.sh"; exit 1; }
+    echo "    skipped: no linters' venv at $venv (hack/install-deps.sh makes it)" >&2
+    exit 0
+  fi
+  STATUS=0
+  OUT="$("$venv/bin/python" "$HACK_DIR/validate-manifests.py" --kubernetes-version 1.34 "$@" 2>&1)" || STATUS=$?
+}
+
+test_manifest_validator_refuses_what_the_api_server_would() {
+  cat >"$WORK/bad.yaml" <<'YAML'
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: typo}
+spec:
+  selector: {matchLabels: {app: a}}
+  template:
+    metadata: {labels: {app: a}}
+    spec:
+      containers: [{name: a, image: a, imagePullPolicy: IfNotPresent, resources: {limit: {cpu: 1}}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: port-as-text}
+spec:
+  ports: [{port: "eighty"}]
+YAML
+  validate "$WORK/bad.yaml"
+  [ "$STATUS" -ne 0 ] || fail "accepted invalid objects" "output: $OUT"
+  expect_output "Deployment/typo" && expect_output "'limit' was unexpected" &&
+    expect_output "Service/port-as-text" && expect_output "manifests: 2 objects checked"
+}
+
+test_manifest_validator_skips_named_custom_resources_only() {
+  cat >"$WORK/crs.yaml" <<'YAML'
+apiVersion: v1
+kind: List
+items:
+  - {apiVersion: monitoring.coreos.com/v1, kind: PrometheusRule, metadata: {name: r}, spec: {}}
+  - {apiVersion: v1, kind: ConfigMap, metadata: {name: ok}, data: {a: b}}
+YAML
+  validate --skip-kind PrometheusRule "$WORK/crs.yaml" && expect_status 0 &&
+    expect_output "skipped 1 PrometheusRule" && expect_output "1 objects checked" || return
+  validate "$WORK/crs.yaml"
+  [ "$STATUS" -ne 0 ] || fail "an object without a schema passed unnamed" "output: $OUT"
+  expect_output "Couldn't find schema for kind PrometheusRule"
 }

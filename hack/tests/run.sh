@@ -17,6 +17,10 @@ trap 'rm -rf "$WORK"' EXIT
 # another exit status (a broken dpkg database).
 # apt-get: logs its arguments to $FAKE/apt.log; `install` removes the named packages from
 # $FAKE/missing, except those listed in $FAKE/broken (apt-get says yes, dpkg says no).
+# python3 (LINT_PYTHON): `-m venv DIR` makes DIR/bin/pip, which logs its arguments to $FAKE/pip.log
+# and "installs" kubernetes-validate and yamllint into DIR/bin, or fails when $FAKE/pip-fails
+# exists. The cache (KWARM_CACHE_DIR) is $FAKE/cache; its linters' venv (FAKE_VENV) is complete
+# unless make_fakes is given no-venv.
 make_fakes() {
   FAKE="$WORK/$1"
   mkdir -p "$FAKE/bin"
@@ -48,13 +52,34 @@ for a in "\$@"; do
 done
 EOF
   printf '#!/usr/bin/env bash\nexec "$@"\n' >"$FAKE/bin/sudo"
+  cat >"$FAKE/bin/pip" <<EOF
+#!/usr/bin/env bash
+echo "\$*" >>"$FAKE/pip.log"
+[ ! -e "$FAKE/pip-fails" ] || exit 1
+bin="\$(dirname "\$0")"
+for t in kubernetes-validate yamllint; do printf '#!/bin/sh\n' >"\$bin/\$t"; chmod +x "\$bin/\$t"; done
+EOF
+  cat >"$FAKE/bin/python3" <<EOF
+#!/usr/bin/env bash
+[ "\$1 \$2" = "-m venv" ] || exit 2
+mkdir -p "\$3/bin" && cp "$FAKE/bin/pip" "\$3/bin/pip"
+EOF
   chmod +x "$FAKE/bin/"*
+  FAKE_VENV="$(KWARM_CACHE_DIR="$FAKE/cache" bash -c '. "$1/lib.sh"; echo "$LINT_VENV"' _ "$HACK_DIR")"
+  if [ "${2:-}" != no-venv ]; then
+    mkdir -p "$FAKE_VENV/bin"
+    cp "$FAKE/bin/pip" "$FAKE_VENV/bin/pip"
+    for t in kubernetes-validate yamllint; do printf '#!/bin/sh\n' >"$FAKE_VENV/bin/$t"; done
+    chmod +x "$FAKE_VENV/bin/"*
+    touch "$FAKE_VENV/.complete"
+  fi
 }
 
 # install-deps ARGS... : runs hack/install-deps.sh with the fakes first on PATH; sets OUT and STATUS
 install_deps() {
   STATUS=0
-  OUT="$(PATH="$FAKE/bin:$PATH" "$HACK_DIR/install-deps.sh" "$@" 2>&1)" || STATUS=$?
+  OUT="$(PATH="$FAKE/bin:$PATH" KWARM_CACHE_DIR="$FAKE/cache" LINT_PYTHON="$FAKE/bin/python3" \
+    "$HACK_DIR/install-deps.sh" "$@" 2>&1)" || STATUS=$?
 }
 
 # --- assertions -----------------------------------------------------------------------------------
@@ -131,6 +156,47 @@ test_aarch64_toolchain_that_did_not_install_fails() {
   install_deps
   [ "$STATUS" -ne 0 ] || fail "exit status 0 although rust-web-src is still missing" "output: $OUT"
   expect_output "still not installed after apt-get install: rust-web-src"
+}
+
+test_missing_lint_tools_are_installed() {
+  make_fakes lint-missing no-venv
+  install_deps
+  local pins
+  pins="$(. "$HACK_DIR/versions.sh" && echo "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION yamllint==$YAMLLINT_VERSION")"
+  expect_status 0 && expect_output "lint tools: installing" && expect_no_apt &&
+    { grep -qF -- "$pins" "$FAKE/pip.log" || fail "pip was not asked for $pins: $(cat "$FAKE/pip.log" 2>&1)"; } &&
+    { [ -f "$FAKE_VENV/.complete" ] && [ -x "$FAKE_VENV/bin/kubernetes-validate" ] || fail "no complete venv at $FAKE_VENV"; }
+}
+
+test_present_lint_tools_are_kept() {
+  make_fakes lint-present
+  install_deps
+  expect_status 0 && expect_output "lint tools: present" &&
+    { [ ! -e "$FAKE/pip.log" ] || fail "pip ran: $(cat "$FAKE/pip.log")"; }
+}
+
+test_incomplete_lint_venv_is_made_again() {
+  make_fakes lint-incomplete
+  rm "$FAKE_VENV/.complete"
+  install_deps
+  expect_status 0 && expect_output "lint tools: installing" &&
+    { [ -f "$FAKE_VENV/.complete" ] || fail "the venv is still incomplete"; }
+}
+
+test_failed_lint_install_fails_and_leaves_no_venv() {
+  make_fakes lint-broken no-venv
+  touch "$FAKE/pip-fails"
+  install_deps
+  [ "$STATUS" -ne 0 ] || fail "exit status 0 although pip failed" "output: $OUT"
+  expect_output "pip could not install kubernetes-validate==" &&
+    { [ ! -e "$FAKE_VENV" ] || fail "a broken venv was left at $FAKE_VENV"; }
+}
+
+test_check_reports_missing_lint_tools() {
+  make_fakes lint-check no-venv
+  install_deps --check
+  expect_status 1 && expect_output "lint tools missing: kubernetes-validate==" &&
+    { [ ! -e "$FAKE/pip.log" ] || fail "--check ran pip"; }
 }
 
 # build-sleep ARGS... : runs hack/build-sleep.sh with the fake aarch64 rustc and cargo of

@@ -51,7 +51,12 @@ pub fn pinned_version(name: &str) -> Result<String> {
 
 /// The cached build of helm or kubectl (hack/build-bins.sh), else the one on PATH.
 pub fn tool(name: &str) -> Result<PathBuf> {
-    let version = pinned_version(if name == "helm" { "HELM_VERSION" } else { "KUBE_VERSION" })?;
+    let version = if name == "helm" {
+        // hack/lib.sh's helm_bin: the name carries how hack/build-bins.sh builds it
+        format!("{}-b{}", pinned_version("HELM_VERSION")?, pinned_version("HELM_BUILD")?)
+    } else {
+        pinned_version("KUBE_VERSION")?
+    };
     let cached = cache_dir().join("bin").join(format!("{name}-{version}"));
     Ok(if cached.exists() { cached } else { PathBuf::from(name) })
 }
