@@ -57,9 +57,13 @@ main() {
   step "Waiting until every node holds the images (DaemonSet $NS/$DS)"
   wait_daemonset
   kubectl -n "$NS" rollout status "daemonset/$DS" --timeout=180s
+  # kwarm's own condition: every image held on every node (a Ready DaemonSet is not enough: a
+  # quarantined image is left out of it)
+  kubectl -n "$NS" wait --for=condition=Warm "daemonset/$DS" --timeout=60s
 
   step "kwarm status: images x nodes"
-  NAMESPACE="$NS" DAEMONSET_NAME="$DS" KUBECONFIG="$KUBECONFIG_PATH" "$ROOT_DIR/_output/bin/kwarm" status
+  "$ROOT_DIR/_output/bin/kwarm" status --kubeconfig "$KUBECONFIG_PATH" -n "$NS" --daemonset "$DS" \
+    --wait --timeout 60s
 
   step "Proof from the node: containerd's images (ctr -n k8s.io images ls | grep test/)"
   ctr -a "$CLUSTER_DIR/containerd/containerd.sock" -n k8s.io images ls | awk 'NR == 1 || /test\//'
