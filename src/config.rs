@@ -216,6 +216,9 @@ pub struct Config {
     pub daemonset_annotations: BTreeMap<String, String>,
     pub namespace: String,
     pub deployment_name: Option<String>,
+    /// The ConfigMap (in `namespace`) the manager's environment comes from: watched, and a valid
+    /// edit applied without a restart.
+    pub config_map: Option<String>,
     pub caching_interval: Duration,
     pub resources: HolderResources,
     pub node_selector: BTreeMap<String, String>,
@@ -367,6 +370,8 @@ impl Config {
         let images = parse_images(&mut c);
         let (daemonset_name, daemonset_annotations, namespace, deployment_name) =
             parse_identity(&mut c, own_namespace.clone());
+        let config_map =
+            c.parse("CONFIG_MAP", None, |v| labels::check_dns1123_subdomain(v).map(|()| Some(v.to_string())));
         let caching_interval = parse_caching_interval(&mut c);
         let resources = parse_resources(&mut c);
         let placement = parse_placement(&mut c);
@@ -449,6 +454,7 @@ impl Config {
             daemonset_annotations,
             namespace,
             deployment_name,
+            config_map,
             caching_interval,
             resources,
             node_selector: placement.node_selector,
@@ -505,6 +511,7 @@ pub const VARIABLES: &[Variable] = &[
     var("DAEMONSET_ANNOTATIONS", "{}", "JSON object of annotations for the DaemonSet"),
     var("NAMESPACE", "", "where the DaemonSet lives (default: the pod's namespace, else k8s-image-puller)"),
     var("DEPLOYMENT_NAME", "", "the manager's own Deployment, owner of the DaemonSet"),
+    var("CONFIG_MAP", "", "the ConfigMap this environment comes from: edits apply without a restart"),
     var("CACHING_INTERVAL_HOURS", "1", "hours between refreshes (the default DIGEST_CHECK_INTERVAL)"),
     var("CACHING_INTERVAL", "", "the same as a duration (30m, 6h; at least 1m); wins over the hours form"),
     var("CACHING_MEMORY_REQUEST", "10Mi", "memory request of each holder container"),

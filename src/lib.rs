@@ -22,6 +22,7 @@ pub mod lean;
 pub mod metrics;
 pub mod quantity;
 pub mod registry;
+pub mod reload;
 pub mod rollout;
 pub mod status;
 pub mod webhook;

@@ -645,14 +645,65 @@ async fn run(config: Config) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let ctx = Context { client, config: config.clone(), shared, identity, warm_view };
-    let mut manager = tokio::spawn(controller::run(ctx, leader_rx, fence, shutdown_rx));
-    tokio::select! {
-        _ = shutdown_signal() => tracing::info!("Shutting down"),
-        result = &mut manager => {
-            // The controller only returns on its own when every watch stream ended.
-            result.context("manager task")??;
-            anyhow::bail!("the watch streams ended unexpectedly");
+    // A valid edit of the ConfigMap the environment came from restarts the controller in place
+    // with the new configuration (it re-lists and renders from the DaemonSet's state, as after
+    // a restart of the process); the servers, the lease and the webhook stay.
+    let (configs_tx, mut configs) = watch::channel(config.clone());
+    if let Some(name) = &config.config_map {
+        let namespace = own_namespace().unwrap_or_else(|| config.namespace.clone());
+        tokio::spawn(kwarm::reload::watch_config_map(
+            client.clone(),
+            namespace,
+            name.clone(),
+            own_namespace(),
+            configs_tx,
+            shared.clone(),
+            identity.clone(),
+        ));
+    }
+    let start = |config: Arc<Config>| {
+        // The controller stops when the process does, or when its configuration is replaced.
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let forward = stop_tx.clone();
+        let mut outer = shutdown_rx.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = outer.wait_for(|s| *s) => { forward.send_replace(true); }
+                _ = forward.closed() => {}
+            }
+        });
+        let ctx = Context {
+            client: client.clone(),
+            config,
+            shared: shared.clone(),
+            identity: identity.clone(),
+            warm_view: warm_view.clone(),
+        };
+        (tokio::spawn(controller::run(ctx, leader_rx.clone(), fence.clone(), stop_rx)), stop_tx)
+    };
+    let (mut manager, mut stop) = start(config.clone());
+    let mut configs_open = true;
+    loop {
+        tokio::select! {
+            _ = shutdown_signal() => {
+                tracing::info!("Shutting down");
+                break;
+            }
+            changed = configs.changed(), if configs_open => {
+                if changed.is_err() {
+                    configs_open = false;
+                    continue;
+                }
+                let new = configs.borrow_and_update().clone();
+                stop.send_replace(true);
+                let _ = (&mut manager).await;
+                (manager, stop) = start(new);
+            }
+            result = &mut manager => {
+                // The controller only returns on its own when every watch stream ended.
+                result.context("manager task")??;
+                anyhow::bail!("the watch streams ended unexpectedly");
+            }
         }
     }
     shutdown_tx.send_replace(true);

@@ -71,6 +71,10 @@ pub struct Metrics {
     pub rollout_gate_releases: Family<ReasonLabel, Counter>,
     pub webhook_admissions: Family<ResultLabel, Counter>,
     pub resident_memory: Gauge,
+    /// Edits of CONFIG_MAP seen, by result (applied, invalid, unchanged).
+    pub config_reloads: Family<ResultLabel, Counter>,
+    /// 1 while the watched ConfigMap holds a valid configuration, 0 while an invalid edit waits.
+    pub config_valid: Gauge,
 }
 
 impl Default for Metrics {
@@ -110,6 +114,8 @@ impl Metrics {
             rollout_gate_releases: Family::default(),
             webhook_admissions: Family::default(),
             resident_memory: Gauge::default(),
+            config_reloads: Family::default(),
+            config_valid: Gauge::default(),
         };
         registry.register_with_unit(
             "pull_duration",
@@ -122,6 +128,16 @@ impl Metrics {
             "Image size reported by the kubelet after a pull",
             Unit::Bytes,
             m.image_size.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Edits of the manager's ConfigMap (CONFIG_MAP) by result (applied, invalid, unchanged)",
+            m.config_reloads.clone(),
+        );
+        registry.register(
+            "config_valid",
+            "1 while the manager's ConfigMap holds a valid configuration, 0 while an invalid edit is refused",
+            m.config_valid.clone(),
         );
         registry.register(
             "active_pulls",

@@ -409,3 +409,72 @@ async fn a_pull_secret_that_cannot_be_mirrored_never_blocks_the_daemonset() -> R
     }
     result
 }
+
+#[tokio::test]
+async fn a_config_map_edit_applies_without_a_restart_and_a_bad_one_changes_nothing() -> Result<()> {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let client = client().await?;
+    let ns = create_namespace(&client, "kwarm-e2e-reload-").await?;
+    let (small, medium) = ("127.0.0.1:5000/test/small:v1", "127.0.0.1:5000/test/medium:v1");
+    // The ConfigMap as the chart makes it, and the process environment envFrom gives from it.
+    let data = |pairs: &[(&str, &str)]| -> Result<ConfigMap> {
+        let data: std::collections::BTreeMap<&str, &str> = pairs.iter().copied().collect();
+        Ok(serde_json::from_value(serde_json::json!({"metadata": {"name": "kwarm"}, "data": data}))?)
+    };
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    configmaps.create(&PostParams::default(), &data(&[("IMAGES", small)])?).await?;
+    let mut env = base_env(&ns);
+    env.insert("IMAGES".into(), small.into());
+    env.insert("CONFIG_MAP".into(), "kwarm".into());
+    env.insert("IMAGE_RETENTION".into(), "0s".into());
+    let mut manager = Manager::start("manager-reload", &env).await?;
+    manager.wait_ready(Duration::from_secs(60)).await?;
+    wait_daemonset_images(&client, &ns, &[small], Duration::from_secs(60)).await?;
+    let pid = manager.pid();
+
+    // kubectl edit: the new image is in the DaemonSet within seconds, by the same process
+    let edited = Instant::now();
+    configmaps
+        .replace("kwarm", &PostParams::default(), &data(&[("IMAGES", &format!("{small};{medium}"))])?)
+        .await?;
+    wait_daemonset_images(&client, &ns, &[small, medium], Duration::from_secs(30)).await?;
+    println!("ConfigMap edit -> DaemonSet updated: {} ms", edited.elapsed().as_millis());
+    assert_eq!(manager.pid(), pid, "the manager restarted");
+
+    // A bad edit: refused, said (log, Event, metric), nothing in the cluster written
+    let daemonsets: Api<DaemonSet> = Api::namespaced(client.clone(), &ns);
+    // (its status moves on with the rollout of the edit before: the spec is what kwarm would write)
+    let before = daemonsets.get(DS).await?;
+    let bad = data(&[("IMAGES", small), ("MAX_IMAGES", "lots"), ("PULL_TIMEOUT", "soon")])?;
+    configmaps.replace("kwarm", &PostParams::default(), &bad).await?;
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+    let refused =
+        wait_until("an InvalidConfiguration Event on the ConfigMap", Duration::from_secs(30), || async {
+            let list = events.list(&ListParams::default().fields("involvedObject.name=kwarm")).await?;
+            Ok(match list.items.into_iter().find(|e| e.reason.as_deref() == Some("InvalidConfiguration")) {
+                Some(e) => Check::Done(e.message.unwrap_or_default()),
+                None => Check::Pending("no Event yet".into()),
+            })
+        })
+        .await?;
+    assert!(
+        refused.contains("MAX_IMAGES") && refused.contains("PULL_TIMEOUT"),
+        "not every problem: {refused}"
+    );
+    let metrics = manager.metrics_text().await?;
+    assert!(metrics.lines().any(|l| l == "kwarm_config_valid 0"), "kwarm_config_valid is not 0");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = daemonsets.get(DS).await?;
+    assert_eq!(after.metadata.generation, before.metadata.generation, "a refused edit wrote the DaemonSet");
+    assert_eq!(holder_images(&after), holder_images(&before));
+    assert!(manager.log_text().contains("Refused the edit"), "no log line for the refused edit");
+
+    // Fixed: applied at once (the medium image goes, IMAGE_RETENTION 0s)
+    configmaps.replace("kwarm", &PostParams::default(), &data(&[("IMAGES", small)])?).await?;
+    wait_daemonset_images(&client, &ns, &[small], Duration::from_secs(30)).await?;
+    let metrics = manager.metrics_text().await?;
+    assert!(metrics.lines().any(|l| l == "kwarm_config_valid 1"), "kwarm_config_valid is not 1 again");
+    manager.stop().await?;
+    delete_namespace(&client, &ns, Duration::from_secs(120)).await?;
+    Ok(())
+}

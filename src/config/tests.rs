@@ -193,6 +193,7 @@ fn known_variables_cover_every_documented_variable() {
         "LEADER_ELECT",
         "LOG_FORMAT",
         "KIP_IMAGE_PLATFORMS",
+        "CONFIG_MAP",
     ];
     let known: BTreeSet<&str> = VARIABLES.iter().map(|v| v.name).collect();
     assert_eq!(known, documented.into_iter().collect::<BTreeSet<_>>());
