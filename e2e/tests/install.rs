@@ -474,6 +474,9 @@ async fn openshift_templates_process_and_apply() -> Result<()> {
     assert_eq!(spec["containers"][0]["image"], "ghcr.io/kwarm/kwarm:v0.1.0");
     assert_eq!(spec["containers"][0]["ports"][0]["containerPort"], json!(8080));
     assert_eq!(spec["containers"][0]["env"][4]["value"], ":8080");
+    let env = spec["containers"][0]["env"].as_array().cloned().unwrap_or_default();
+    let config_map = env.iter().find(|e| e["name"] == "CONFIG_MAP").map(|e| e["value"].clone());
+    assert_eq!(config_map, Some(json!("k8s-image-puller")), "CONFIG_MAP names the template's ConfigMap");
     assert_eq!(deployment["metadata"]["labels"]["app.kubernetes.io/part-of"], "kwarm", "template labels");
     let cm = find(&defaults, "ConfigMap")?;
     assert_eq!(cm["metadata"]["name"], "k8s-image-puller");
