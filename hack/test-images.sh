@@ -80,12 +80,17 @@ main() {
     build_one $spec
   done
   build_helm_test_image
-  if private_has "private/secret:v1"; then
-    log "test image $PRIVATE_REGISTRY/private/secret:v1: present"
-  else
-    REGISTRY_HOST="$PRIVATE_REGISTRY" IMAGE_PUSH_CREDS="$PRIVATE_REGISTRY_USER:$PRIVATE_REGISTRY_PASSWORD" \
-      build_one "private/secret:v1" 4096
-  fi
+  # v1: a tenant's private image; v2: another one of that registry, which a second tenant without
+  # the login names (it must never be warmed with the first tenant's credentials)
+  local private
+  for private in private/secret:v1 private/secret:v2; do
+    if private_has "$private"; then
+      log "test image $PRIVATE_REGISTRY/$private: present"
+    else
+      REGISTRY_HOST="$PRIVATE_REGISTRY" IMAGE_PUSH_CREDS="$PRIVATE_REGISTRY_USER:$PRIVATE_REGISTRY_PASSWORD" \
+        build_one "$private" 4096
+    fi
+  done
 }
 
 # The `helm test` image: /bin/sh (busybox, with the applets the test script uses) and curl.

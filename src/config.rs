@@ -240,6 +240,8 @@ pub struct Config {
     pub max_images: usize,
     /// Digest-aware refresh; `None` when `DIGEST_CHECK_INTERVAL=0`.
     pub digest_check: Option<DigestCheck>,
+    /// `INSECURE_REGISTRIES`: registries the digest and access checks reach over plain HTTP.
+    pub insecure_registries: BTreeSet<String>,
     /// The node warm-up gate; `None` when `NODE_GATE_TAINT` is not set.
     pub node_gate: Option<NodeGate>,
     /// The rollout gate; `None` unless `ROLLOUT_GATE` turns it on.
@@ -385,7 +387,7 @@ impl Config {
                 .ok_or_else(|| "a whole number from 1 to 1000".to_string())
         });
         let node_gate = parse_node_gate(&mut c);
-        let digest_check = parse_digest_check(&mut c, caching_interval);
+        let (digest_check, insecure_registries) = parse_digest_check(&mut c, caching_interval);
         let (metrics_bind_address, health_probe_bind_address, leader_elect, log_format) =
             parse_server(&mut c);
         // The webhook's Service and Secret live with the manager's pods, which may run in another
@@ -473,6 +475,7 @@ impl Config {
             max_retries,
             max_images,
             digest_check,
+            insecure_registries,
             node_gate,
             rollout_gate,
             metrics_bind_address,
@@ -889,7 +892,10 @@ pub struct DigestCheck {
 const MIN_DIGEST_CHECK_INTERVAL: Duration = Duration::from_secs(10);
 
 /// DIGEST_CHECK_INTERVAL (default: the caching interval; `0`: off), INSECURE_REGISTRIES.
-fn parse_digest_check(c: &mut Checker, caching_interval: Duration) -> Option<DigestCheck> {
+fn parse_digest_check(
+    c: &mut Checker,
+    caching_interval: Duration,
+) -> (Option<DigestCheck>, BTreeSet<String>) {
     let interval = c.parse("DIGEST_CHECK_INTERVAL", Some(caching_interval), |v| {
         if v == "0" {
             return Ok(None);
@@ -916,7 +922,9 @@ fn parse_digest_check(c: &mut Checker, caching_interval: Duration) -> Option<Dig
         }
         Ok(hosts)
     });
-    interval.map(|interval| DigestCheck { interval, insecure_registries })
+    let check =
+        interval.map(|interval| DigestCheck { interval, insecure_registries: insecure_registries.clone() });
+    (check, insecure_registries)
 }
 
 /// NODE_GATE_TAINT, NODE_GATE_TIMEOUT.

@@ -6,6 +6,7 @@
 //! [`controller`], [`leader`], [`http`], [`metrics`].
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod cli;
 pub mod commands;
 pub mod config;

@@ -65,6 +65,8 @@ pub struct Metrics {
     pub node_gate_duration: Histogram,
     pub node_gate_releases: Family<ReasonLabel, Counter>,
     pub digest_checks: Family<ResultLabel, Counter>,
+    /// Checks that an image's own namespaces' credentials can read it, by result.
+    pub access_checks: Family<ResultLabel, Counter>,
     pub stale_images: Gauge,
     pub gated_pods: Gauge,
     pub rollout_gate_duration: Histogram,
@@ -108,6 +110,7 @@ impl Metrics {
             node_gate_duration: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
             node_gate_releases: Family::default(),
             digest_checks: Family::default(),
+            access_checks: Family::default(),
             stale_images: Gauge::default(),
             gated_pods: Gauge::default(),
             rollout_gate_duration: Histogram::new(exponential_buckets(0.5, 2.0, 12)),
@@ -151,7 +154,7 @@ impl Metrics {
         );
         registry.register(
             "images",
-            "Images by state (warm, pulling, failed, quarantined, overflow)",
+            "Images by state (warm, pulling, failed, quarantined, overflow, denied: not warmed without pull credentials of their own namespaces)",
             m.images.clone(),
         );
         registry.register(
@@ -201,6 +204,11 @@ impl Metrics {
             m.digest_checks.clone(),
         );
         registry.register(
+            "access_checks",
+            "Checks that the pull secrets of the namespaces that want an image can read it (INHERIT_PULL_SECRETS), by result (ok, auth, not_found, unreachable, ...)",
+            m.access_checks.clone(),
+        );
+        registry.register(
             "stale_images",
             "Tags whose registry digest some node's holder does not hold",
             m.stale_images.clone(),
@@ -221,7 +229,7 @@ impl Metrics {
         );
         registry.register(
             "rollout_gate_releases",
-            "Scheduling gates removed by reason (warm, timeout, quarantined, overflow, not_gated)",
+            "Scheduling gates removed by reason (warm, timeout, quarantined, overflow, denied, not_gated)",
             m.rollout_gate_releases.clone(),
         );
         registry.register(

@@ -164,12 +164,16 @@ pub fn registry_host(key: &str) -> String {
     }
 }
 
-/// The images worth resolving: tags (a digest-pinned image cannot change), by registry.
-pub fn by_registry<'a>(images: impl IntoIterator<Item = &'a String>) -> BTreeMap<String, Vec<String>> {
+/// The images worth resolving, by registry: tags only (a digest-pinned image cannot change), or
+/// with `pinned` every reference (an access check asks for pinned ones too).
+pub fn by_registry<'a>(
+    images: impl IntoIterator<Item = &'a String>,
+    pinned: bool,
+) -> BTreeMap<String, Vec<String>> {
     let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for image in images {
         let Ok(parts) = crate::holder::reference::parse(image) else { continue };
-        if parts.digest.is_some() {
+        if parts.digest.is_some() && !pinned {
             continue;
         }
         out.entry(registry_host(&parts.registry)).or_default().push(image.clone());
@@ -183,10 +187,23 @@ pub struct Resolver {
     /// `None` when no HTTP client could be built: every check then fails (and is reported).
     client: Option<Client>,
     backoff: BTreeMap<String, Backoff>,
+    /// Whether digest-pinned references are asked for too (access checks), not only tags.
+    pinned: bool,
 }
 
 impl Resolver {
+    /// A resolver of tags, for digest checks.
     pub fn new(insecure_registries: &BTreeSet<String>) -> Resolver {
+        Resolver::build(insecure_registries, false)
+    }
+
+    /// A resolver of every reference, pinned ones included: whether given credentials can read
+    /// an image's manifest.
+    pub fn for_access(insecure_registries: &BTreeSet<String>) -> Resolver {
+        Resolver::build(insecure_registries, true)
+    }
+
+    fn build(insecure_registries: &BTreeSet<String>, pinned: bool) -> Resolver {
         // reqwest (under oci-client) takes the process-wide provider; kube brings its own. An
         // error means one is installed already, which is what is needed.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -208,7 +225,7 @@ impl Resolver {
                 "Digest checks are off: no HTTPS client without a system CA store (set SSL_CERT_FILE)"
             );
         }
-        Resolver { client, backoff: BTreeMap::new() }
+        Resolver { client, backoff: BTreeMap::new(), pinned }
     }
 
     /// Resolves every tag among `images` (digest-pinned ones are skipped): registries in
@@ -219,7 +236,7 @@ impl Resolver {
         credentials: &Credentials,
         now: SystemTime,
     ) -> BTreeMap<String, Resolution> {
-        let groups = by_registry(images);
+        let groups = by_registry(images, self.pinned);
         let Some(client) = &self.client else {
             let failed = Resolution::Failed {
                 reason: FailureReason::Unreachable,

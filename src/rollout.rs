@@ -1,7 +1,7 @@
 //! The rollout gate. kwarm's admission webhook gives a new pod of a watched Deployment the
 //! scheduling gate [`SCHEDULING_GATE`] when one of its images is not yet warm where the pod may
 //! run; the controller removes the gate once it is, when an image can never be warmed
-//! (quarantined, over MAX_IMAGES), or at `ROLLOUT_GATE_TIMEOUT`.
+//! (quarantined, over MAX_IMAGES, without its own credentials), or at `ROLLOUT_GATE_TIMEOUT`.
 //!
 //! "Where the pod may run": every node that runs one of kwarm's holder pods and that the pod's
 //! node selector and required node affinity admit (taints aside: waiting for a node the pod does
@@ -158,6 +158,9 @@ pub struct WarmView {
     /// for them.
     pub quarantined: BTreeSet<String>,
     pub overflow: BTreeSet<String>,
+    /// Images kwarm does not warm because the credentials of the namespaces that want them cannot
+    /// read them.
+    pub denied: BTreeSet<String>,
 }
 
 /// A pod's node selector and node affinity.
@@ -244,6 +247,9 @@ pub fn admit_gated(
     if images.iter().any(|i| view.overflow.contains(i)) {
         return Admission::Pass("overflow");
     }
+    if images.iter().any(|i| view.denied.contains(i)) {
+        return Admission::Pass("denied");
+    }
     let (missing, nodes) = not_warm(&images, &Placement::of(spec), view);
     if nodes == 0 {
         return Admission::Pass("no_holder_node");
@@ -314,6 +320,8 @@ pub enum Why {
     Quarantined { image: String },
     /// kwarm does not warm this image: MAX_IMAGES is reached.
     Overflow { image: String },
+    /// kwarm does not warm this image: its own namespaces' credentials cannot read it.
+    Denied { image: String },
     /// The pod's Deployment opted out of the gate since (`kwarm.io/rollout-gate: "false"`).
     NotGated,
 }
@@ -326,6 +334,7 @@ impl Why {
             Why::Timeout { .. } => "timeout",
             Why::Quarantined { .. } => "quarantined",
             Why::Overflow { .. } => "overflow",
+            Why::Denied { .. } => "denied",
             Why::NotGated => "not_gated",
         }
     }
@@ -366,6 +375,8 @@ pub fn releases<'a>(
             Why::Quarantined { image: image.clone() }
         } else if let Some(image) = images.iter().find(|i| view.overflow.contains(*i)) {
             Why::Overflow { image: image.clone() }
+        } else if let Some(image) = images.iter().find(|i| view.denied.contains(*i)) {
+            Why::Denied { image: image.clone() }
         } else {
             let (missing, _) = not_warm(&images, &pod.placement, view);
             if missing.is_empty() {

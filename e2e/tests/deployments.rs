@@ -339,6 +339,125 @@ async fn inherited_pull_secret_warms_a_private_image() -> Result<()> {
     Ok(())
 }
 
+/// A pull secret of the private registry's login, `name` in `namespace`.
+async fn create_registry_secret(client: &Client, namespace: &str, name: &str) -> Result<()> {
+    use k8s_openapi::api::core::v1::Secret;
+    // The registry at 127.0.0.1:5001 requires this login (hack/cluster-up.sh).
+    let auth = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, b"kwarm:warm-secret");
+    let config = serde_json::json!({"auths": {"127.0.0.1:5001": {"auth": auth}}}).to_string();
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "type": "kubernetes.io/dockerconfigjson",
+        "stringData": {".dockerconfigjson": config}
+    }))?;
+    Api::<Secret>::namespaced(client.clone(), namespace).create(&PostParams::default(), &secret).await?;
+    Ok(())
+}
+
+fn with_pull_secret(mut d: Deployment, secret: &str) -> Deployment {
+    if let Some(pod) = d.spec.as_mut().and_then(|s| s.template.spec.as_mut()) {
+        pod.image_pull_secrets =
+            Some(vec![k8s_openapi::api::core::v1::LocalObjectReference { name: secret.into() }]);
+    }
+    d
+}
+
+/// Tenants stay apart: with INHERIT_PULL_SECRETS, tenant A's mirrored secret is on the holder pod
+/// template, yet tenant B's Deployment naming another image of A's private registry (without a
+/// secret of its own) does not get it pulled with A's login: kwarm checks it with B's own
+/// credentials first, refuses it and says so on B's Deployment; the image never reaches the node.
+/// Once B has its own secret it is warmed, and when B's secret is deleted its mirror goes and the
+/// image leaves the holders.
+#[tokio::test]
+async fn a_tenant_cannot_get_another_tenants_private_image_warmed() -> Result<()> {
+    use k8s_openapi::api::core::v1::Secret;
+    let client = client().await?;
+    let ns = create_namespace(&client, "kwarm-e2e-tenants-").await?;
+    let tenant_a = create_namespace(&client, "kwarm-e2e-tenant-a-").await?;
+    let tenant_b = create_namespace(&client, "kwarm-e2e-tenant-b-").await?;
+    let (a_image, b_image) = ("127.0.0.1:5001/private/secret:v1", "127.0.0.1:5001/private/secret:v2");
+    containerd_remove_image(a_image).await?;
+    containerd_remove_image(b_image).await?;
+
+    create_registry_secret(&client, &tenant_a, "regcred").await?;
+    let a_deployments: Api<Deployment> = Api::namespaced(client.clone(), &tenant_a);
+    a_deployments
+        .create(&PostParams::default(), &with_pull_secret(deployment("app", &[a_image], true)?, "regcred"))
+        .await?;
+    let b_deployments: Api<Deployment> = Api::namespaced(client.clone(), &tenant_b);
+    b_deployments.create(&PostParams::default(), &deployment("thief", &[b_image], true)?).await?;
+
+    let mut env = base_env(&ns);
+    env.insert("WATCH_DEPLOYMENTS".into(), "true".into());
+    env.insert("WATCH_NAMESPACES".into(), format!("{tenant_a},{tenant_b}"));
+    env.insert("INHERIT_PULL_SECRETS".into(), "true".into());
+    env.insert("INSECURE_REGISTRIES".into(), "127.0.0.1:5001".into());
+    env.insert("IMAGE_RETENTION".into(), "0s".into());
+    let mut manager = Manager::start("manager-tenants", &env).await?;
+    let result = async {
+        manager.wait_ready(Duration::from_secs(60)).await?;
+        // A's image is warmed with A's mirror; B's is refused with the registry's answer, on B's
+        // Deployment
+        wait_daemonset_images(&client, &ns, &[a_image], Duration::from_secs(60)).await?;
+        wait_in_containerd(a_image, Duration::from_secs(120)).await?;
+        let b_events: Api<Event> = Api::namespaced(client.clone(), &tenant_b);
+        let refusal = wait_until("the refusal Event on B's Deployment", Duration::from_secs(60), || async {
+            let events = b_events.list(&ListParams::default()).await?;
+            Ok(
+                match events
+                    .items
+                    .into_iter()
+                    .find(|e| e.reason.as_deref() == Some("ImageCredentialsMissing"))
+                {
+                    Some(e) => Check::Done(e),
+                    None => Check::Pending("no ImageCredentialsMissing Event yet".into()),
+                },
+            )
+        })
+        .await?;
+        let note = refusal.message.unwrap_or_default();
+        assert!(note.contains(b_image), "{note}");
+        assert_eq!(refusal.involved_object.name.as_deref(), Some("thief"));
+        let ds: Api<DaemonSet> = Api::namespaced(client.clone(), &ns);
+        assert_eq!(holder_images(&ds.get(DS).await?), [a_image], "B's image is not held");
+        assert!(!containerd_has_image(b_image).await?, "B's image was pulled with A's login");
+        let metrics = manager.metrics_text().await?;
+        assert!(metrics.contains(r#"kwarm_images{state="denied"} 1"#), "{metrics}");
+
+        // B brings its own login: now it is warmed (checked with B's mirror alone)
+        create_registry_secret(&client, &tenant_b, "b-cred").await?;
+        let patch =
+            serde_json::json!({"spec": {"template": {"spec": {"imagePullSecrets": [{"name": "b-cred"}]}}}});
+        b_deployments.patch("thief", &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        wait_daemonset_images(&client, &ns, &[a_image, b_image], Duration::from_secs(60)).await?;
+        wait_in_containerd(b_image, Duration::from_secs(120)).await?;
+
+        // B's secret deleted: its mirror goes (at the mirrors' next re-read, within a minute), and
+        // with it B's image, which no credential of B's can read any more
+        Api::<Secret>::namespaced(client.clone(), &tenant_b).delete("b-cred", &Default::default()).await?;
+        wait_daemonset_images(&client, &ns, &[a_image], Duration::from_secs(120)).await?;
+        let mirrors: Api<Secret> = Api::namespaced(client.clone(), &ns);
+        let left =
+            mirrors.list(&ListParams::default().labels("app.kubernetes.io/component=pull-secret")).await?;
+        let sources: Vec<String> = left
+            .items
+            .iter()
+            .filter_map(|s| s.metadata.annotations.as_ref()?.get("kwarm.io/source").cloned())
+            .collect();
+        assert_eq!(sources, [format!("{tenant_a}/regcred")], "only A's mirror is left");
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    if result.is_err() {
+        eprintln!("manager log:\n{}", manager.log_text());
+    }
+    manager.stop().await?;
+    for n in [&ns, &tenant_a, &tenant_b] {
+        delete_namespace(&client, n, Duration::from_secs(120)).await?;
+    }
+    result
+}
+
 /// Inheriting pull secrets is optional: when the manager may not write secrets at all, the
 /// DaemonSet still follows the Deployments (it used to stop being updated for good).
 #[tokio::test]

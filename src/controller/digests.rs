@@ -1,7 +1,9 @@
-//! Digest checks in a task of their own, so a slow registry never holds a reconcile back. The
-//! leader sends the tags it warms and the pull secrets the holders get; every
-//! `DIGEST_CHECK_INTERVAL` (and as soon as new tags appear) the task resolves them
-//! ([`crate::registry::Resolver`]) and sends the answers back.
+//! Registry checks in a task of their own, so a slow registry never holds a reconcile back. The
+//! leader sends the images to check, each with the pull secrets to check it with; every interval
+//! (and as soon as an image or its secrets change) the task resolves them
+//! ([`crate::registry::Resolver`]) and sends the answers back. Two such tasks run: the digest
+//! checks (the tags kwarm warms, `DIGEST_CHECK_INTERVAL`) and the access checks (images that may
+//! only be warmed with their own namespaces' credentials, see [`super::state`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -18,11 +20,16 @@ use crate::http::Shared;
 use crate::metrics::ResultLabel;
 use crate::registry::{Credentials, Resolution, Resolver};
 
-/// What to check: tags, and the pull secrets (in the DaemonSet's namespace) to check them with.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Wanted {
-    pub images: BTreeSet<String>,
-    pub secrets: Vec<String>,
+/// What to check: image → the pull secrets (in the DaemonSet's namespace) to check it with.
+pub type Wanted = BTreeMap<String, Vec<String>>;
+
+/// What the answers are for: the log lines and the counter differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// Has a warmed tag moved to a new digest?
+    Digests,
+    /// Can an image's own credentials read it?
+    Access,
 }
 
 pub struct Checker {
@@ -30,6 +37,7 @@ pub struct Checker {
     pub secrets: Api<Secret>,
     pub interval: Duration,
     pub shared: Arc<Shared>,
+    pub purpose: Purpose,
 }
 
 impl Checker {
@@ -39,13 +47,13 @@ impl Checker {
         interval: Duration,
         insecure: &BTreeSet<String>,
         shared: Arc<Shared>,
+        purpose: Purpose,
     ) -> Self {
-        Checker {
-            resolver: Resolver::new(insecure),
-            secrets: Api::namespaced(client, namespace),
-            interval,
-            shared,
-        }
+        let resolver = match purpose {
+            Purpose::Digests => Resolver::new(insecure),
+            Purpose::Access => Resolver::for_access(insecure),
+        };
+        Checker { resolver, secrets: Api::namespaced(client, namespace), interval, shared, purpose }
     }
 
     /// Checks what `wanted` says until it closes; the answers go out on `answers`.
@@ -55,26 +63,31 @@ impl Checker {
         answers: watch::Sender<BTreeMap<String, Resolution>>,
     ) {
         let mut next_round = tokio::time::Instant::now();
-        let mut checked: BTreeSet<String> = BTreeSet::new();
+        // What was checked with which secrets: a change of secrets is a new check.
+        let mut checked: Wanted = BTreeMap::new();
         let mut forbidden_said = false;
         loop {
             let current = wanted.borrow_and_update().clone();
             if let Some(current) = current {
                 let due = tokio::time::Instant::now() >= next_round;
-                // New tags are resolved at once; all of them every interval.
-                let images: BTreeSet<String> = if due {
-                    current.images.clone()
-                } else {
-                    current.images.difference(&checked).cloned().collect()
-                };
-                if !images.is_empty() {
-                    let credentials = self.credentials(&current.secrets, &mut forbidden_said).await;
-                    let results = self.resolver.resolve(&images, &credentials, SystemTime::now()).await;
+                // New images are resolved at once; all of them every interval. Grouped by the
+                // secrets they are checked with.
+                let mut groups: BTreeMap<&Vec<String>, BTreeSet<String>> = BTreeMap::new();
+                for (image, secrets) in &current {
+                    if due || checked.get(image) != Some(secrets) {
+                        groups.entry(secrets).or_default().insert(image.clone());
+                    }
+                }
+                let mut results = BTreeMap::new();
+                for (secrets, images) in groups {
+                    let credentials = self.credentials(secrets, &mut forbidden_said).await;
+                    results.extend(self.resolver.resolve(&images, &credentials, SystemTime::now()).await);
+                }
+                if !results.is_empty() {
                     self.record(&results, &answers.borrow());
-                    checked.extend(images);
-                    checked.retain(|i| current.images.contains(i));
+                    checked = current.clone();
                     answers.send_modify(|all| {
-                        all.retain(|image, _| current.images.contains(image));
+                        all.retain(|image, _| current.contains_key(image));
                         all.extend(results);
                     });
                 }
@@ -122,6 +135,9 @@ impl Checker {
     /// Counts the answers, and logs a failure when it starts (or its reason changes) and the
     /// recovery, not every round.
     fn record(&self, results: &BTreeMap<String, Resolution>, before: &BTreeMap<String, Resolution>) {
+        if self.purpose == Purpose::Access {
+            return self.record_access(results, before);
+        }
         let m = &self.shared.metrics;
         for (image, resolution) in results {
             let earlier = before.get(image);
@@ -142,6 +158,24 @@ impl Checker {
                 }
             };
             m.digest_checks.get_or_create(&ResultLabel { result }).inc();
+        }
+    }
+
+    /// Logs an access answer when it changes: the controller says what it means (Events).
+    fn record_access(&self, results: &BTreeMap<String, Resolution>, before: &BTreeMap<String, Resolution>) {
+        let m = &self.shared.metrics;
+        for (image, resolution) in results {
+            let result = match resolution {
+                Resolution::Digest { .. } => "ok",
+                Resolution::Failed { reason, .. } => reason.as_str(),
+            };
+            m.access_checks.get_or_create(&ResultLabel { result }).inc();
+            if before.get(image) != Some(resolution)
+                && let Resolution::Failed { reason, message } = resolution
+            {
+                tracing::debug!(image = %image, reason = reason.as_str(), %message,
+                    "Access check: the image's own credentials cannot read it");
+            }
         }
     }
 }

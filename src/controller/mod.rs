@@ -52,6 +52,8 @@ mod streams;
 /// The one field manager kwarm applies with.
 pub const FIELD_MANAGER: &str = "kwarm.io/manager";
 pub(crate) const API_TIMEOUT: Duration = Duration::from_secs(10);
+/// Access checks (tenant credentials) are repeated this often, to notice revoked access.
+const ACCESS_RECHECK: Duration = Duration::from_secs(600);
 /// At most one reconcile per window: a change after a quiet spell is acted on at once (what is
 /// already queued with it goes along); what arrives during the window after a reconcile waits for
 /// its end and is acted on together.
@@ -91,6 +93,7 @@ struct Controller {
     pod_releases: Option<tokio::sync::mpsc::UnboundedSender<PodRelease>>,
     /// The tags and secrets for the digest-check task (`None`: checks are off).
     digests_wanted: Option<watch::Sender<Option<digests::Wanted>>>,
+    access_wanted: Option<watch::Sender<Option<digests::Wanted>>>,
     /// The mirrors the Deployments want, for the pull-secret task (`None`: inheriting is off).
     secrets_wanted: Option<watch::Sender<Option<Wanted>>>,
     retry_at: Option<Instant>,
@@ -170,11 +173,30 @@ pub async fn run(
                 check.interval,
                 &check.insecure_registries,
                 ctx.shared.clone(),
+                digests::Purpose::Digests,
             );
             tokio::spawn(checker.run(wanted_rx, answers_tx));
             (Some(wanted_tx), Some(answers_rx))
         }
         None => (None, None),
+    };
+    // Access checks (tenant credentials) likewise, with inherited pull secrets; answers on `access`.
+    let (access_wanted, mut access) = match config.watch.inherit_pull_secrets {
+        true => {
+            let (wanted_tx, wanted_rx) = watch::channel(None);
+            let (answers_tx, answers_rx) = watch::channel(Default::default());
+            let checker = digests::Checker::new(
+                ctx.client.clone(),
+                &config.namespace,
+                ACCESS_RECHECK,
+                &config.insecure_registries,
+                ctx.shared.clone(),
+                digests::Purpose::Access,
+            );
+            tokio::spawn(checker.run(wanted_rx, answers_tx));
+            (Some(wanted_tx), Some(answers_rx))
+        }
+        false => (None, None),
     };
     let state = State::new(
         &config,
@@ -196,6 +218,7 @@ pub async fn run(
         releases,
         pod_releases,
         digests_wanted,
+        access_wanted,
         secrets_wanted,
         retry_at: None,
         retry_delay: Duration::from_millis(500),
@@ -241,6 +264,15 @@ pub async fn run(
                         dirty |= c.observe(Observation::Registry(answers));
                     }
                     _ => registry = None,
+                }
+            }
+            changed = async { access.as_mut()?.changed().await.ok() }, if access.is_some() => {
+                match (changed, access.as_ref()) {
+                    (Some(()), Some(rx)) => {
+                        let answers = rx.borrow().clone();
+                        dirty |= c.observe(Observation::Access(answers));
+                    }
+                    _ => access = None,
                 }
             }
             _ = tokio::time::sleep_until(wake.into()) => dirty = true,
@@ -508,13 +540,21 @@ impl Controller {
         if let Some(wanted) = &self.digests_wanted
             && self.state.leader()
         {
-            let now_wanted = digests::Wanted {
-                images: self.state.digest_wanted().clone(),
-                secrets: self.state.pull_secret_names(&config),
-            };
+            let now_wanted = self.state.digest_wanted(&config);
             wanted.send_if_modified(|old| {
                 let changed = old.as_ref() != Some(&now_wanted);
                 *old = Some(now_wanted);
+                changed
+            });
+        }
+        // ... and the access-check task which images to check with their own credentials.
+        if let Some(wanted) = &self.access_wanted
+            && self.state.leader()
+        {
+            let now_wanted = self.state.access_wanted();
+            wanted.send_if_modified(|old| {
+                let changed = old.as_ref() != Some(now_wanted);
+                *old = Some(now_wanted.clone());
                 changed
             });
         }
@@ -614,6 +654,7 @@ impl Controller {
             ("failed", g.failed),
             ("quarantined", g.quarantined),
             ("overflow", g.overflow),
+            ("denied", g.denied),
         ] {
             m.images.get_or_create(&StateLabel { state }).set(value);
         }
@@ -699,6 +740,20 @@ impl Controller {
                         config.max_images
                     );
                     self.publish(&[], "MaxImagesReached", EventType::Warning, note);
+                }
+                Notice::AccessDenied { image, message, users } => {
+                    tracing::warn!(image = %image, %message,
+                        "Image not warmed: the pull secrets of the namespaces that want it cannot read it \
+                         (other namespaces' inherited secrets are never lent)");
+                    let note = format!(
+                        "Image {image} not warmed: the pull secrets of the namespaces that want it (and IMAGE_PULL_SECRETS) cannot read it ({message}); give the Deployment its own imagePullSecrets"
+                    );
+                    self.publish(&users, "ImageCredentialsMissing", EventType::Warning, note);
+                }
+                Notice::AccessGranted { image } => {
+                    tracing::info!(image = %image, "Image's own pull secrets read it now: warmed");
+                    let note = format!("Image {image}: its own pull secrets read it now; warmed");
+                    self.publish(&[], "ImageCredentialsFound", EventType::Normal, note);
                 }
                 Notice::Refreshing => tracing::info!(
                     "Refreshing: rolling holders so images with pull policy Always are pulled again"

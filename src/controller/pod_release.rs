@@ -124,6 +124,14 @@ impl PodReleaser {
                     format!("image {image} is not warmed (MAX_IMAGES reached): scheduling gate removed");
                 ("ImageNotWarmed", EventType::Warning, note)
             }
+            Why::Denied { image } => {
+                tracing::warn!(pod = %r.name, namespace = %r.namespace, %image,
+                    "Image not warmed (its namespaces' pull secrets cannot read it): pod released");
+                let note = format!(
+                    "image {image} is not warmed (the pull secrets of the namespaces that want it cannot read it): scheduling gate removed"
+                );
+                ("ImageNotWarmed", EventType::Warning, note)
+            }
         };
         let m = &self.shared.metrics;
         m.rollout_gate_duration.observe(seconds);

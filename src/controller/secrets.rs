@@ -3,7 +3,7 @@
 //! Deployments want; the task mirrors them (again every minute, to follow changed sources) and
 //! sends back the mirrors that exist, which the DaemonSet then references.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
@@ -79,6 +79,9 @@ impl Mirrorer {
         let ns = self.namespace.clone();
         let mirrors: Api<Secret> = Api::namespaced(self.client.clone(), &ns);
         let mut synced = BTreeMap::new();
+        // Mirrors whose source could not be read now: kept as they are (a passing API error must
+        // not drop credentials); a source that is gone or no registry secret takes its mirror along.
+        let mut unknown = BTreeSet::new();
         for (mirror, (source_ns, source_name)) in wanted {
             let source_api: Api<Secret> = Api::namespaced(self.client.clone(), source_ns);
             let source = match with_timeout(API_TIMEOUT, source_api.get_opt(source_name)).await {
@@ -89,6 +92,10 @@ impl Mirrorer {
                 }
                 Err(e) => {
                     tracing::warn!(secret = %format!("{source_ns}/{source_name}"), error = %e, "Cannot read pull secret to inherit");
+                    if let Some(digest) = self.mirrored.get(mirror) {
+                        synced.insert(mirror.clone(), digest.clone());
+                    }
+                    unknown.insert(mirror.clone());
                     continue;
                 }
             };
@@ -127,23 +134,26 @@ impl Mirrorer {
             }
             synced.insert(mirror.clone(), digest);
         }
-        // Delete mirrors nothing references any more.
+        // Delete mirrors nothing references any more, and those whose source is gone.
         let selector =
             format!("{},app.kubernetes.io/component=pull-secret", selector_string(&self.daemonset_name));
         let existing =
             with_timeout(API_TIMEOUT, mirrors.list_metadata(&ListParams::default().labels(&selector)))
                 .await?;
+        let mut there: BTreeSet<String> = synced.keys().cloned().collect();
         for s in existing {
             let name = s.name_any();
-            if !wanted.contains_key(&name) {
+            if unknown.contains(&name) {
+                there.insert(name);
+            } else if !synced.contains_key(&name) {
                 if !self.fence.may_write(std::time::Instant::now()) {
                     return Err(Error::NotLeader);
                 }
                 with_timeout(API_TIMEOUT, mirrors.delete(&name, &DeleteParams::default())).await?;
-                tracing::info!(secret = %name, "Deleted pull secret no Deployment uses any more");
+                tracing::info!(secret = %name, "Deleted pull secret mirror: no Deployment uses it, or its source is gone");
             }
         }
         self.mirrored = synced;
-        Ok(self.mirrored.keys().cloned().collect())
+        Ok(there.into_iter().collect())
     }
 }

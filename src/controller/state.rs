@@ -11,6 +11,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::ResourceExt;
 
 use super::streams::Seen;
+use crate::access;
 use crate::config::Config;
 use crate::daemonset::{
     DIGESTS_ANNOTATION, REFRESHED_AT_ANNOTATION, RenderInput, STATE_ANNOTATION, daemonset_matches,
@@ -73,6 +74,9 @@ pub enum Observation {
     PendingPodsForbidden(String),
     /// What the registries answered for the warmed tags (the latest answer per tag).
     Registry(BTreeMap<String, Resolution>),
+    /// What the registries answered to the access checks: whether an image's own credentials
+    /// read it (see [`crate::access`]).
+    Access(BTreeMap<String, Resolution>),
 }
 
 /// What kwarm keeps of a node.
@@ -146,6 +150,17 @@ pub enum Notice {
     Overflow {
         image: String,
     },
+    /// The credentials of the namespaces that want `image` cannot read it (`INHERIT_PULL_SECRETS`):
+    /// it is not warmed.
+    AccessDenied {
+        image: String,
+        message: String,
+        users: Vec<DeploymentKey>,
+    },
+    /// A denied image's own credentials read it now, or it needs no check any more.
+    AccessGranted {
+        image: String,
+    },
     Refreshing,
     /// A DaemonSet of kwarm's name that is not kwarm's: the reason, for the log and its Event.
     NameInUse {
@@ -180,6 +195,8 @@ pub struct Gauges {
     pub failed: i64,
     pub quarantined: i64,
     pub overflow: i64,
+    /// Images not warmed because their own credentials cannot read them (or are not checked yet).
+    pub denied: i64,
     pub active_pulls: i64,
     /// Nodes carrying the gate taint.
     pub gated_nodes: i64,
@@ -270,6 +287,12 @@ pub struct State {
     updating: BTreeMap<String, (String, SystemTime)>,
     /// The images of the last plan (canonical), for the digest checks.
     planned: BTreeSet<String>,
+    /// Deployment images that need an access check, with the pull secrets they may use.
+    access_needed: BTreeMap<String, Vec<String>>,
+    /// The registries' answers to the access checks.
+    access: BTreeMap<String, Resolution>,
+    /// Images denied, as said.
+    denied_reported: BTreeSet<String>,
 
     /// When kwarm last wrote the DaemonSet's conditions.
     conditions_written: Option<SystemTime>,
@@ -328,6 +351,9 @@ impl State {
             rolled: BTreeMap::new(),
             updating: BTreeMap::new(),
             planned: BTreeSet::new(),
+            access_needed: BTreeMap::new(),
+            access: BTreeMap::new(),
+            denied_reported: BTreeSet::new(),
             conditions_written: None,
             conditions_due: None,
             conditions_forbidden: false,
@@ -550,6 +576,11 @@ impl State {
                 self.registry = answers;
                 changed
             }
+            Observation::Access(answers) => {
+                let changed = answers != self.access;
+                self.access = answers;
+                changed
+            }
             Observation::PendingPodsForbidden(error) => {
                 let first = !self.gated_pods_synced;
                 if first {
@@ -709,8 +740,10 @@ impl State {
         let generation = self.live.as_ref().and_then(|d| d.metadata.generation);
         self.pods.set_generation(generation);
         let statuses = self.pods.statuses(&live_images);
+        let configured: BTreeSet<String> =
+            config.images.iter().filter_map(|h| parse_image_reference(&h.image).ok()).collect();
         let mut wanted: BTreeSet<String> = self.tracker.wanted();
-        wanted.extend(config.images.iter().filter_map(|h| parse_image_reference(&h.image).ok()));
+        wanted.extend(configured.iter().cloned());
         self.quarantine.retain_images(&wanted);
         if self.leader {
             let changes = self.quarantine.step(&statuses, Self::policy(config), now);
@@ -719,12 +752,25 @@ impl State {
         self.note_init_failures();
         self.note_progress(&statuses, now);
 
-        let plan = plan_holders(
-            &config.images,
-            &self.tracker.wanted(),
-            &self.quarantine.excluded(),
-            config.max_images,
-        );
+        // Tenant credentials: images that would borrow another namespace's pull secrets wait for
+        // an access check with their own.
+        self.access_needed = match config.watch.inherit_pull_secrets {
+            true => access::checks_needed(
+                self.tracker.deployments(),
+                &configured,
+                &self.pull_secrets,
+                &config.image_pull_secrets,
+            ),
+            false => BTreeMap::new(),
+        };
+        let held: BTreeSet<String> = live_images.iter().cloned().collect();
+        let verdicts = access::verdicts(&self.access_needed, &self.access, &held);
+        self.note_access(&verdicts);
+        let denied = verdicts.left_out();
+        let mut excluded = self.quarantine.excluded();
+        excluded.extend(denied.iter().cloned());
+
+        let plan = plan_holders(&config.images, &self.tracker.wanted(), &excluded, config.max_images);
         let overflow: BTreeSet<String> = plan.overflow.iter().cloned().collect();
         for image in overflow.difference(&self.overflow_reported) {
             self.notices.push(Notice::Overflow { image: image.clone() });
@@ -732,6 +778,7 @@ impl State {
         self.overflow_reported = overflow;
         let mut gauges = gauges(&statuses, self.quarantine.excluded().len());
         gauges.overflow = plan.overflow.len() as i64;
+        gauges.denied = denied.len() as i64;
         gauges.gated_nodes = self.gated.len() as i64;
         let releases = self.releases(config, &plan.holders, now);
         self.planned = plan
@@ -740,7 +787,7 @@ impl State {
             .map(|h| parse_image_reference(&h.image).unwrap_or_else(|_| h.image.clone()))
             .collect();
         if config.rollout_gate.is_some() {
-            self.view = self.build_view(config, overflow_set(&plan.overflow));
+            self.view = self.build_view(config, overflow_set(&plan.overflow), denied.clone());
         }
         gauges.gated_pods = self.gated_pods.len() as i64;
         let pod_releases = self.pod_releases(config, now);
@@ -789,7 +836,8 @@ impl State {
         if self.name_in_use_reported.take().is_some() {
             self.notices.push(Notice::NameFree);
         }
-        let conditions = self.conditions_to_write(&wanted, &statuses, &overflow_set(&plan.overflow), now);
+        let conditions =
+            self.conditions_to_write(&wanted, &statuses, &overflow_set(&plan.overflow), &denied, now);
         let apply =
             (!self.live.as_ref().is_some_and(|live| daemonset_matches(&desired, live))).then_some(desired);
         Decision { apply, releases, pod_releases, conditions, gauges }
@@ -801,6 +849,7 @@ impl State {
         wanted: &BTreeSet<String>,
         statuses: &[ImageStatus],
         overflow: &BTreeSet<String>,
+        denied: &BTreeSet<String>,
         now: SystemTime,
     ) -> Option<Vec<DaemonSetCondition>> {
         self.conditions_due = None;
@@ -821,6 +870,7 @@ impl State {
             nodes,
             quarantined: &quarantined,
             overflow,
+            denied,
             updating: &updating,
             init_failing: self.pods.init_failures().len(),
         });
@@ -840,7 +890,7 @@ impl State {
     }
 
     /// Where images are warm now, for the webhook and the pod releases.
-    fn build_view(&self, config: &Config, overflow: BTreeSet<String>) -> WarmView {
+    fn build_view(&self, config: &Config, overflow: BTreeSet<String>, denied: BTreeSet<String>) -> WarmView {
         let mode = config.rollout_gate.as_ref().map(|g| g.mode);
         let warm: BTreeMap<String, BTreeSet<String>> =
             self.pods.warm_by_node().map(|(node, held)| (node.clone(), held.clone())).collect();
@@ -866,6 +916,7 @@ impl State {
             warmed: self.planned.clone(),
             quarantined: self.quarantine.excluded(),
             overflow,
+            denied,
         }
     }
 
@@ -894,9 +945,20 @@ impl State {
         config.image_pull_secrets.iter().chain(&self.pull_secrets).cloned().collect()
     }
 
-    /// The tags to resolve in their registries (digest-pinned images are skipped by the resolver).
-    pub fn digest_wanted(&self) -> &BTreeSet<String> {
-        &self.planned
+    /// The tags to resolve in their registries (digest-pinned images are skipped by the resolver),
+    /// each with the pull secrets the holders may pull it with: an image that needed an access
+    /// check only with its own.
+    pub fn digest_wanted(&self, config: &Config) -> BTreeMap<String, Vec<String>> {
+        let all = self.pull_secret_names(config);
+        self.planned
+            .iter()
+            .map(|image| (image.clone(), self.access_needed.get(image).unwrap_or(&all).clone()))
+            .collect()
+    }
+
+    /// The images to check with their own credentials (see [`crate::access`]).
+    pub fn access_wanted(&self) -> &BTreeMap<String, Vec<String>> {
+        &self.access_needed
     }
 
     /// Compares each planned tag's registry digest with what the nodes hold. A leader rolls the
@@ -1005,6 +1067,24 @@ impl State {
         }
     }
 
+    /// Says when an image is denied (with the registry's answer), and when it no longer is.
+    fn note_access(&mut self, verdicts: &access::Verdicts) {
+        for (image, message) in &verdicts.denied {
+            if !self.denied_reported.contains(image) {
+                let users = self.users_of(image);
+                let notice = Notice::AccessDenied { image: image.clone(), message: message.clone(), users };
+                self.notices.push(notice);
+            }
+        }
+        for image in &self.denied_reported {
+            let allowed = self.access_needed.contains_key(image) && !verdicts.left_out().contains(image);
+            if allowed {
+                self.notices.push(Notice::AccessGranted { image: image.clone() });
+            }
+        }
+        self.denied_reported = verdicts.denied.keys().cloned().collect();
+    }
+
     /// A failing init container (bad `KIP_IMAGE`) keeps every holder from starting: said once.
     fn note_init_failures(&mut self) {
         let nodes = self.pods.init_failures().len();
@@ -1086,13 +1166,7 @@ fn overflow_set(overflow: &[String]) -> BTreeSet<String> {
     overflow.iter().map(|i| parse_image_reference(i).unwrap_or_else(|_| i.clone())).collect()
 }
 
-/// Name of the mirror of `namespace/name`: readable, unique (hash), a valid secret name.
-pub fn mirror_name(namespace: &str, name: &str) -> String {
-    let hash = crate::holder::derived_holder_name(&format!("{namespace}/{name}"));
-    let suffix = hash.rsplit('-').next().unwrap_or_default();
-    let stem: String = format!("kwarm-{namespace}-{name}").chars().take(200).collect();
-    format!("{}-{suffix}", stem.trim_end_matches(['-', '.']))
-}
+pub use crate::access::mirror_name;
 
 #[cfg(test)]
 mod tests;

@@ -69,11 +69,13 @@ fn only_tags_are_resolved_grouped_by_registry() {
         "127.0.0.1:5000/test/other:v1".to_string(),
     ]
     .into();
-    let groups = by_registry(&images);
+    let groups = by_registry(&images, false);
     assert_eq!(groups.keys().collect::<Vec<_>>(), ["127.0.0.1:5000", "docker.io", "quay.io"]);
     assert_eq!(groups["quay.io"], ["quay.io/che-incubator/che-code:next"], "the pinned image cannot change");
     assert_eq!(groups["127.0.0.1:5000"].len(), 2);
     assert_eq!(registry_host("https://Registry.Example.com:443/v2/"), "registry.example.com:443");
+    let access = by_registry(&images, true);
+    assert_eq!(access["quay.io"].len(), 2, "an access check asks for the pinned image too");
 }
 
 #[test]

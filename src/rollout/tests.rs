@@ -506,6 +506,16 @@ fn an_image_kwarm_stopped_warming_releases_the_pod_quarantine_first() {
 }
 
 #[test]
+fn an_image_without_its_own_credentials_releases_the_pod_at_once() {
+    let mut v = view(&[("n1", &[], &[NGINX])]);
+    v.denied = set(&[REDIS]);
+    let g = gated(&[NGINX, REDIS], 0);
+    let out = releases([(&key("private"), &g)], &v, TIMEOUT, at(1));
+    assert_eq!(why(&out), [("private", &Why::Denied { image: REDIS.into() })]);
+    assert_eq!(out[0].why.label(), "denied");
+}
+
+#[test]
 fn at_the_timeout_a_gated_pod_goes_naming_the_images_not_warm() {
     let v = view(&[("n1", &[], &[NGINX]), ("n2", &[], &[])]);
     let g = gated(&[NGINX, REDIS], 100);

@@ -1,10 +1,11 @@
 //! kwarm's own view of the DaemonSet it owns, as three conditions on the DaemonSet's status
 //! (`kubectl wait --for=condition=Warm daemonset/NAME`):
 //! - `Warm`: every image kwarm wants held is held on every node the DaemonSet runs on. False while
-//!   an image is pulling, and while one is quarantined or over MAX_IMAGES: those are not held.
+//!   an image is pulling, and while one is quarantined, over MAX_IMAGES or lacks its own pull
+//!   credentials: those are not held.
 //! - `Progressing`: images are being pulled, rolled or updated to a new registry digest.
-//! - `Degraded`: something needs a person: a quarantined image, MAX_IMAGES reached, pulls
-//!   failing, the init container failing. (A DaemonSet of kwarm's name that is not kwarm's gets
+//! - `Degraded`: something needs a person: a quarantined image, MAX_IMAGES reached, an image
+//!   without its own pull credentials, pulls failing, the init container failing. (A DaemonSet of kwarm's name that is not kwarm's gets
 //!   no conditions: kwarm never writes to it.)
 //!
 //! Pure: [`observe`] computes them from counts; [`merge`] keeps a condition's
@@ -38,6 +39,9 @@ pub struct Inputs<'a> {
     pub nodes: Option<usize>,
     pub quarantined: &'a BTreeSet<String>,
     pub overflow: &'a BTreeSet<String>,
+    /// Images not warmed: the credentials of the namespaces that want them cannot read them (or
+    /// were not checked yet).
+    pub denied: &'a BTreeSet<String>,
     /// Tags being updated to a new registry digest.
     pub updating: &'a BTreeSet<String>,
     /// Nodes whose holder's init container fails.
@@ -54,6 +58,7 @@ impl Default for Inputs<'_> {
             nodes: None,
             quarantined: &NONE,
             overflow: &NONE,
+            denied: &NONE,
             updating: &NONE,
             init_failing: 0,
         }
@@ -76,7 +81,9 @@ pub fn observe(inputs: &Inputs) -> [Observed; 3] {
     let held: Vec<&String> = inputs
         .planned
         .iter()
-        .filter(|i| !inputs.quarantined.contains(*i) && !inputs.overflow.contains(*i))
+        .filter(|i| {
+            !inputs.quarantined.contains(*i) && !inputs.overflow.contains(*i) && !inputs.denied.contains(*i)
+        })
         .collect();
     let is_warm = |image: &str| match (inputs.nodes, status.get(image)) {
         (Some(0), _) => true,
@@ -97,6 +104,17 @@ pub fn observe(inputs: &Inputs) -> [Observed; 3] {
                 "{} quarantined: {}",
                 count(inputs.quarantined.len()),
                 names(inputs.quarantined)
+            ),
+        }
+    } else if !inputs.denied.is_empty() {
+        Observed {
+            type_: WARM,
+            status: false,
+            reason: "CredentialsMissing",
+            message: format!(
+                "{} not warmed without pull credentials of the namespaces that want them: {}",
+                count(inputs.denied.len()),
+                names(inputs.denied)
             ),
         }
     } else if !inputs.overflow.is_empty() {
@@ -168,6 +186,18 @@ pub fn observe(inputs: &Inputs) -> [Observed; 3] {
                 "{} failing on every node, removed from the holders until retried: {}",
                 count(inputs.quarantined.len()),
                 names(inputs.quarantined)
+            ),
+        }
+    } else if !inputs.denied.is_empty() {
+        Observed {
+            type_: DEGRADED,
+            status: true,
+            reason: "CredentialsMissing",
+            message: format!(
+                "{} not warmed: the pull secrets of the namespaces that want them cannot read them \
+                 (or could not be checked yet): {}",
+                count(inputs.denied.len()),
+                names(inputs.denied)
             ),
         }
     } else if !inputs.overflow.is_empty() {

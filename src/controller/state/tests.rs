@@ -101,6 +101,8 @@ fn names(notices: &[Notice]) -> Vec<&'static str> {
             Notice::Warm { .. } => "Warm",
             Notice::WarmingStarted { .. } => "WarmingStarted",
             Notice::Overflow { .. } => "Overflow",
+            Notice::AccessDenied { .. } => "AccessDenied",
+            Notice::AccessGranted { .. } => "AccessGranted",
             Notice::Refreshing => "Refreshing",
             Notice::NameInUse { .. } => "NameInUse",
             Notice::NameFree => "NameFree",
@@ -602,7 +604,7 @@ fn a_tag_the_nodes_hold_at_its_registry_digest_rolls_nothing() {
     let mut s = synced(&c, true, None, at(0));
     decide_and_apply(&mut s, &c, at(0)).expect("created");
     s.observe(&c, Observation::Pods(Seen::Applied(("h1".into(), Some(holding("n1", 1, OLD))))), at(1));
-    assert_eq!(s.digest_wanted().iter().collect::<Vec<_>>(), [NGINX], "the tag is what gets checked");
+    assert_eq!(s.digest_wanted(&c).keys().collect::<Vec<_>>(), [NGINX], "the tag is what gets checked");
     s.observe(&c, answer(OLD), at(2));
     let d = s.decide(&c, at(2));
     assert_eq!(d.apply, None, "nothing changed in the registry: no roll");
@@ -1095,4 +1097,101 @@ fn followers_and_forbidden_writes_write_no_conditions() {
     leader.observe(&c, Observation::ConditionsForbidden("forbidden".into()), at(1));
     assert!(leader.take_notices().is_empty(), "said once");
     assert!(leader.decide(&c, at(2)).conditions.is_none());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tenant credentials (INHERIT_PULL_SECRETS)
+
+const A_APP: &str = "registry.a.example/a/app:1";
+const A_OTHER: &str = "registry.a.example/a/unreleased:1";
+
+fn with_secrets(images: &[&str], secrets: &[&str]) -> DeploymentImages {
+    DeploymentImages { pull_secrets: secrets.iter().map(|s| s.to_string()).collect(), ..deployment(images) }
+}
+
+fn access(answers: &[(&str, Resolution)]) -> Observation {
+    Observation::Access(answers.iter().map(|(i, r)| (i.to_string(), r.clone())).collect())
+}
+
+fn read_ok() -> Resolution {
+    Resolution::Digest { digest: format!("sha256:{}", "1".repeat(64)) }
+}
+
+fn unauthorized() -> Resolution {
+    Resolution::Failed { reason: crate::registry::FailureReason::Auth, message: "401 Unauthorized".into() }
+}
+
+#[test]
+fn a_tenant_never_gets_an_image_warmed_with_another_tenants_credentials() {
+    let c = config(&[("IMAGES", "nginx:1.25"), ("INHERIT_PULL_SECRETS", "true")]);
+    let mut s = synced(&c, true, None, at(0));
+    let (a, b) = (("a".to_string(), "app".to_string()), ("b".to_string(), "thief".to_string()));
+    let a_app = with_secrets(&[A_APP], &["regcred"]);
+    s.observe(&c, Observation::Deployments(0, Seen::Applied((a.clone(), Some(a_app.clone())))), at(0));
+    // b names an image of a's registry that a's own Deployments do not use, with no secret
+    s.observe(
+        &c,
+        Observation::Deployments(0, Seen::Applied((b.clone(), Some(deployment(&[A_OTHER]))))),
+        at(0),
+    );
+    let ma = mirror_name("a", "regcred");
+    s.observe(&c, Observation::PullSecrets(vec![ma.clone()]), at(0));
+
+    let ds = decide_and_apply(&mut s, &c, at(0)).expect("created");
+    // a's image needs no check: the only mirror is a's own; b's waits for one, with b's (none)
+    assert_eq!(images_of(&ds), [NGINX, A_APP]);
+    assert_eq!(s.access_wanted().keys().collect::<Vec<_>>(), [A_OTHER]);
+    assert_eq!(s.access_wanted()[A_OTHER], Vec::<String>::new(), "never a's mirror");
+    assert!(s.digest_wanted(&c)[A_APP].contains(&ma), "a's own tag is checked with a's mirror");
+
+    // the registry refuses b's credentials: not warmed, said on b's Deployment, counted
+    s.observe(&c, access(&[(A_OTHER, unauthorized())]), at(1));
+    let d = s.decide(&c, at(1));
+    assert_eq!(d.apply, None, "b's image stays out");
+    assert_eq!(d.gauges.denied, 1);
+    let notices = s.take_notices();
+    let denied = notices.iter().find_map(|n| match n {
+        Notice::AccessDenied { image, message, users } => {
+            Some((image.clone(), message.clone(), users.clone()))
+        }
+        _ => None,
+    });
+    assert_eq!(denied, Some((A_OTHER.to_string(), "401 Unauthorized".to_string(), vec![b.clone()])));
+    s.decide(&c, at(2));
+    assert!(!names(&s.take_notices()).contains(&"AccessDenied"), "said once");
+
+    // b gets its own pull secret: now a's image must pass a check too (b's mirror is foreign to
+    // it), and stays held meanwhile; b's is checked with b's mirror alone
+    let b_own = with_secrets(&[A_OTHER], &["b-cred"]);
+    s.observe(&c, Observation::Deployments(0, Seen::Applied((b.clone(), Some(b_own)))), at(3));
+    let mb = mirror_name("b", "b-cred");
+    s.observe(&c, Observation::PullSecrets(vec![ma.clone(), mb.clone()]), at(3));
+    let ds = decide_and_apply(&mut s, &c, at(3)).expect("b's mirror is referenced");
+    assert_eq!(images_of(&ds), [NGINX, A_APP], "a's held image stays until an answer denies it");
+    assert_eq!(s.access_wanted()[A_APP], vec![ma.clone()]);
+    assert_eq!(s.access_wanted()[A_OTHER], vec![mb.clone()]);
+    s.observe(&c, access(&[(A_APP, read_ok()), (A_OTHER, read_ok())]), at(4));
+    let ds = decide_and_apply(&mut s, &c, at(4)).expect("b's image goes in");
+    assert_eq!(images_of(&ds), [NGINX, A_APP, A_OTHER]);
+    assert!(names(&s.take_notices()).contains(&"AccessGranted"));
+
+    // revoked: a check that denies a held image takes it out
+    s.observe(&c, access(&[(A_APP, read_ok()), (A_OTHER, unauthorized())]), at(5));
+    let ds = decide_and_apply(&mut s, &c, at(5)).expect("b's image goes out");
+    assert_eq!(images_of(&ds), [NGINX, A_APP]);
+}
+
+#[test]
+fn without_inherited_secrets_nothing_is_checked() {
+    let c = config(&[("IMAGES", "nginx:1.25")]);
+    let mut s = synced(&c, true, None, at(0));
+    let b = ("b".to_string(), "app".to_string());
+    s.observe(
+        &c,
+        Observation::Deployments(0, Seen::Applied((b, Some(with_secrets(&[A_OTHER], &["x"]))))),
+        at(0),
+    );
+    let ds = decide_and_apply(&mut s, &c, at(0)).expect("created");
+    assert_eq!(images_of(&ds), [NGINX, A_OTHER], "the holders get IMAGE_PULL_SECRETS only: nothing to lend");
+    assert!(s.access_wanted().is_empty());
 }

@@ -115,6 +115,24 @@ fn overflow_is_not_warm_and_degraded() {
 }
 
 #[test]
+fn an_image_without_its_own_credentials_is_not_warm_and_degraded() {
+    let planned = set(&["a:1", "b/private:1"]);
+    let statuses = [status("a:1", 3, 0)];
+    let denied = set(&["b/private:1"]);
+    let c = observe(&Inputs {
+        planned: &planned,
+        statuses: &statuses,
+        nodes: Some(3),
+        denied: &denied,
+        ..Default::default()
+    });
+    assert_eq!(summary(&c)[0], (WARM, false, "CredentialsMissing"));
+    assert_eq!(summary(&c)[1], (PROGRESSING, false, "Complete"), "nothing is pulled for it");
+    assert_eq!(summary(&c)[2], (DEGRADED, true, "CredentialsMissing"));
+    assert!(c[2].message.contains("b/private:1"), "{}", c[2].message);
+}
+
+#[test]
 fn failing_on_some_nodes_is_degraded_and_still_progressing() {
     let planned = set(&["a:1"]);
     let statuses = [status("a:1", 2, 1)];
