@@ -238,6 +238,8 @@ pub struct Config {
     pub retry_backoff: Duration,
     pub max_retries: u32,
     pub max_images: usize,
+    /// `MAX_IMAGES_PER_NAMESPACE`: images one namespace's Deployments get warmed at most.
+    pub max_images_per_namespace: Option<usize>,
     /// Digest-aware refresh; `None` when `DIGEST_CHECK_INTERVAL=0`.
     pub digest_check: Option<DigestCheck>,
     /// `INSECURE_REGISTRIES`: registries the digest and access checks reach over plain HTTP.
@@ -386,6 +388,12 @@ impl Config {
                 .filter(|n| (1..=1000).contains(n))
                 .ok_or_else(|| "a whole number from 1 to 1000".to_string())
         });
+        let max_images_per_namespace =
+            c.parse("MAX_IMAGES_PER_NAMESPACE", None, |v| {
+                v.parse::<usize>().ok().filter(|n| (1..=1000).contains(n)).map(Some).ok_or_else(|| {
+                    "a whole number from 1 to 1000 (unset: no limit but MAX_IMAGES)".to_string()
+                })
+            });
         let node_gate = parse_node_gate(&mut c);
         let (digest_check, insecure_registries) = parse_digest_check(&mut c, caching_interval);
         let (metrics_bind_address, health_probe_bind_address, leader_elect, log_format) =
@@ -474,6 +482,7 @@ impl Config {
             retry_backoff,
             max_retries,
             max_images,
+            max_images_per_namespace,
             digest_check,
             insecure_registries,
             node_gate,
@@ -541,6 +550,11 @@ pub const VARIABLES: &[Variable] = &[
     var("MAX_RETRIES", "3", "retries of a quarantined image"),
     var("INHERIT_PULL_SECRETS", "false", "mirror the Deployments' pull secrets into NAMESPACE"),
     var("MAX_IMAGES", "100", "bound on holder containers (1 to 1000)"),
+    var(
+        "MAX_IMAGES_PER_NAMESPACE",
+        "",
+        "images one namespace's Deployments get warmed at most (unset: no limit)",
+    ),
     var(
         "DIGEST_CHECK_INTERVAL",
         "",

@@ -121,6 +121,8 @@ pub struct ImageTracker {
     deployments: BTreeMap<DeploymentKey, DeploymentImages>,
     /// Image → how many Deployments use it.
     uses: BTreeMap<String, usize>,
+    /// Namespace → image → how many of its Deployments use it (for a fair plan).
+    by_namespace: BTreeMap<String, BTreeMap<String, usize>>,
     /// `(namespace, secret)` → how many Deployments reference it.
     secret_refs: BTreeMap<(String, String), usize>,
     /// Image → when the last Deployment stopped using it.
@@ -177,6 +179,20 @@ impl ImageTracker {
     /// use or of secrets referenced changed.
     fn count(&mut self, namespace: &str, d: &DeploymentImages, add: bool, now: SystemTime) -> bool {
         let mut changed = false;
+        let in_namespace = self.by_namespace.entry(namespace.to_string()).or_default();
+        for image in &d.images {
+            if add {
+                *in_namespace.entry(image.clone()).or_default() += 1;
+            } else if let Some(n) = in_namespace.get_mut(image) {
+                *n -= 1;
+                if *n == 0 {
+                    in_namespace.remove(image);
+                }
+            }
+        }
+        if in_namespace.is_empty() {
+            self.by_namespace.remove(namespace);
+        }
         for image in &d.images {
             if add {
                 let n = self.uses.entry(image.clone()).or_default();
@@ -243,6 +259,11 @@ impl ImageTracker {
         self.secret_refs.keys()
     }
 
+    /// Namespace → the images its watched Deployments use now (each with how many use it).
+    pub fn by_namespace(&self) -> &BTreeMap<String, BTreeMap<String, usize>> {
+        &self.by_namespace
+    }
+
     pub fn released(&self) -> &BTreeMap<String, SystemTime> {
         &self.released
     }
@@ -257,47 +278,100 @@ impl ImageTracker {
     }
 }
 
-/// The holders to render, and what did not fit under `MAX_IMAGES`.
+/// The holders to render, and what did not fit.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HolderPlan {
     pub holders: Vec<Holder>,
     /// Images left out because of `MAX_IMAGES`, reported rather than dropped silently.
     pub overflow: Vec<String>,
+    /// Deployment images left out because their namespace reached `MAX_IMAGES_PER_NAMESPACE`.
+    pub over_namespace_limit: Vec<String>,
 }
 
-/// `IMAGES` first in the order given, then Deployment images sorted; each image once; quarantined
-/// images left out; at most `max_images`.
+/// How many holders there may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// `MAX_IMAGES`: holders in all.
+    pub max_images: usize,
+    /// `MAX_IMAGES_PER_NAMESPACE`: images one namespace's Deployments add at most.
+    pub per_namespace: Option<usize>,
+}
+
+/// What is held, and what is cut when not everything fits: `IMAGES` first, in the order given;
+/// then the Deployments' images, taken fairly: one image of each namespace in turn (each
+/// namespace's in sorted order), a namespace stopping at its limit (an image another namespace
+/// also wants is that one's turn); then the images kept for `IMAGE_RETENTION` that no Deployment
+/// uses now. So one namespace cannot push the others' images out, whatever it labels. Each image
+/// once; `excluded` ones (quarantined, no credentials of their own) take no place. The holders
+/// are `IMAGES`, then every other image sorted: who got a place never changes the order.
 pub fn plan_holders(
     configured: &[Holder],
-    watched: &BTreeSet<String>,
-    quarantined: &BTreeSet<String>,
-    max_images: usize,
+    in_use: &BTreeMap<String, BTreeMap<String, usize>>,
+    retained: &BTreeSet<String>,
+    excluded: &BTreeSet<String>,
+    limits: Limits,
 ) -> HolderPlan {
-    let mut seen = BTreeSet::new();
+    let mut seen: BTreeSet<String> = BTreeSet::new();
     let mut names = BTreeSet::new();
     let mut plan = HolderPlan::default();
-    let configured_canonical =
-        configured.iter().map(|h| (parse_image_reference(&h.image).unwrap_or_else(|_| h.image.clone()), h));
-    let watched_holders = watched.iter().map(|image| (image.clone(), None));
-    let all = configured_canonical.map(|(c, h)| (c, Some(h))).chain(watched_holders);
-    for (canonical, configured) in all {
-        if quarantined.contains(&canonical) || !seen.insert(canonical.clone()) {
-            continue;
-        }
-        let holder = match configured {
-            Some(h) => h.clone(),
-            None => Holder { name: derived_holder_name(&canonical), image: canonical.clone() },
-        };
+    let mut place = |plan: &mut HolderPlan, holder: Holder| {
         // A derived name equal to a configured one is astronomically unlikely; never emit two.
         if !names.insert(holder.name.clone()) {
-            continue;
+            return;
         }
-        if plan.holders.len() < max_images {
+        if plan.holders.len() < limits.max_images {
             plan.holders.push(holder);
         } else {
             plan.overflow.push(holder.image);
         }
+    };
+    for h in configured {
+        let canonical = parse_image_reference(&h.image).unwrap_or_else(|_| h.image.clone());
+        if !excluded.contains(&canonical) && seen.insert(canonical) {
+            place(&mut plan, h.clone());
+        }
     }
+
+    // Round-robin over the namespaces; what each adds is counted against its limit.
+    let mut taken: Vec<String> = Vec::new();
+    let mut queues: Vec<(std::collections::btree_map::Keys<'_, String, usize>, usize)> =
+        in_use.values().map(|images| (images.keys(), 0)).collect();
+    let limit = limits.per_namespace.unwrap_or(usize::MAX);
+    loop {
+        let mut progress = false;
+        for (queue, added) in queues.iter_mut() {
+            if *added >= limit {
+                continue;
+            }
+            if let Some(image) = queue.find(|i| !excluded.contains(*i) && !seen.contains(*i)) {
+                seen.insert(image.clone());
+                taken.push(image.clone());
+                *added += 1;
+                progress = true;
+            }
+        }
+        if !progress {
+            break;
+        }
+    }
+    for (queue, _) in queues {
+        for image in queue {
+            if !excluded.contains(image) && seen.insert(image.clone()) {
+                plan.over_namespace_limit.push(image.clone());
+            }
+        }
+    }
+    taken.extend(retained.iter().filter(|i| !excluded.contains(*i) && seen.insert((*i).clone())).cloned());
+
+    // The places go in the fair order; the holders are written sorted.
+    let room = limits.max_images.saturating_sub(plan.holders.len());
+    let (fits, over) = taken.split_at(room.min(taken.len()));
+    let fits: BTreeSet<&String> = fits.iter().collect();
+    for image in fits {
+        place(&mut plan, Holder { name: derived_holder_name(image), image: image.clone() });
+    }
+    plan.overflow.extend(over.iter().cloned());
+    plan.over_namespace_limit.sort();
     plan
 }
 

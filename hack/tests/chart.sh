@@ -70,7 +70,7 @@ EOF
     accepted --set configMap.digestCheckInterval=0 && accepted --set-string configMap.digestCheckInterval=6h &&
     accepted --set-string 'configMap.watchNamespaces=apps web' && accepted --set 'configMap.watchNamespaces=*' &&
     accepted --set 'configMap.imagePullSecrets=a;b' &&
-    accepted --set configMap.maxRetries=0,configMap.maxImages=1000,configMap.logFormat=JSON &&
+    accepted --set configMap.maxRetries=0,configMap.maxImages=1000,configMap.maxImagesPerNamespace=5,configMap.logFormat=JSON &&
     accepted --set-string configMap.nodeGateTaint=kwarm.io/warming=true:NoSchedule &&
     accepted --set rolloutGate.enabled=True,rolloutGate.mode=opt-in,rolloutGate.url=https://127.0.0.1:9443/mutate &&
     accepted --set rolloutGate.enabled=true,rolloutGate.certManager.enabled=true &&
@@ -94,6 +94,7 @@ test_chart_schema_refuses_what_the_manager_refuses() {
     refused /configMap/logFormat --set configMap.logFormat=xml &&
     refused /configMap/maxRetries --set configMap.maxRetries=31 &&
     refused /configMap/maxImages --set-string configMap.maxImages=0 &&
+    refused /configMap/maxImagesPerNamespace --set configMap.maxImagesPerNamespace=0 &&
     refused /configMap/nodeGateTaint --set configMap.nodeGateTaint=kwarm.io/warming:Sometimes &&
     refused /configMap/watchNamespaces --set 'configMap.watchNamespaces=*\,apps' &&
     refused /configMap/namespace --set configMap.namespace=Apps &&

@@ -176,6 +176,7 @@ fn known_variables_cover_every_documented_variable() {
         "MAX_RETRIES",
         "INHERIT_PULL_SECRETS",
         "MAX_IMAGES",
+        "MAX_IMAGES_PER_NAMESPACE",
         "DIGEST_CHECK_INTERVAL",
         "INSECURE_REGISTRIES",
         "NODE_GATE_TAINT",

@@ -654,6 +654,7 @@ impl Controller {
             ("failed", g.failed),
             ("quarantined", g.quarantined),
             ("overflow", g.overflow),
+            ("over_namespace_limit", g.over_namespace_limit),
             ("denied", g.denied),
         ] {
             m.images.get_or_create(&StateLabel { state }).set(value);
@@ -740,6 +741,15 @@ impl Controller {
                         config.max_images
                     );
                     self.publish(&[], "MaxImagesReached", EventType::Warning, note);
+                }
+                Notice::OverNamespaceLimit { image, users } => {
+                    let limit = config.max_images_per_namespace.unwrap_or_default();
+                    tracing::warn!(image = %image, max_images_per_namespace = limit,
+                        "Image not warmed: its namespace reached MAX_IMAGES_PER_NAMESPACE");
+                    let note = format!(
+                        "Image {image} not warmed: this namespace's Deployments already have MAX_IMAGES_PER_NAMESPACE={limit} images warmed"
+                    );
+                    self.publish(&users, "NamespaceImageLimitReached", EventType::Warning, note);
                 }
                 Notice::AccessDenied { image, message, users } => {
                     tracing::warn!(image = %image, %message,

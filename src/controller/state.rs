@@ -19,7 +19,7 @@ use crate::daemonset::{
 };
 use crate::gate::{self, GatedNode, Release};
 use crate::holder::parse_image_reference;
-use crate::images::{DeploymentImages, DeploymentKey, ImageTracker, plan_holders};
+use crate::images::{DeploymentImages, DeploymentKey, ImageTracker, Limits, plan_holders};
 use crate::registry::Resolution;
 use crate::rollout::{self, GatedPod, PodKey, PodRelease, WarmView};
 use crate::status::{
@@ -150,6 +150,11 @@ pub enum Notice {
     Overflow {
         image: String,
     },
+    /// `image` is not warmed: the namespace that wants it reached MAX_IMAGES_PER_NAMESPACE.
+    OverNamespaceLimit {
+        image: String,
+        users: Vec<DeploymentKey>,
+    },
     /// The credentials of the namespaces that want `image` cannot read it (`INHERIT_PULL_SECRETS`):
     /// it is not warmed.
     AccessDenied {
@@ -195,6 +200,8 @@ pub struct Gauges {
     pub failed: i64,
     pub quarantined: i64,
     pub overflow: i64,
+    /// Deployment images over their namespace's MAX_IMAGES_PER_NAMESPACE.
+    pub over_namespace_limit: i64,
     /// Images not warmed because their own credentials cannot read them (or are not checked yet).
     pub denied: i64,
     pub active_pulls: i64,
@@ -255,6 +262,8 @@ pub struct State {
     /// Images in the last DaemonSet kwarm applied or found, to see which ones are new.
     applied_images: Option<BTreeSet<String>>,
     overflow_reported: BTreeSet<String>,
+    /// Images over MAX_IMAGES_PER_NAMESPACE, as said.
+    over_limit_reported: BTreeSet<String>,
     init_failure_reported: bool,
     state_trimmed_reported: bool,
     /// UID of a foreign DaemonSet holding kwarm's name, once reported.
@@ -335,6 +344,7 @@ impl State {
             warming: BTreeMap::new(),
             applied_images: None,
             overflow_reported: BTreeSet::new(),
+            over_limit_reported: BTreeSet::new(),
             init_failure_reported: false,
             state_trimmed_reported: false,
             name_in_use_reported: None,
@@ -770,14 +780,26 @@ impl State {
         let mut excluded = self.quarantine.excluded();
         excluded.extend(denied.iter().cloned());
 
-        let plan = plan_holders(&config.images, &self.tracker.wanted(), &excluded, config.max_images);
+        let retained: BTreeSet<String> = self.tracker.released().keys().cloned().collect();
+        let limits = Limits { max_images: config.max_images, per_namespace: config.max_images_per_namespace };
+        let plan = plan_holders(&config.images, self.tracker.by_namespace(), &retained, &excluded, limits);
         let overflow: BTreeSet<String> = plan.overflow.iter().cloned().collect();
         for image in overflow.difference(&self.overflow_reported) {
             self.notices.push(Notice::Overflow { image: image.clone() });
         }
         self.overflow_reported = overflow;
+        let over_limit: BTreeSet<String> = plan.over_namespace_limit.iter().cloned().collect();
+        for image in over_limit.difference(&self.over_limit_reported) {
+            let users = self.users_of(image);
+            self.notices.push(Notice::OverNamespaceLimit { image: image.clone(), users });
+        }
+        self.over_limit_reported = over_limit;
+        // Not warmed because of a limit, either one: for the conditions and the rollout gate.
+        let mut not_fitting = overflow_set(&plan.overflow);
+        not_fitting.extend(plan.over_namespace_limit.iter().cloned());
         let mut gauges = gauges(&statuses, self.quarantine.excluded().len());
         gauges.overflow = plan.overflow.len() as i64;
+        gauges.over_namespace_limit = plan.over_namespace_limit.len() as i64;
         gauges.denied = denied.len() as i64;
         gauges.gated_nodes = self.gated.len() as i64;
         let releases = self.releases(config, &plan.holders, now);
@@ -787,7 +809,7 @@ impl State {
             .map(|h| parse_image_reference(&h.image).unwrap_or_else(|_| h.image.clone()))
             .collect();
         if config.rollout_gate.is_some() {
-            self.view = self.build_view(config, overflow_set(&plan.overflow), denied.clone());
+            self.view = self.build_view(config, not_fitting.clone(), denied.clone());
         }
         gauges.gated_pods = self.gated_pods.len() as i64;
         let pod_releases = self.pod_releases(config, now);
@@ -836,8 +858,7 @@ impl State {
         if self.name_in_use_reported.take().is_some() {
             self.notices.push(Notice::NameFree);
         }
-        let conditions =
-            self.conditions_to_write(&wanted, &statuses, &overflow_set(&plan.overflow), &denied, now);
+        let conditions = self.conditions_to_write(&wanted, &statuses, &not_fitting, &denied, now);
         let apply =
             (!self.live.as_ref().is_some_and(|live| daemonset_matches(&desired, live))).then_some(desired);
         Decision { apply, releases, pod_releases, conditions, gauges }

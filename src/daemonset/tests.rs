@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use super::*;
 use crate::config::Config;
 use crate::holder::derived_holder_name;
-use crate::images::plan_holders;
+use crate::images::{Limits, plan_holders};
 use crate::status::{PersistedState, Quarantine, QuarantineEntry};
 
 const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
@@ -133,7 +133,10 @@ fn everything_set() -> (Config, RenderInput) {
             retry_at: Some(humantime::parse_rfc3339("2024-05-01T10:05:00Z").expect("time")),
         },
     )]));
-    let plan = plan_holders(&c.images, &watched, &quarantine.excluded(), c.max_images);
+    let images: BTreeMap<String, usize> = watched.iter().map(|i| (i.clone(), 1)).collect();
+    let in_use = BTreeMap::from([("shop".to_string(), images)]);
+    let limits = Limits { max_images: c.max_images, per_namespace: None };
+    let plan = plan_holders(&c.images, &in_use, &BTreeSet::new(), &quarantine.excluded(), limits);
     let retained = BTreeMap::from([(
         "ghcr.io/shop/web:1.9".to_string(),
         humantime::parse_rfc3339("2024-05-01T09:00:00Z").expect("time"),

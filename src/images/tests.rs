@@ -443,11 +443,38 @@ fn a_change_of_pull_secrets_alone_is_reported() {
 // ---------------------------------------------------------------------------------------------
 // plan_holders
 
+/// The images of one namespace, each used by one Deployment.
+fn in_namespaces(namespaces: &[(&str, &[&str])]) -> BTreeMap<String, BTreeMap<String, usize>> {
+    namespaces
+        .iter()
+        .map(|(ns, images)| (ns.to_string(), images.iter().map(|i| (i.to_string(), 1)).collect()))
+        .collect()
+}
+
+/// [`plan_holders`] with every watched image in one namespace, nothing retained, no namespace
+/// limit.
+fn plan_one(
+    configured: &[Holder],
+    watched: &BTreeSet<String>,
+    excluded: &BTreeSet<String>,
+    max: usize,
+) -> HolderPlan {
+    let images: Vec<&str> = watched.iter().map(String::as_str).collect();
+    let in_use = if images.is_empty() { BTreeMap::new() } else { in_namespaces(&[("shop", &images)]) };
+    plan_holders(
+        configured,
+        &in_use,
+        &BTreeSet::new(),
+        excluded,
+        Limits { max_images: max, per_namespace: None },
+    )
+}
+
 #[test]
 fn configured_images_come_first_in_order_then_watched_sorted() {
     let configured = [holder("zeta", "redis:7"), holder("alpha", "quay.io/eclipse/che-theia:next")];
     let watched = set(&["ghcr.io/shop/web:2.0", "docker.io/library/busybox:1.36", "quay.io/a/b:1"]);
-    let plan = plan_holders(&configured, &watched, &BTreeSet::new(), 100);
+    let plan = plan_one(&configured, &watched, &BTreeSet::new(), 100);
     let images: Vec<&str> = plan.holders.iter().map(|h| h.image.as_str()).collect();
     assert_eq!(
         images,
@@ -468,7 +495,7 @@ fn configured_images_come_first_in_order_then_watched_sorted() {
 fn one_image_written_two_ways_is_held_once() {
     let configured = [holder("web", "nginx")];
     let watched = set(&["docker.io/library/nginx:latest", "docker.io/library/nginx:1.25"]);
-    let plan = plan_holders(&configured, &watched, &BTreeSet::new(), 100);
+    let plan = plan_one(&configured, &watched, &BTreeSet::new(), 100);
     assert_eq!(
         plan.holders,
         vec![
@@ -483,17 +510,13 @@ fn quarantined_images_are_left_out() {
     let configured = [holder("bad", "quay.io/team/missing:1"), holder("good", "nginx:1.25")];
     let watched = set(&["docker.io/library/redis:7", "ghcr.io/shop/nope:0"]);
     let quarantined = set(&["quay.io/team/missing:1", "ghcr.io/shop/nope:0"]);
-    let plan = plan_holders(&configured, &watched, &quarantined, 2);
+    let plan = plan_one(&configured, &watched, &quarantined, 2);
     let names: Vec<&str> = plan.holders.iter().map(|h| h.image.as_str()).collect();
     assert_eq!(names, ["nginx:1.25", "docker.io/library/redis:7"]);
     assert!(plan.overflow.is_empty(), "quarantined images do not take a place");
     // Quarantine is by canonical form, whatever the configured spelling.
-    let plan = plan_holders(
-        &[holder("web", "nginx")],
-        &BTreeSet::new(),
-        &set(&["docker.io/library/nginx:latest"]),
-        5,
-    );
+    let plan =
+        plan_one(&[holder("web", "nginx")], &BTreeSet::new(), &set(&["docker.io/library/nginx:latest"]), 5);
     assert!(plan.holders.is_empty());
 }
 
@@ -501,29 +524,29 @@ fn quarantined_images_are_left_out() {
 fn overflow_beyond_max_images_is_reported_not_dropped_silently() {
     let configured = [holder("a", "a:1"), holder("b", "b:1")];
     let watched = set(&["docker.io/library/c:1", "docker.io/library/d:1", "docker.io/library/e:1"]);
-    let plan = plan_holders(&configured, &watched, &BTreeSet::new(), 3);
+    let plan = plan_one(&configured, &watched, &BTreeSet::new(), 3);
     let held: Vec<&str> = plan.holders.iter().map(|h| h.image.as_str()).collect();
     assert_eq!(held, ["a:1", "b:1", "docker.io/library/c:1"]);
     assert_eq!(plan.overflow, ["docker.io/library/d:1", "docker.io/library/e:1"]);
     // Configured images overflow too (when MAX_IMAGES is smaller than IMAGES plus the rest).
-    let plan = plan_holders(&configured, &BTreeSet::new(), &BTreeSet::new(), 1);
+    let plan = plan_one(&configured, &BTreeSet::new(), &BTreeSet::new(), 1);
     assert_eq!(plan.holders, vec![holder("a", "a:1")]);
     assert_eq!(plan.overflow, ["b:1"]);
     // Every image is either held or reported.
-    let plan = plan_holders(&configured, &watched, &BTreeSet::new(), 0);
+    let plan = plan_one(&configured, &watched, &BTreeSet::new(), 0);
     assert_eq!(plan.holders.len() + plan.overflow.len(), 5);
 }
 
 #[test]
 fn one_change_does_not_rename_other_holders() {
     let configured = [holder("web", "nginx:1.25")];
-    let before = plan_holders(
+    let before = plan_one(
         &configured,
         &set(&["docker.io/library/a:1", "docker.io/library/c:1"]),
         &BTreeSet::new(),
         100,
     );
-    let after = plan_holders(
+    let after = plan_one(
         &configured,
         &set(&["docker.io/library/a:1", "docker.io/library/b:1", "docker.io/library/c:1"]),
         &BTreeSet::new(),
@@ -538,7 +561,7 @@ fn one_change_does_not_rename_other_holders() {
     }
     assert_eq!(after.len(), before.len() + 1);
     // And removing one leaves the others alone too.
-    let removed = names(&plan_holders(&configured, &set(&["docker.io/library/c:1"]), &BTreeSet::new(), 100));
+    let removed = names(&plan_one(&configured, &set(&["docker.io/library/c:1"]), &BTreeSet::new(), 100));
     assert_eq!(removed.get("docker.io/library/c:1"), before.get("docker.io/library/c:1"));
 }
 
@@ -548,9 +571,127 @@ fn planning_is_deterministic() {
     let watched = set(&["docker.io/library/a:1", "quay.io/x/y:2", "ghcr.io/z:3"]);
     let quarantined = set(&["quay.io/x/y:2"]);
     assert_eq!(
-        plan_holders(&configured, &watched, &quarantined, 3),
-        plan_holders(&configured, &watched, &quarantined, 3)
+        plan_one(&configured, &watched, &quarantined, 3),
+        plan_one(&configured, &watched, &quarantined, 3)
     );
+}
+
+#[test]
+fn overflow_is_cut_fairly_across_namespaces_not_by_name() {
+    // "aaa" labels many images: sorted, they would take every place; in turn, each namespace gets
+    // one per round
+    let in_use = in_namespaces(&[
+        ("aaa", &["a/1:1", "a/2:1", "a/3:1", "a/4:1", "a/5:1"]),
+        ("bbb", &["b/1:1"]),
+        ("ccc", &["c/1:1", "c/2:1"]),
+    ]);
+    let limits = Limits { max_images: 5, per_namespace: None };
+    let plan =
+        plan_holders(&[holder("cfg", "nginx:1.25")], &in_use, &BTreeSet::new(), &BTreeSet::new(), limits);
+    let held: Vec<&str> = plan.holders.iter().map(|h| h.image.as_str()).collect();
+    // IMAGES first; then round 1: a/1, b/1, c/1; round 2: a/2 (then no room)
+    assert_eq!(held, ["nginx:1.25", "a/1:1", "a/2:1", "b/1:1", "c/1:1"], "written sorted after IMAGES");
+    assert_eq!(plan.overflow, ["c/2:1", "a/3:1", "a/4:1", "a/5:1"], "cut in the fair order");
+    assert!(plan.over_namespace_limit.is_empty());
+}
+
+#[test]
+fn a_namespace_stops_at_its_limit_and_a_shared_image_is_the_others_turn() {
+    let in_use = in_namespaces(&[
+        ("greedy", &["g/1:1", "g/2:1", "g/3:1", "shared:1"]),
+        ("team", &["shared:1", "t/1:1"]),
+    ]);
+    let limits = Limits { max_images: 100, per_namespace: Some(2) };
+    let plan = plan_holders(&[], &in_use, &set(&["old:1"]), &BTreeSet::new(), limits);
+    let held: BTreeSet<&str> = plan.holders.iter().map(|h| h.image.as_str()).collect();
+    // greedy adds g/1, g/2; team adds shared, t/1 (shared is in greedy's list too, and held)
+    assert_eq!(
+        held,
+        ["g/1:1", "g/2:1", "old:1", "shared:1", "t/1:1"].into(),
+        "retained images come after, unlimited"
+    );
+    assert_eq!(plan.over_namespace_limit, ["g/3:1"]);
+    assert!(plan.overflow.is_empty());
+    // an excluded image takes no place in the namespace's share either
+    let plan = plan_holders(&[], &in_use, &BTreeSet::new(), &set(&["g/1:1"]), limits);
+    assert_eq!(plan.over_namespace_limit, Vec::<String>::new(), "g/2 and g/3 fit once g/1 is excluded");
+}
+
+#[test]
+fn retained_images_overflow_before_any_image_in_use() {
+    let in_use = in_namespaces(&[("shop", &["z/in-use:1"])]);
+    let limits = Limits { max_images: 1, per_namespace: None };
+    let plan = plan_holders(&[], &in_use, &set(&["a/retained:1"]), &BTreeSet::new(), limits);
+    assert_eq!(plan.holders.iter().map(|h| h.image.as_str()).collect::<Vec<_>>(), ["z/in-use:1"]);
+    assert_eq!(plan.overflow, ["a/retained:1"]);
+}
+
+mod fair {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn namespaces() -> impl Strategy<Value = BTreeMap<String, BTreeMap<String, usize>>> {
+        prop::collection::btree_map(
+            (0..5usize).prop_map(|n| format!("ns{n}")),
+            prop::collection::btree_map((0..12usize).prop_map(|i| format!("reg/i{i}:1")), 1..3usize, 1..8),
+            0..5,
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        /// Every wanted image is held or reported exactly once; within limits; and no namespace
+        /// with fewer images held than its fair share lost one to a namespace with more.
+        #[test]
+        fn every_image_once_within_limits_and_fair(
+            in_use in namespaces(),
+            retained in prop::collection::btree_set((0..4usize).prop_map(|i| format!("old/r{i}:1")), 0..3),
+            excluded in prop::collection::btree_set((0..12usize).prop_map(|i| format!("reg/i{i}:1")), 0..3),
+            max_images in 1..20usize,
+            per_namespace in prop::option::of(1..5usize),
+        ) {
+            let limits = Limits { max_images, per_namespace };
+            let plan = plan_holders(&[], &in_use, &retained, &excluded, limits);
+            let held: Vec<&String> = plan.holders.iter().map(|h| &h.image).collect();
+            let mut all: Vec<&String> = held.iter().copied().chain(&plan.overflow).chain(&plan.over_namespace_limit).collect();
+            all.sort();
+            let mut wanted: Vec<&String> = in_use.values().flat_map(|m| m.keys()).chain(&retained).filter(|i| !excluded.contains(*i)).collect();
+            wanted.sort();
+            wanted.dedup();
+            prop_assert_eq!(all, wanted, "each image held or reported once");
+            prop_assert!(held.len() <= max_images);
+            let mut sorted = held.clone();
+            sorted.sort();
+            prop_assert_eq!(&held, &sorted, "holders are written sorted");
+            // Fair: a namespace that lost an image of its own to MAX_IMAGES holds at most one
+            // image fewer than any other namespace holds of its own (a cut by name would not).
+            let wanting = |image: &String| in_use.values().filter(|m| m.contains_key(image)).count();
+            let held_of = |ns: &str| in_use[ns].keys().filter(|i| held.contains(i)).count();
+            let exclusive_held_of =
+                |ns: &str| in_use[ns].keys().filter(|i| held.contains(i) && wanting(i) == 1).count();
+            for (ns, images) in &in_use {
+                if images.keys().any(|i| wanting(i) == 1 && plan.overflow.contains(i)) {
+                    for other in in_use.keys() {
+                        prop_assert!(
+                            exclusive_held_of(other) <= held_of(ns) + 1,
+                            "{other} holds {} of its own, {ns} lost one holding {}",
+                            exclusive_held_of(other),
+                            held_of(ns)
+                        );
+                    }
+                }
+                // A namespace cut by its limit got its whole share (when MAX_IMAGES cut nothing).
+                if let Some(limit) = per_namespace
+                    && plan.overflow.is_empty()
+                    && images.keys().any(|i| plan.over_namespace_limit.contains(i))
+                {
+                    prop_assert!(held_of(ns) >= limit, "{ns} was cut below its limit");
+                }
+            }
+        }
+    }
 }
 
 #[test]

@@ -101,6 +101,7 @@ fn names(notices: &[Notice]) -> Vec<&'static str> {
             Notice::Warm { .. } => "Warm",
             Notice::WarmingStarted { .. } => "WarmingStarted",
             Notice::Overflow { .. } => "Overflow",
+            Notice::OverNamespaceLimit { .. } => "OverNamespaceLimit",
             Notice::AccessDenied { .. } => "AccessDenied",
             Notice::AccessGranted { .. } => "AccessGranted",
             Notice::Refreshing => "Refreshing",
