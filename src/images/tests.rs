@@ -788,6 +788,13 @@ mod counted {
                 prop_assert_eq!(tracker.released().keys().cloned().collect::<BTreeSet<_>>(), released.clone());
                 prop_assert_eq!(tracker.deployments(), &all);
                 prop_assert_eq!(tracker.pull_secret_refs().cloned().collect::<BTreeSet<_>>(), after.1);
+                let mut by_namespace: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
+                for ((ns, _), d) in &all {
+                    for image in &d.images {
+                        *by_namespace.entry(ns.clone()).or_default().entry(image.clone()).or_default() += 1;
+                    }
+                }
+                prop_assert_eq!(tracker.by_namespace(), &by_namespace);
             }
         }
     }
