@@ -175,6 +175,9 @@ pub struct WatchConfig {
     pub selector: LabelSelector,
     pub namespaces: Namespaces,
     pub exclude_namespaces: BTreeSet<String>,
+    /// `NAMESPACE_SELECTOR`: only namespaces with these labels opt in (`None`: every namespace
+    /// `WATCH_NAMESPACES` names).
+    pub namespace_selector: Option<LabelSelector>,
     pub exclude_images: Vec<ImagePattern>,
     pub inherit_pull_secrets: bool,
 }
@@ -543,6 +546,7 @@ pub const VARIABLES: &[Variable] = &[
     var("DEPLOYMENT_SELECTOR", "kwarm.io/enabled=true", "label selector of the Deployments to warm"),
     var("WATCH_NAMESPACES", "*", "namespaces whose Deployments are watched (list or *)"),
     var("EXCLUDE_NAMESPACES", "", "namespaces never watched"),
+    var("NAMESPACE_SELECTOR", "", "label selector of the namespaces that opt in (unset: every watched one)"),
     var("EXCLUDE_IMAGES", "", "substrings or globs of images never warmed"),
     var("IMAGE_RETENTION", "24h", "keep an image no Deployment uses any more this long"),
     var("PULL_TIMEOUT", "10m", "an image failing on every node this long is quarantined"),
@@ -1159,7 +1163,16 @@ fn parse_watch(c: &mut Checker) -> WatchConfig {
             .collect())
     });
     let inherit_pull_secrets = c.parse("INHERIT_PULL_SECRETS", false, parse_bool);
-    WatchConfig { enabled, selector, namespaces, exclude_namespaces, exclude_images, inherit_pull_secrets }
+    let namespace_selector = c.parse("NAMESPACE_SELECTOR", None, |v| LabelSelector::parse(v).map(Some));
+    WatchConfig {
+        enabled,
+        selector,
+        namespaces,
+        exclude_namespaces,
+        namespace_selector,
+        exclude_images,
+        inherit_pull_secrets,
+    }
 }
 
 /// The API server's rules for a toleration, checked here so a typo fails at start with exit 2

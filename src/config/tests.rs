@@ -169,6 +169,7 @@ fn known_variables_cover_every_documented_variable() {
         "DEPLOYMENT_SELECTOR",
         "WATCH_NAMESPACES",
         "EXCLUDE_NAMESPACES",
+        "NAMESPACE_SELECTOR",
         "EXCLUDE_IMAGES",
         "IMAGE_RETENTION",
         "PULL_TIMEOUT",

@@ -87,6 +87,7 @@ struct Controller {
     deployment_listings: Vec<Listing<(DeploymentKey, Option<DeploymentImages>)>>,
     node_listing: Listing<(String, NodeSeen)>,
     pending_listing: Listing<(PodKey, Option<GatedPod>)>,
+    namespace_listing: Listing<String>,
     /// Releases for the node-gate task (`None`: the gate is off).
     releases: Option<tokio::sync::mpsc::UnboundedSender<Release>>,
     /// Releases for the rollout-gate task (`None`: the gate is off).
@@ -215,6 +216,7 @@ pub async fn run(
         deployment_listings: deployment_scopes.iter().map(|_| Listing::default()).collect(),
         node_listing: Listing::default(),
         pending_listing: Listing::default(),
+        namespace_listing: Listing::default(),
         releases,
         pod_releases,
         digests_wanted,
@@ -409,6 +411,9 @@ impl Controller {
                     })
                     .map(Observation::Nodes)
             }
+            Input::Namespace(event) => {
+                self.namespace_listing.fold(event, |n| n.name_any()).map(Observation::Namespaces)
+            }
             Input::PendingPod(event) => {
                 let watch = &self.ctx.config.watch;
                 let now = SystemTime::now();
@@ -435,6 +440,8 @@ impl Controller {
                     Some(Observation::DeploymentsForbidden(error.to_string()))
                 } else if watch == "nodes" && forbidden {
                     Some(Observation::NodesForbidden(error.to_string()))
+                } else if watch == "namespaces" && forbidden {
+                    Some(Observation::NamespacesForbidden(error.to_string()))
                 } else if watch == "pending_pods" && forbidden {
                     Some(Observation::PendingPodsForbidden(error.to_string()))
                 } else {
@@ -683,6 +690,9 @@ impl Controller {
                 Notice::PendingPodsForbidden { error } => tracing::error!(%error,
                     "Not allowed to list/watch pods in every namespace (RBAC): the rollout gate cannot release pods. \
                      Grant list/watch/patch on pods (the chart does with rolloutGate.enabled) or set ROLLOUT_GATE=false"),
+                Notice::NamespacesForbidden { error } => tracing::error!(%error,
+                    "Not allowed to list/watch namespaces (RBAC): with NAMESPACE_SELECTOR no namespace opts in, \
+                     only IMAGES are warmed. Grant list/watch on namespaces (the chart does with configMap.namespaceSelector)"),
                 Notice::StateUnreadable { error } => {
                     tracing::warn!(%error, "Ignoring unreadable kwarm.io/state annotation");
                 }

@@ -67,6 +67,10 @@ pub enum Observation {
     /// Pods not yet scheduled, reduced to kwarm's scheduling gate (`None`: not gated). Only with
     /// the rollout gate on.
     GatedPods(Seen<(PodKey, Option<GatedPod>)>),
+    /// Namespaces `NAMESPACE_SELECTOR` selects (names). Only with it set.
+    Namespaces(Seen<String>),
+    /// Listing or watching namespaces is forbidden: none opts in.
+    NamespacesForbidden(String),
     /// Listing or watching Nodes is forbidden: the gate cannot work.
     NodesForbidden(String),
     /// Listing or watching pods in every namespace is forbidden: gated pods wait for their
@@ -100,6 +104,9 @@ pub enum Notice {
         error: String,
     },
     PendingPodsForbidden {
+        error: String,
+    },
+    NamespacesForbidden {
         error: String,
     },
     StateUnreadable {
@@ -249,6 +256,12 @@ pub struct State {
     pods_synced: bool,
     deployments_synced: Vec<bool>,
     deployments_forbidden_reported: bool,
+    /// With `NAMESPACE_SELECTOR`: the namespaces that opt in (`None`: the selector is unset), and
+    /// the Deployments of the others, kept aside until their namespace opts in.
+    opted_in: Option<BTreeSet<String>>,
+    parked: BTreeMap<DeploymentKey, DeploymentImages>,
+    namespaces_synced: bool,
+    namespaces_forbidden_reported: bool,
     pull_secrets: Vec<String>,
     /// Whether the pull-secret task reported once; until then the mirrors the live DaemonSet
     /// references are kept (a restart must not drop them and roll every pod).
@@ -335,6 +348,10 @@ impl State {
             ds_synced: false,
             pods_synced: false,
             deployments_forbidden_reported: false,
+            opted_in: config.watch.namespace_selector.as_ref().map(|_| BTreeSet::new()),
+            parked: BTreeMap::new(),
+            namespaces_synced: config.watch.namespace_selector.is_none() || !config.watch.enabled,
+            namespaces_forbidden_reported: false,
             pull_secrets: Vec::new(),
             pull_secrets_reported: false,
             quarantine: Quarantine::default(),
@@ -386,6 +403,7 @@ impl State {
             && self.pods_synced
             && self.nodes_synced
             && self.gated_pods_synced
+            && self.namespaces_synced
             && self.deployments_synced.iter().all(|s| *s)
     }
 
@@ -501,16 +519,29 @@ impl State {
                     }
                     // This stream's scope is replaced; what other streams (namespaces) listed stays.
                     let scope = self.deployment_scopes.get(i).cloned().flatten();
+                    let other_scope = |ns: &String| scope.as_ref().is_some_and(|s| s != ns);
                     let mut all: BTreeMap<DeploymentKey, DeploymentImages> = self
                         .tracker
                         .deployments()
                         .iter()
-                        .filter(|((ns, _), _)| scope.as_ref().is_some_and(|s| s != ns))
+                        .filter(|((ns, _), _)| other_scope(ns))
                         .map(|(k, v)| (k.clone(), v.clone()))
                         .collect();
-                    all.extend(listed.into_iter().filter_map(|(key, summary)| summary.map(|s| (key, s))));
+                    self.parked.retain(|(ns, _), _| other_scope(ns));
+                    for (key, summary) in listed {
+                        let Some(summary) = summary else { continue };
+                        if self.opted_in(&key.0) {
+                            all.insert(key, summary);
+                        } else {
+                            self.parked.insert(key, summary);
+                        }
+                    }
                     self.tracker.replace_all(all, now);
                     true
+                }
+                Seen::Applied((key, Some(summary))) if !self.opted_in(&key.0) => {
+                    self.parked.insert(key, summary);
+                    false
                 }
                 Seen::Applied((key, Some(summary))) => {
                     // the rollout gate reads the setting and the containers: a change is a decision
@@ -521,8 +552,40 @@ impl State {
                         });
                     self.tracker.upsert(key, summary, now) || gate_changed
                 }
-                Seen::Applied((key, None)) | Seen::Deleted((key, _)) => self.tracker.remove(&key, now),
+                Seen::Applied((key, None)) | Seen::Deleted((key, _)) => {
+                    self.parked.remove(&key);
+                    self.tracker.remove(&key, now)
+                }
             },
+            Observation::Namespaces(seen) => {
+                let Some(opted_in) = &self.opted_in else { return false };
+                let mut now_in = opted_in.clone();
+                let listed = matches!(seen, Seen::Listed(_));
+                match seen {
+                    Seen::Listed(names) => {
+                        self.namespaces_synced = true;
+                        now_in = names.into_iter().collect();
+                    }
+                    Seen::Applied(name) => {
+                        now_in.insert(name);
+                    }
+                    Seen::Deleted(name) => {
+                        now_in.remove(&name);
+                    }
+                }
+                // a listing is always worth a decision: the first one may complete the sync
+                self.opt_in(now_in, now) || listed
+            }
+            Observation::NamespacesForbidden(error) => {
+                if !self.namespaces_forbidden_reported {
+                    self.namespaces_forbidden_reported = true;
+                    self.notices.push(Notice::NamespacesForbidden { error });
+                }
+                // None opts in; the DaemonSet must not wait for a watch that cannot work.
+                let first = !self.namespaces_synced;
+                self.namespaces_synced = true;
+                self.opt_in(BTreeSet::new(), now) || first
+            }
             Observation::DeploymentsForbidden(error) => {
                 if !self.deployments_forbidden_reported {
                     self.deployments_forbidden_reported = true;
@@ -610,6 +673,38 @@ impl State {
                 first
             }
         }
+    }
+
+    /// Whether a namespace's Deployments count (`NAMESPACE_SELECTOR`).
+    fn opted_in(&self, namespace: &str) -> bool {
+        self.opted_in.as_ref().is_none_or(|o| o.contains(namespace))
+    }
+
+    /// Takes the namespaces that opt in now: the Deployments of those that joined come out of
+    /// the parking lot, those of namespaces that left go into it (their images are released, and
+    /// kept for IMAGE_RETENTION like any other). Returns whether the images in use changed.
+    fn opt_in(&mut self, now_in: BTreeSet<String>, now: SystemTime) -> bool {
+        let Some(before) = self.opted_in.replace(now_in.clone()) else { return false };
+        let mut changed = false;
+        for ns in before.difference(&now_in) {
+            let leaving: Vec<DeploymentKey> =
+                self.tracker.deployments().keys().filter(|(n, _)| n == ns).cloned().collect();
+            for key in leaving {
+                if let Some(d) = self.tracker.deployments().get(&key).cloned() {
+                    changed |= self.tracker.remove(&key, now);
+                    self.parked.insert(key, d);
+                }
+            }
+        }
+        for ns in now_in.difference(&before) {
+            let joining: Vec<DeploymentKey> = self.parked.keys().filter(|(n, _)| n == ns).cloned().collect();
+            for key in joining {
+                if let Some(d) = self.parked.remove(&key) {
+                    changed |= self.tracker.upsert(key, d, now);
+                }
+            }
+        }
+        changed
     }
 
     /// Keeps what the gates need of a node. Returns whether anything changed.

@@ -4,8 +4,8 @@
 use futures::stream::{BoxStream, SelectAll};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{Event as CoreEvent, Node, Pod};
-use kube::api::Api;
+use k8s_openapi::api::core::v1::{Event as CoreEvent, Namespace, Node, Pod};
+use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event, watcher};
 use kube::{Client, Resource};
@@ -26,6 +26,8 @@ pub enum Input {
     Node(Event<Node>),
     /// Pods not bound to a node yet, in every namespace. Only with the rollout gate on.
     PendingPod(Event<Pod>),
+    /// Namespaces `NAMESPACE_SELECTOR` selects (metadata only). Only with it set.
+    Namespace(Event<PartialObjectMeta<Namespace>>),
     WatchError(&'static str, watcher::Error),
 }
 
@@ -129,6 +131,15 @@ pub fn watch_streams(client: &Client, config: &Config) -> SelectAll<BoxStream<'s
             .modify(strip)
             .map(|r| r.map_or_else(|e| Input::WatchError("pending_pods", e), Input::PendingPod));
         all.push(pending.boxed());
+    }
+
+    if let Some(selector) = config.watch.namespace_selector.as_ref().filter(|_| config.watch.enabled) {
+        // A namespace whose labels stop matching leaves the watch as a deletion.
+        let cfg = watcher::Config::default().labels(&selector.to_string());
+        let namespaces = watcher(Api::<PartialObjectMeta<Namespace>>::all(client.clone()), cfg)
+            .default_backoff()
+            .map(|r| r.map_or_else(|e| Input::WatchError("namespaces", e), Input::Namespace));
+        all.push(namespaces.boxed());
     }
 
     let selector = config.watch.selector.to_string();

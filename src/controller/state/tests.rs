@@ -40,6 +40,9 @@ fn synced(c: &Config, leader: bool, live: Option<DaemonSet>, now: SystemTime) ->
     if c.rollout_gate.is_some() {
         s.observe(c, Observation::GatedPods(Seen::Listed(vec![])), now);
     }
+    if c.watch.enabled && c.watch.namespace_selector.is_some() {
+        s.observe(c, Observation::Namespaces(Seen::Listed(vec![])), now);
+    }
     assert!(s.synced());
     s
 }
@@ -90,6 +93,7 @@ fn names(notices: &[Notice]) -> Vec<&'static str> {
             Notice::DeploymentsForbidden { .. } => "DeploymentsForbidden",
             Notice::NodesForbidden { .. } => "NodesForbidden",
             Notice::PendingPodsForbidden { .. } => "PendingPodsForbidden",
+            Notice::NamespacesForbidden { .. } => "NamespacesForbidden",
             Notice::StateUnreadable { .. } => "StateUnreadable",
             Notice::ConditionsForbidden { .. } => "ConditionsForbidden",
             Notice::PullsFailed(_) => "PullsFailed",
@@ -1195,4 +1199,71 @@ fn without_inherited_secrets_nothing_is_checked() {
     let ds = decide_and_apply(&mut s, &c, at(0)).expect("created");
     assert_eq!(images_of(&ds), [NGINX, A_OTHER], "the holders get IMAGE_PULL_SECRETS only: nothing to lend");
     assert!(s.access_wanted().is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// NAMESPACE_SELECTOR
+
+#[test]
+fn only_namespaces_that_opt_in_get_their_images_warmed_and_leaving_releases_them() {
+    let c = config(&[
+        ("IMAGES", "nginx:1.25"),
+        ("NAMESPACE_SELECTOR", "kwarm.io/warm=true"),
+        ("IMAGE_RETENTION", "1h"),
+    ]);
+    let mut s = State::new(&c, vec![None], true, false, None, at(0));
+    s.observe(&c, Observation::DaemonSet(Seen::Listed(vec![])), at(0));
+    s.observe(&c, Observation::Pods(Seen::Listed(vec![])), at(0));
+    let (team, other) = (("team".to_string(), "api".to_string()), ("other".to_string(), "web".to_string()));
+    let listed =
+        vec![(team.clone(), Some(deployment(&[REDIS]))), (other.clone(), Some(deployment(&[MISSING])))];
+    s.observe(&c, Observation::Deployments(0, Seen::Listed(listed)), at(0));
+    assert!(!s.synced(), "the namespaces have not listed yet");
+    assert!(s.observe(&c, Observation::Namespaces(Seen::Listed(vec!["team".into()])), at(0)));
+    assert!(s.synced());
+    let ds = decide_and_apply(&mut s, &c, at(0)).expect("created");
+    assert_eq!(images_of(&ds), [NGINX, REDIS], "other has not opted in");
+    assert_eq!(s.deployments().len(), 1);
+
+    // other opts in (its label set): its parked Deployment counts at once
+    assert!(s.observe(&c, Observation::Namespaces(Seen::Applied("other".into())), at(1)));
+    let ds = decide_and_apply(&mut s, &c, at(1)).expect("other's image");
+    assert_eq!(images_of(&ds), [NGINX, REDIS, MISSING]);
+
+    // a change in a namespace that did not opt in is kept aside, not warmed
+    s.observe(&c, Observation::Namespaces(Seen::Deleted("other".into())), at(2));
+    let changed = s.observe(
+        &c,
+        Observation::Deployments(
+            0,
+            Seen::Applied((other.clone(), Some(deployment(&[NGINX, "docker.io/library/busybox:1"])))),
+        ),
+        at(2),
+    );
+    assert!(!changed, "nothing to decide for a namespace that is out");
+    // other's image is released, kept for IMAGE_RETENTION like any image no Deployment uses
+    let ds = decide_and_apply(&mut s, &c, at(2)).expect("the retention is written down");
+    assert_eq!(images_of(&ds), [NGINX, REDIS, MISSING], "MISSING is retained an hour");
+    let ds = decide_and_apply(&mut s, &c, at(3700)).expect("retention over");
+    assert_eq!(images_of(&ds), [NGINX, REDIS]);
+    // back in: the latest version of its Deployment
+    s.observe(&c, Observation::Namespaces(Seen::Applied("other".into())), at(3701));
+    let ds = decide_and_apply(&mut s, &c, at(3701)).expect("busybox");
+    assert_eq!(images_of(&ds), ["docker.io/library/busybox:1", NGINX, REDIS]);
+}
+
+#[test]
+fn without_the_right_to_list_namespaces_none_opts_in_and_it_is_said_once() {
+    let c = config(&[("IMAGES", "nginx:1.25"), ("NAMESPACE_SELECTOR", "kwarm.io/warm=true")]);
+    let mut s = State::new(&c, vec![None], true, false, None, at(0));
+    s.observe(&c, Observation::DaemonSet(Seen::Listed(vec![])), at(0));
+    s.observe(&c, Observation::Pods(Seen::Listed(vec![])), at(0));
+    let listed = vec![(("team".to_string(), "api".to_string()), Some(deployment(&[REDIS])))];
+    s.observe(&c, Observation::Deployments(0, Seen::Listed(listed)), at(0));
+    assert!(s.observe(&c, Observation::NamespacesForbidden("403".into()), at(0)));
+    s.observe(&c, Observation::NamespacesForbidden("403".into()), at(1));
+    assert_eq!(names(&s.take_notices()), ["NamespacesForbidden"]);
+    assert!(s.synced(), "IMAGES do not wait for a watch that cannot work");
+    let ds = decide_and_apply(&mut s, &c, at(1)).expect("created");
+    assert_eq!(images_of(&ds), [NGINX], "fails closed: the selector is a restriction");
 }
