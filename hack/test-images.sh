@@ -16,6 +16,7 @@
 #   127.0.0.1:5000/test/big:gated   64 MiB  2  rollout gate: a pull big enough to see (2 x 32 MiB)
 #   127.0.0.1:5000/test/big:ungated 64 MiB  2  the same change with the gate off, for comparison
 #   127.0.0.1:5001/private/secret:v1  4 KiB 1  in the registry that requires a login (pull secrets)
+#   127.0.0.1:5001/private/secret:v2  4 KiB 1  another private image (a tenant without the login names it)
 #   127.0.0.1:5000/che-incubator/che-code:next              4 KiB 1  the images kubernetes-image-puller's
 #   127.0.0.1:5000/devfile/base-developer-image:ubi9-latest 4 KiB 1  own values and templates name; the
 #     real node's containerd serves quay.io/... from here (hack/cluster-up.sh MIRRORED_REGISTRIES)

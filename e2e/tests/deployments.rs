@@ -458,6 +458,55 @@ async fn a_tenant_cannot_get_another_tenants_private_image_warmed() -> Result<()
     result
 }
 
+/// NAMESPACE_SELECTOR: only the Deployments of namespaces carrying the label are warmed; labelling
+/// another namespace adds its images, taking the label off releases them.
+#[tokio::test]
+async fn only_namespaces_that_opt_in_get_their_images_warmed() -> Result<()> {
+    use k8s_openapi::api::core::v1::Namespace;
+    let client = client().await?;
+    let ns = create_namespace(&client, "kwarm-e2e-optin-").await?;
+    let team = create_namespace(&client, "kwarm-e2e-optin-team-").await?;
+    let other = create_namespace(&client, "kwarm-e2e-optin-other-").await?;
+    // a label of this test's own, so other tests' namespaces never match
+    let label = format!("kwarm-e2e/opt-in-{ns}");
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let set_label = |value: Option<&str>| serde_json::json!({"metadata": {"labels": {label.clone(): value}}});
+    namespaces.patch(&team, &PatchParams::default(), &Patch::Merge(&set_label(Some("true")))).await?;
+    let (team_image, other_image) = ("127.0.0.1:5000/test/small:v1", "127.0.0.1:5000/test/other:v1");
+    Api::<Deployment>::namespaced(client.clone(), &team)
+        .create(&PostParams::default(), &deployment("api", &[team_image], true)?)
+        .await?;
+    Api::<Deployment>::namespaced(client.clone(), &other)
+        .create(&PostParams::default(), &deployment("web", &[other_image], true)?)
+        .await?;
+
+    let mut env = base_env(&ns);
+    env.insert("WATCH_DEPLOYMENTS".into(), "true".into());
+    env.insert("NAMESPACE_SELECTOR".into(), format!("{label}=true"));
+    env.insert("IMAGE_RETENTION".into(), "0s".into());
+    let mut manager = Manager::start("manager-optin", &env).await?;
+    let result = async {
+        manager.wait_ready(Duration::from_secs(60)).await?;
+        wait_daemonset_images(&client, &ns, &[team_image], Duration::from_secs(60)).await?;
+        namespaces.patch(&other, &PatchParams::default(), &Patch::Merge(&set_label(Some("true")))).await?;
+        let took =
+            wait_daemonset_images(&client, &ns, &[team_image, other_image], Duration::from_secs(60)).await?;
+        eprintln!("namespace labelled -> its image in the DaemonSet: {took:?}");
+        namespaces.patch(&other, &PatchParams::default(), &Patch::Merge(&set_label(None))).await?;
+        wait_daemonset_images(&client, &ns, &[team_image], Duration::from_secs(60)).await?;
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    if result.is_err() {
+        eprintln!("manager log:\n{}", manager.log_text());
+    }
+    manager.stop().await?;
+    for n in [&ns, &team, &other] {
+        delete_namespace(&client, n, Duration::from_secs(120)).await?;
+    }
+    result
+}
+
 /// Inheriting pull secrets is optional: when the manager may not write secrets at all, the
 /// DaemonSet still follows the Deployments (it used to stop being updated for good).
 #[tokio::test]
