@@ -288,4 +288,58 @@ mod tests {
         assert!(!m("!app"));
         assert!(m("app!=api"));
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn key() -> impl Strategy<Value = String> {
+            "([a-z]{1,5}(\\.[a-z]{1,4})?/)?[a-z0-9]([a-z0-9._-]{0,8}[a-z0-9])?"
+        }
+
+        fn value() -> impl Strategy<Value = String> {
+            "([A-Za-z0-9]([A-Za-z0-9._-]{0,6}[A-Za-z0-9])?)?"
+        }
+
+        fn values() -> impl Strategy<Value = Vec<String>> {
+            prop::collection::vec(value().prop_filter("non-empty", |v| !v.is_empty()), 1..4)
+        }
+
+        fn requirement() -> impl Strategy<Value = Requirement> {
+            prop_oneof![
+                key().prop_map(Requirement::Exists),
+                key().prop_map(Requirement::NotExists),
+                (key(), value()).prop_map(|(k, v)| Requirement::Equals(k, v)),
+                (key(), value()).prop_map(|(k, v)| Requirement::NotEquals(k, v)),
+                (key(), values()).prop_map(|(k, v)| Requirement::In(k, v)),
+                (key(), values()).prop_map(|(k, v)| Requirement::NotIn(k, v)),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+            /// The text kwarm sends to the API server parses back to the same selector.
+            #[test]
+            fn the_canonical_text_parses_back(requirements in prop::collection::vec(requirement(), 1..5)) {
+                let selector = LabelSelector(requirements);
+                let text = selector.to_string();
+                prop_assert_eq!(LabelSelector::parse(&text), Ok(selector), "{}", text);
+            }
+
+            /// Anything at all is parsed or refused with a message, never a panic; what parses
+            /// has one canonical form.
+            #[test]
+            fn any_text_is_parsed_or_refused(text in "[a-z0-9=!,() ./_-]{0,30}|.{0,30}") {
+                match LabelSelector::parse(&text) {
+                    Ok(selector) => {
+                        let canonical = selector.to_string();
+                        prop_assert_eq!(LabelSelector::parse(&canonical), Ok(selector));
+                    }
+                    Err(message) => prop_assert!(!message.is_empty()),
+                }
+            }
+        }
+    }
 }

@@ -1780,3 +1780,52 @@ fn rollout_gate_mistakes_are_named_all_at_once() {
     let named: BTreeSet<&str> = all.iter().map(|e| e.variable).collect();
     assert_eq!(named, BTreeSet::from(["ROLLOUT_GATE", "WEBHOOK_BIND_ADDRESS"]), "{all:#?}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Properties: whatever a user writes into one variable
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Values a user (or a template) might put anywhere: anything printable, numbers, durations,
+    /// quantities, JSON fragments, lists, selectors, and control characters.
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            ".{0,40}",
+            "[0-9]{0,6}",
+            "-?[0-9]{1,3}(\\.[0-9]{1,2})?(ms|s|m|h|d|Mi|Gi|m|%)?",
+            "(true|false|True|FALSE|yes|no|0|1|null|\\*|)",
+            "[{}\\[\\]\":,a-z0-9 ]{0,30}",
+            "[a-z0-9./:@-]{1,20}(=[a-z0-9./:@-]{0,20})?(;[a-z0-9./:@-]{1,20}){0,3}",
+            "[a-z.]{1,8}(!=|=|==| in | notin )?\\(?[a-z,]{0,10}\\)?",
+            "[\\x00-\\x1f\\x7f]{1,5}",
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        /// No value of any variable panics; a refused value is refused naming that variable and
+        /// the value (or the wrong part of it), and nothing else is blamed for it.
+        #[test]
+        fn any_value_of_any_variable_is_parsed_or_refused_by_name(index in 0..VARIABLES.len(), raw in value()) {
+            let variable = VARIABLES[index].name;
+            let vars = [("IMAGES".to_string(), "nginx:1.25".to_string()), (variable.to_string(), raw.clone())];
+            let vars = if variable == "IMAGES" { vec![vars[1].clone()] } else { vars.to_vec() };
+            match Config::from_vars(vars, Some("kwarm".into())) {
+                Ok(_) => {}
+                Err(errors) => {
+                    prop_assert!(!errors.0.is_empty());
+                    for e in &errors.0 {
+                        prop_assert_eq!(e.variable, variable, "{}", e);
+                        // the value as given, or the one entry of it that is wrong (IMAGES)
+                        prop_assert!(raw.contains(&e.value), "{} not in {:?}", e, raw);
+                        prop_assert!(!e.expected.is_empty());
+                    }
+                }
+            }
+        }
+    }
+}
