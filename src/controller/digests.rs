@@ -56,6 +56,14 @@ impl Checker {
         Checker { resolver, secrets: Api::namespaced(client, namespace), interval, shared, purpose }
     }
 
+    /// Starts the task: what to check goes in on the sender, the answers come out on the receiver.
+    pub fn spawn(self) -> (watch::Sender<Option<Wanted>>, watch::Receiver<BTreeMap<String, Resolution>>) {
+        let (wanted_tx, wanted_rx) = watch::channel(None);
+        let (answers_tx, answers_rx) = watch::channel(BTreeMap::new());
+        tokio::spawn(self.run(wanted_rx, answers_tx));
+        (wanted_tx, answers_rx)
+    }
+
     /// Checks what `wanted` says until it closes; the answers go out on `answers`.
     pub async fn run(
         mut self,

@@ -164,41 +164,23 @@ pub async fn run(
         tx
     });
     // Digest checks run in a task of their own; its answers come back on `registry`.
-    let (digests_wanted, mut registry) = match &config.digest_check {
-        Some(check) => {
-            let (wanted_tx, wanted_rx) = watch::channel(None);
-            let (answers_tx, answers_rx) = watch::channel(Default::default());
-            let checker = digests::Checker::new(
-                ctx.client.clone(),
-                &config.namespace,
-                check.interval,
-                &check.insecure_registries,
-                ctx.shared.clone(),
-                digests::Purpose::Digests,
-            );
-            tokio::spawn(checker.run(wanted_rx, answers_tx));
-            (Some(wanted_tx), Some(answers_rx))
-        }
-        None => (None, None),
+    let checker = |purpose, interval| {
+        let c = ctx.client.clone();
+        digests::Checker::new(
+            c,
+            &config.namespace,
+            interval,
+            &config.insecure_registries,
+            ctx.shared.clone(),
+            purpose,
+        )
+        .spawn()
     };
+    let (digests_wanted, mut registry) =
+        config.digest_check.as_ref().map(|check| checker(digests::Purpose::Digests, check.interval)).unzip();
     // Access checks (tenant credentials) likewise, with inherited pull secrets; answers on `access`.
-    let (access_wanted, mut access) = match config.watch.inherit_pull_secrets {
-        true => {
-            let (wanted_tx, wanted_rx) = watch::channel(None);
-            let (answers_tx, answers_rx) = watch::channel(Default::default());
-            let checker = digests::Checker::new(
-                ctx.client.clone(),
-                &config.namespace,
-                ACCESS_RECHECK,
-                &config.insecure_registries,
-                ctx.shared.clone(),
-                digests::Purpose::Access,
-            );
-            tokio::spawn(checker.run(wanted_rx, answers_tx));
-            (Some(wanted_tx), Some(answers_rx))
-        }
-        false => (None, None),
-    };
+    let (access_wanted, mut access) =
+        config.watch.inherit_pull_secrets.then(|| checker(digests::Purpose::Access, ACCESS_RECHECK)).unzip();
     let state = State::new(
         &config,
         deployment_scopes.clone(),
