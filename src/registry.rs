@@ -186,6 +186,10 @@ pub fn by_registry<'a>(
 pub struct Resolver {
     /// `None` when no HTTP client could be built: every check then fails (and is reported).
     client: Option<Client>,
+    /// The credentials the client was used with: the client keeps the first credentials it is
+    /// given for a registry (and the tokens they bought), so other credentials get a new client.
+    used_with: Option<Credentials>,
+    insecure: BTreeSet<String>,
     backoff: BTreeMap<String, Backoff>,
     /// Whether digest-pinned references are asked for too (access checks), not only tags.
     pinned: bool,
@@ -204,6 +208,17 @@ impl Resolver {
     }
 
     fn build(insecure_registries: &BTreeSet<String>, pinned: bool) -> Resolver {
+        let client = Resolver::client(insecure_registries);
+        Resolver {
+            client,
+            used_with: None,
+            insecure: insecure_registries.clone(),
+            backoff: BTreeMap::new(),
+            pinned,
+        }
+    }
+
+    fn client(insecure_registries: &BTreeSet<String>) -> Option<Client> {
         // reqwest (under oci-client) takes the process-wide provider; kube brings its own. An
         // error means one is installed already, which is what is needed.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -225,7 +240,7 @@ impl Resolver {
                 "Digest checks are off: no HTTPS client without a system CA store (set SSL_CERT_FILE)"
             );
         }
-        Resolver { client, backoff: BTreeMap::new(), pinned }
+        client
     }
 
     /// Resolves every tag among `images` (digest-pinned ones are skipped): registries in
@@ -237,6 +252,11 @@ impl Resolver {
         now: SystemTime,
     ) -> BTreeMap<String, Resolution> {
         let groups = by_registry(images, self.pinned);
+        // New or rotated credentials: a client of their own (see `used_with`).
+        if self.used_with.as_ref().is_some_and(|used| used != credentials) {
+            self.client = Resolver::client(&self.insecure);
+        }
+        self.used_with = Some(credentials.clone());
         let Some(client) = &self.client else {
             let failed = Resolution::Failed {
                 reason: FailureReason::Unreachable,

@@ -33,7 +33,10 @@ pub enum Purpose {
 }
 
 pub struct Checker {
-    pub resolver: Resolver,
+    /// One resolver per set of secrets checked with: a registry client keeps the first
+    /// credentials it saw for a registry.
+    pub resolvers: BTreeMap<Vec<String>, Resolver>,
+    pub insecure: BTreeSet<String>,
     pub secrets: Api<Secret>,
     pub interval: Duration,
     pub shared: Arc<Shared>,
@@ -49,11 +52,14 @@ impl Checker {
         shared: Arc<Shared>,
         purpose: Purpose,
     ) -> Self {
-        let resolver = match purpose {
-            Purpose::Digests => Resolver::new(insecure),
-            Purpose::Access => Resolver::for_access(insecure),
-        };
-        Checker { resolver, secrets: Api::namespaced(client, namespace), interval, shared, purpose }
+        Checker {
+            resolvers: BTreeMap::new(),
+            insecure: insecure.clone(),
+            secrets: Api::namespaced(client, namespace),
+            interval,
+            shared,
+            purpose,
+        }
     }
 
     /// Starts the task: what to check goes in on the sender, the answers come out on the receiver.
@@ -89,8 +95,15 @@ impl Checker {
                 let mut results = BTreeMap::new();
                 for (secrets, images) in groups {
                     let credentials = self.credentials(secrets, &mut forbidden_said).await;
-                    results.extend(self.resolver.resolve(&images, &credentials, SystemTime::now()).await);
+                    let (insecure, purpose) = (&self.insecure, self.purpose);
+                    let resolver = self.resolvers.entry(secrets.clone()).or_insert_with(|| match purpose {
+                        Purpose::Digests => Resolver::new(insecure),
+                        Purpose::Access => Resolver::for_access(insecure),
+                    });
+                    results.extend(resolver.resolve(&images, &credentials, SystemTime::now()).await);
                 }
+                let in_use: BTreeSet<&Vec<String>> = current.values().collect();
+                self.resolvers.retain(|secrets, _| in_use.contains(secrets));
                 if !results.is_empty() {
                     self.record(&results, &answers.borrow());
                     checked = current.clone();
