@@ -252,3 +252,23 @@ test_chart_rbac_reads_booleans_as_the_manager_does() {
   has_rule "ClusterRole - apps/deployments list,watch"
 }
 
+# networkPolicy.enabled: ingress to the manager's ports only, from the peers given for each.
+test_chart_network_policy_admits_the_given_peers_on_the_managers_ports() {
+  helm_template || return
+  OUT="$("$HELM" template kwarm "$CHART_DIR" -n kwarm)" || fail "render failed" || return
+  ! grep -qx "kind: NetworkPolicy" <<<"$OUT" || fail "a NetworkPolicy by default" || return
+  OUT="$("$HELM" template kwarm "$CHART_DIR" -n kwarm --set networkPolicy.enabled=true,rolloutGate.enabled=true \
+    --set-json 'networkPolicy.webhookFrom=[{"ipBlock":{"cidr":"10.0.0.0/24"}}]' \
+    --set-json 'networkPolicy.healthFrom=[{"podSelector":{"matchLabels":{"app":"probe"}}}]' \
+    --show-only templates/networkpolicy.yaml | python3 -c '
+import json, sys, yaml
+p = yaml.safe_load(sys.stdin)
+print(json.dumps(p["spec"]["podSelector"]["matchLabels"], sort_keys=True))
+for rule in p["spec"]["ingress"]:
+    print(rule["ports"][0]["port"], json.dumps(rule.get("from"), sort_keys=True))
+')" || fail "render failed" || return
+  expect_output '{"app.kubernetes.io/component": "manager", "app.kubernetes.io/instance": "kwarm", "app.kubernetes.io/name": "kwarm-manager"}' &&
+    expect_output 'metrics null' && expect_output 'webhook [{"ipBlock": {"cidr": "10.0.0.0/24"}}]' &&
+    expect_output 'health [{"podSelector": {"matchLabels": {"app": "probe"}}}, {"podSelector": {"matchLabels": {"app.kubernetes.io/component": "test"' || return
+  refused /networkPolicy/metricsFrom/0 --set networkPolicy.enabled=true --set-json 'networkPolicy.metricsFrom=[{"podselector":{}}]'
+}
