@@ -38,6 +38,7 @@ TYPE_NAMES = {
     "dnsSubdomain": "name (DNS subdomain)",
     "optionalDnsSubdomain": "name (DNS subdomain)",
     "stringMap": "map of strings",
+    "networkPolicyPeers": "list of NetworkPolicyPeer",
     "stringList": "string or list",
     "namespaceList": "namespaces (string or list)",
 }

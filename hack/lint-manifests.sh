@@ -60,6 +60,13 @@ render chart-gates helm_template "${api[@]}" --set rolloutGate.enabled=true,rbac
   --set-string configMap.nodeGateTaint=kwarm.io/warming,configMap.inheritPullSecrets=true
 render chart-cert-manager helm_template "${api[@]}" --set rolloutGate.enabled=true,rolloutGate.certManager.enabled=true
 render chart-namespaced helm_template --set rbac.clusterWide=false,configMap.create=false,serviceAccount.create=false
+# WATCH_NAMESPACES listing namespaces: a Role and RoleBinding in each; the NetworkPolicy with peers
+render chart-watch-namespaces helm_template --set-string 'configMap.watchNamespaces=apps web' \
+  --set rolloutGate.enabled=true,configMap.inheritPullSecrets=true
+render chart-network-policy helm_template --set networkPolicy.enabled=true,rolloutGate.enabled=true \
+  --set-json 'networkPolicy.metricsFrom=[{"namespaceSelector":{"matchLabels":{"kubernetes.io/metadata.name":"monitoring"}}}]' \
+  --set-json 'networkPolicy.healthFrom=[{"podSelector":{"matchLabels":{"app":"probe"}}}]' \
+  --set-json 'networkPolicy.webhookFrom=[{"ipBlock":{"cidr":"10.0.0.0/8","except":["10.1.0.0/16"]}}]'
 render chart-other-namespace helm_template --set configMap.namespace=holders,hostNetwork=true
 
 render kustomize-deploy "$KUBECTL" kustomize deploy

@@ -98,7 +98,8 @@ impl Selection {
     }
 }
 
-/// What keeps a DaemonSet from being warm, one line each; empty when it is warm: every image of
+/// What keeps a DaemonSet from being warm, one line each (the texts exact, as JSON prints them;
+/// [`status_text`] makes them terminal-safe); empty when it is warm: every image of
 /// the DaemonSet held on every node the DaemonSet controller places it on, nothing quarantined,
 /// no init container failing, and the manager's own `Warm` condition (when it publishes one) not
 /// `False`.
@@ -128,14 +129,12 @@ pub fn not_warm(report: &StatusReport) -> Vec<String> {
         reasons.push(format!("{image}: quarantined (attempt {})", entry.attempt));
     }
     for (failure, on) in &report.init_failures {
-        let failure = crate::status::terminal_safe(failure);
         reasons.push(format!("init container (KIP_IMAGE) failing on {on} nodes: {failure}"));
     }
     if reasons.is_empty()
         && let Some(c) = report.manager_warm.as_ref().filter(|c| !c.status)
     {
-        let message = crate::status::terminal_safe(&c.message);
-        reasons.push(format!("the manager reports Warm=False ({}): {message}", c.reason));
+        reasons.push(format!("the manager reports Warm=False ({}): {}", c.reason, c.message));
     }
     reasons
 }
@@ -183,21 +182,23 @@ impl<'a> StatusList<'a> {
 }
 
 /// The text of `kwarm status`: a line per DaemonSet (NAME, WARM, IMAGES, NODES), then each
-/// DaemonSet's report and what keeps it from being warm.
+/// DaemonSet's report and what keeps it from being warm; every text from the cluster in it
+/// [`terminal_safe`](crate::status::terminal_safe).
 pub fn status_text(reports: &[StatusReport], searched: &str) -> String {
     use std::fmt::Write as _;
     if reports.is_empty() {
-        return format!("No DaemonSet managed by kwarm {searched}\n");
+        return format!("No DaemonSet managed by kwarm {}\n", crate::status::terminal_safe(searched));
     }
+    let reports: Vec<StatusReport> = reports.iter().map(StatusReport::terminal_safe).collect();
     let names: Vec<String> = reports.iter().map(|r| format!("{}/{}", r.namespace, r.daemonset)).collect();
     let width = names.iter().map(String::len).max().unwrap_or(4).max(4);
     let mut out = String::new();
     let _ = writeln!(out, "{:<width$}  {:<4}  {:>6}  {:>5}", "NAME", "WARM", "IMAGES", "NODES");
-    for (name, r) in names.iter().zip(reports) {
+    for (name, r) in names.iter().zip(&reports) {
         let warm = if not_warm(r).is_empty() { "yes" } else { "no" };
         let _ = writeln!(out, "{name:<width$}  {warm:<4}  {:>6}  {:>5}", r.images.len(), r.nodes);
     }
-    for r in reports {
+    for r in &reports {
         out.push('\n');
         out += &r.to_text();
         let reasons = not_warm(r);

@@ -393,7 +393,7 @@ async fn status(args: StatusArgs) -> Result<u8, Failure> {
                 return Err(Failure::cluster(e));
             }
             (true, Err(e)) => {
-                let reasons = vec![format!("{e:#}")];
+                let reasons = vec![kwarm::status::terminal_safe(&format!("{e:#}")).into_owned()];
                 if reasons != last_reasons {
                     eprintln!("kwarm: waiting: {}", reasons[0]);
                     last_reasons = reasons;
@@ -411,7 +411,7 @@ async fn status(args: StatusArgs) -> Result<u8, Failure> {
             break reports;
         }
         if reasons != last_reasons {
-            eprintln!("kwarm: waiting: {}", reasons.join("; "));
+            eprintln!("kwarm: waiting: {}", kwarm::status::terminal_safe(&reasons.join("; ")));
             last_reasons = reasons;
         }
         tokio::time::sleep(WAIT_INTERVAL).await;

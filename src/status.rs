@@ -589,15 +589,34 @@ pub fn skipped_platform(
     Some(format!("{}/{}", label("kubernetes.io/os"), label("kubernetes.io/arch")))
 }
 
-/// Text a registry or the kubelet wrote, safe to print on a terminal: control characters
-/// (escape sequences, line breaks that would forge lines of the report) are shown escaped.
+/// Text from outside kwarm (a registry, a kubelet, the API server), safe to print in a table:
+/// control and format characters are stripped, so an escape sequence loses its ESC, a bidi
+/// override cannot reorder the line and NUL or zero-width characters vanish; line and column
+/// breaks (`\n`, `\r`, `\t`, U+2028) become a space, so the text cannot forge lines of the report.
+/// What is left is printable. The JSON output keeps the text exact (serde escapes it).
 pub fn terminal_safe(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text.chars().any(char::is_control) {
+    use icu_properties::CodePointMapData;
+    use icu_properties::props::GeneralCategory;
+    let category = CodePointMapData::<GeneralCategory>::new();
+    let unprintable = |c: char| {
+        matches!(
+            category.get(c),
+            GeneralCategory::Control
+                | GeneralCategory::Format
+                | GeneralCategory::LineSeparator
+                | GeneralCategory::ParagraphSeparator
+        )
+    };
+    if !text.chars().any(unprintable) {
         return std::borrow::Cow::Borrowed(text);
     }
     std::borrow::Cow::Owned(
         text.chars()
-            .map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() })
+            .filter_map(|c| match (unprintable(c), c.is_whitespace()) {
+                (false, _) => Some(c),
+                (true, true) => Some(' '),
+                (true, false) => None,
+            })
             .collect(),
     )
 }
@@ -738,29 +757,126 @@ impl StatusReport {
         }
     }
 
+    /// The report with every text in it [`terminal_safe`], for the table: names and images come
+    /// from the API server, reasons and messages from kubelets and registries. Texts that become
+    /// equal are merged (their node sets and counts added up).
+    pub fn terminal_safe(&self) -> StatusReport {
+        fn safe(text: &str) -> String {
+            terminal_safe(text).into_owned()
+        }
+        fn safe_all(texts: &[String]) -> Vec<String> {
+            texts.iter().map(|t| safe(t)).collect()
+        }
+        let images = self
+            .images
+            .iter()
+            .map(|s| {
+                let mut failures: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+                for (reason, nodes) in &s.failures {
+                    failures.entry(safe(reason)).or_default().extend(nodes.iter().map(|n| safe(n)));
+                }
+                let mut messages = BTreeMap::new();
+                for (reason, message) in &s.messages {
+                    messages.entry(safe(reason)).or_insert_with(|| safe(message));
+                }
+                ImageStatus { image: safe(&s.image), failures, messages, ..s.clone() }
+            })
+            .collect();
+        let mut init_failures = BTreeMap::new();
+        for (failure, nodes) in &self.init_failures {
+            *init_failures.entry(safe(failure)).or_insert(0) += nodes;
+        }
+        let mut skipped_platforms = BTreeMap::new();
+        for (platform, nodes) in &self.skipped_platforms {
+            *skipped_platforms.entry(safe(platform)).or_insert(0) += nodes;
+        }
+        let digests = self
+            .digests
+            .iter()
+            .map(|d| DigestReport {
+                image: safe(&d.image),
+                registry: match &d.registry {
+                    crate::registry::Resolution::Digest { digest } => {
+                        crate::registry::Resolution::Digest { digest: safe(digest) }
+                    }
+                    crate::registry::Resolution::Failed { reason, message } => {
+                        crate::registry::Resolution::Failed { reason: *reason, message: safe(message) }
+                    }
+                },
+                ..d.clone()
+            })
+            .collect();
+        let node_gate = self.node_gate.as_ref().map(|g| NodeGateReport {
+            taint: safe(&g.taint),
+            gated: g
+                .gated
+                .iter()
+                .map(|n| GatedNodeReport {
+                    node: safe(&n.node),
+                    not_warm: safe_all(&n.not_warm),
+                    ..n.clone()
+                })
+                .collect(),
+            ..g.clone()
+        });
+        let rollout_gate = self.rollout_gate.as_ref().map(|g| RolloutGateReport {
+            gated: g
+                .gated
+                .iter()
+                .map(|p| GatedPodReport {
+                    namespace: safe(&p.namespace),
+                    pod: safe(&p.pod),
+                    deployment: p.deployment.as_deref().map(safe),
+                    not_warm: safe_all(&p.not_warm),
+                    ..p.clone()
+                })
+                .collect(),
+            ..g.clone()
+        });
+        StatusReport {
+            namespace: safe(&self.namespace),
+            daemonset: safe(&self.daemonset),
+            images,
+            quarantined: self.quarantined.iter().map(|(image, e)| (safe(image), e.clone())).collect(),
+            init_failures,
+            digests,
+            node_gate,
+            rollout_gate,
+            skipped_platforms,
+            manager_warm: self.manager_warm.as_ref().map(|c| ManagerCondition {
+                status: c.status,
+                reason: safe(&c.reason),
+                message: safe(&c.message),
+            }),
+            ..self.clone()
+        }
+    }
+
     /// A table for terminals: one line per image, then failures with reasons, then quarantine.
+    /// Every text in it is [`terminal_safe`].
     pub fn to_text(&self) -> String {
         use std::fmt::Write;
+        let this = self.terminal_safe();
         let mut out = String::new();
-        if !self.exists {
+        if !this.exists {
             let _ = writeln!(
                 out,
                 "DaemonSet {}/{} does not exist (is the manager running?)",
-                self.namespace, self.daemonset
+                this.namespace, this.daemonset
             );
             return out;
         }
         let _ = writeln!(
             out,
             "DaemonSet {}/{}: {} images on {} nodes",
-            self.namespace,
-            self.daemonset,
-            self.images.len(),
-            self.nodes
+            this.namespace,
+            this.daemonset,
+            this.images.len(),
+            this.nodes
         );
-        let width = self.images.iter().map(|s| s.image.len()).max().unwrap_or(5).max(5);
+        let width = this.images.iter().map(|s| s.image.len()).max().unwrap_or(5).max(5);
         let _ = writeln!(out, "{:<width$}  {:>5}  {:>7}  {:>6}", "IMAGE", "WARM", "PULLING", "FAILED");
-        for s in &self.images {
+        for s in &this.images {
             let _ = writeln!(
                 out,
                 "{:<width$}  {:>5}  {:>7}  {:>6}",
@@ -770,7 +886,7 @@ impl StatusReport {
                 s.failed
             );
         }
-        let failing: Vec<&ImageStatus> = self.images.iter().filter(|s| s.failed > 0).collect();
+        let failing: Vec<&ImageStatus> = this.images.iter().filter(|s| s.failed > 0).collect();
         if !failing.is_empty() {
             let _ = writeln!(out, "\nFailures:");
             for s in failing {
@@ -779,20 +895,19 @@ impl StatusReport {
                     let more = nodes.len().saturating_sub(shown.len());
                     let more = if more > 0 { format!(" and {more} more") } else { String::new() };
                     let message = s.messages.get(reason).map(String::as_str).unwrap_or_default();
-                    let (reason, message) = (terminal_safe(reason), terminal_safe(message));
                     let _ = writeln!(out, "  {} {reason} on {}{more}: {message}", s.image, shown.join(", "));
                 }
             }
         }
-        if !self.init_failures.is_empty() {
+        if !this.init_failures.is_empty() {
             let _ = writeln!(out, "\nInit container (KIP_IMAGE) failing, holders cannot start:");
-            for (reason, nodes) in &self.init_failures {
-                let _ = writeln!(out, "  on {nodes} nodes: {}", terminal_safe(reason));
+            for (reason, nodes) in &this.init_failures {
+                let _ = writeln!(out, "  on {nodes} nodes: {}", reason);
             }
         }
-        if !self.digests.is_empty() {
+        if !this.digests.is_empty() {
             let _ = writeln!(out, "\nTags in their registries:");
-            for d in &self.digests {
+            for d in &this.digests {
                 match &d.registry {
                     crate::registry::Resolution::Digest { digest } => {
                         let short = digest.get(..19).unwrap_or(digest);
@@ -803,13 +918,12 @@ impl StatusReport {
                         );
                     }
                     crate::registry::Resolution::Failed { reason, message } => {
-                        let message = terminal_safe(message);
                         let _ = writeln!(out, "  {}  not checked ({}): {message}", d.image, reason.as_str());
                     }
                 }
             }
         }
-        if let Some(gate) = &self.node_gate {
+        if let Some(gate) = &this.node_gate {
             let _ = writeln!(
                 out,
                 "\nNode gate {}: {} nodes gated (released when warm, at the latest after {})",
@@ -832,7 +946,7 @@ impl StatusReport {
                 let _ = writeln!(out, "  {}  until {deadline}  {waiting}", g.node);
             }
         }
-        if let Some(gate) = &self.rollout_gate {
+        if let Some(gate) = &this.rollout_gate {
             let _ = writeln!(
                 out,
                 "\nRollout gate: {} pods gated (released when their images are warm, at the latest after {})",
@@ -848,13 +962,11 @@ impl StatusReport {
                 let _ = writeln!(out, "  {}/{}  until {deadline}  {waiting}", g.namespace, g.pod);
             }
         }
-        if !self.skipped_platforms.is_empty() {
-            let shown: Vec<String> = self
+        if !this.skipped_platforms.is_empty() {
+            let shown: Vec<String> = this
                 .skipped_platforms
                 .iter()
-                .map(|(platform, n)| {
-                    format!("{} on {n} node{}", terminal_safe(platform), if *n == 1 { "" } else { "s" })
-                })
+                .map(|(platform, n)| format!("{} on {n} node{}", platform, if *n == 1 { "" } else { "s" }))
                 .collect();
             let _ = writeln!(
                 out,
@@ -862,9 +974,9 @@ impl StatusReport {
                 shown.join(", ")
             );
         }
-        if !self.quarantined.is_empty() {
+        if !this.quarantined.is_empty() {
             let _ = writeln!(out, "\nQuarantined (left out of the DaemonSet):");
-            for (image, e) in &self.quarantined {
+            for (image, e) in &this.quarantined {
                 let retry = match e.retry_at {
                     Some(t) => format!("retry at {}", humantime::format_rfc3339_seconds(t)),
                     None => "no more retries".into(),

@@ -204,3 +204,72 @@ YAML
   [ "$STATUS" -ne 0 ] || fail "an object without a schema passed unnamed" "output: $OUT"
   expect_output "Couldn't find schema for kind PrometheusRule"
 }
+
+# rbac ARGS... : OUT is the rendered RBAC, one line per rule and resource:
+#   KIND NAMESPACE GROUP/RESOURCE VERB,VERB...
+rbac() {
+  helm_template "$@" || return
+  OUT="$("$HELM" template kwarm "$CHART_DIR" -n kwarm "$@" | python3 -c '
+import sys, yaml
+for o in yaml.safe_load_all(sys.stdin):
+    if o and o.get("kind") in ("Role", "ClusterRole"):
+        for r in o.get("rules", []):
+            for g in r["apiGroups"]:
+                for res in r["resources"]:
+                    print(o["kind"], o["metadata"].get("namespace", "-"), (g or "core") + "/" + res, ",".join(r["verbs"]))
+')" || fail "render failed: $*"
+}
+has_rule() { grep -qxF -- "$1" <<<"$OUT" || fail "no rule: $1" "rules:" "$OUT"; }
+no_rule() { ! grep -qE -- "$1" <<<"$OUT" || fail "unexpected rule /$1/" "rules:" "$OUT"; }
+
+# WATCH_NAMESPACES listing namespaces: Deployments are read there (a Role each), not cluster-wide.
+test_chart_rbac_reads_deployments_only_in_the_listed_namespaces() {
+  local values="$WORK/listed.yaml"
+  printf 'configMap:\n  watchNamespaces: "web, api web"\n  excludeNamespaces: [api]\n' >"$values"
+  rbac -f "$values" || return
+  has_rule "Role web apps/deployments list,watch" && has_rule "Role web events.k8s.io/events create,patch" &&
+    no_rule "Role (api|kwarm) apps/deployments list" && no_rule "^ClusterRole" || return
+  # every namespace: the ClusterRole
+  rbac --set-string 'configMap.watchNamespaces=*' || return
+  has_rule "ClusterRole - apps/deployments list,watch" && no_rule "Role web" || return
+  # the gates' rights stay cluster-wide; the webhook reads Deployments where they are watched
+  rbac -f "$values" --set rolloutGate.enabled=true --set-string configMap.inheritPullSecrets=true || return
+  has_rule "Role web apps/deployments get,list,watch" && has_rule "Role web core/secrets get" &&
+    has_rule "ClusterRole - core/pods get,list,watch,patch" && has_rule "ClusterRole - core/nodes list,watch" &&
+    no_rule "ClusterRole - (apps/deployments|core/secrets)"
+}
+
+# A boolean means to the chart's RBAC what it means to the manager (src/config.rs parse_bool).
+test_chart_rbac_reads_booleans_as_the_manager_does() {
+  rbac --set-string 'configMap.inheritPullSecrets= True ' || return
+  has_rule "Role kwarm core/secrets get,list,create,patch,delete" && has_rule "ClusterRole - core/secrets get" || return
+  rbac --set configMap.inheritPullSecrets=1 || return
+  has_rule "ClusterRole - core/secrets get" || return
+  rbac --set-string configMap.inheritPullSecrets=no || return
+  no_rule "secrets" || return
+  rbac --set configMap.watchDeployments=0 || return
+  no_rule "deployments (list|.*watch)" && no_rule "^ClusterRole" || return
+  rbac --set-string configMap.watchDeployments=YES || return
+  has_rule "ClusterRole - apps/deployments list,watch"
+}
+
+# networkPolicy.enabled: ingress to the manager's ports only, from the peers given for each.
+test_chart_network_policy_admits_the_given_peers_on_the_managers_ports() {
+  helm_template || return
+  OUT="$("$HELM" template kwarm "$CHART_DIR" -n kwarm)" || fail "render failed" || return
+  ! grep -qx "kind: NetworkPolicy" <<<"$OUT" || fail "a NetworkPolicy by default" || return
+  OUT="$("$HELM" template kwarm "$CHART_DIR" -n kwarm --set networkPolicy.enabled=true,rolloutGate.enabled=true \
+    --set-json 'networkPolicy.webhookFrom=[{"ipBlock":{"cidr":"10.0.0.0/24"}}]' \
+    --set-json 'networkPolicy.healthFrom=[{"podSelector":{"matchLabels":{"app":"probe"}}}]' \
+    --show-only templates/networkpolicy.yaml | python3 -c '
+import json, sys, yaml
+p = yaml.safe_load(sys.stdin)
+print(json.dumps(p["spec"]["podSelector"]["matchLabels"], sort_keys=True))
+for rule in p["spec"]["ingress"]:
+    print(rule["ports"][0]["port"], json.dumps(rule.get("from"), sort_keys=True))
+')" || fail "render failed" || return
+  expect_output '{"app.kubernetes.io/component": "manager", "app.kubernetes.io/instance": "kwarm", "app.kubernetes.io/name": "kwarm-manager"}' &&
+    expect_output 'metrics null' && expect_output 'webhook [{"ipBlock": {"cidr": "10.0.0.0/24"}}]' &&
+    expect_output 'health [{"podSelector": {"matchLabels": {"app": "probe"}}}, {"podSelector": {"matchLabels": {"app.kubernetes.io/component": "test"' || return
+  refused /networkPolicy/metricsFrom/0 --set networkPolicy.enabled=true --set-json 'networkPolicy.metricsFrom=[{"podselector":{}}]'
+}

@@ -163,7 +163,13 @@ fn not_warm_when_missing_quarantined_unplaced_or_the_init_container_fails() {
     let reasons = not_warm(&init);
     assert_eq!(reasons.len(), 2, "{reasons:?}");
     assert!(reasons[1].starts_with("init container (KIP_IMAGE) failing on 1 nodes"), "{reasons:?}");
-    assert!(!reasons[1].contains('\x1b'), "terminal-safe: {reasons:?}");
+    // exact here (the JSON's notWarm); the table makes it terminal-safe
+    assert!(reasons[1].ends_with("not found\x1b[2J"), "{reasons:?}");
+    let text = status_text(&[init], "in namespace ns");
+    assert!(
+        !text.contains('\x1b') && text.contains("failing on 1 nodes: ErrImagePull: not found[2J\n"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -902,12 +902,89 @@ fn messages_from_registries_and_the_kubelet_cannot_drive_the_terminal_or_forge_l
         "control characters reach the terminal: {text:?}"
     );
     assert!(
-        text.contains("ErrImagePull on node-1: manifest unknown\\u{1b}[2J\\u{1b}[31m\\nquay.io/team/fine:1 0/0 all good\\r\n"),
+        text.contains("ErrImagePull on node-1: manifest unknown[2J[31m quay.io/team/fine:1 0/0 all good \n"),
         "{text}"
     );
     assert_eq!(text.lines().filter(|l| l.contains("all good")).count(), 1, "no forged line: {text}");
     // plain text is borrowed as it is
     assert!(matches!(terminal_safe("no pull access"), std::borrow::Cow::Borrowed("no pull access")));
+}
+
+#[test]
+fn terminal_safe_strips_escapes_nul_and_bidi_overrides_and_breaks_lines_into_spaces() {
+    let cases = [
+        ("\u{1b}[31mred\u{1b}[0m", "[31mred[0m"),
+        ("over\rwritten", "over written"),
+        ("two\nlines\tand\u{2028}more", "two lines and more"),
+        ("nul\0byte", "nulbyte"),
+        // U+202E RIGHT-TO-LEFT OVERRIDE and U+2066..U+2069 isolates would reorder what follows
+        ("image:\u{202e}1v\u{2066}x\u{2069}", "image:1vx"),
+        // zero-width and BOM: invisible, but they make two names look the same
+        ("ngi\u{200b}nx\u{feff}", "nginx"),
+        // C1 controls (CSI) and DEL
+        ("a\u{9b}31mb\u{7f}", "a31mb"),
+        // printable Unicode stays
+        ("café/镜像:v1 — ok", "café/镜像:v1 — ok"),
+    ];
+    for (given, shown) in cases {
+        assert_eq!(terminal_safe(given), shown, "{given:?}");
+    }
+}
+
+#[test]
+fn every_text_of_the_table_is_terminal_safe_and_the_json_exact() {
+    let bidi = "evil\u{202e}gnp.exe";
+    let pods = vec![holders(
+        "node\u{1b}]0;title\u{7}-1",
+        Some(1),
+        &[(MISSING, failed("ErrImagePull\r", "pull\0 access denied\n"))],
+    )];
+    let mut report =
+        StatusReport::build("ns", "ds\u{1b}[2J", Some(Some(1)), &images(&[MISSING]), &pods, None);
+    report.init_failures.insert(format!("CrashLoopBackOff: {bidi}"), 1);
+    report.skipped_platforms.insert("linux/\u{1b}[5marm".into(), 2);
+    report.manager_warm = Some(ManagerCondition {
+        status: false,
+        reason: "Pulling\u{0}".into(),
+        message: "line\nforged".into(),
+    });
+    report.digests.push(DigestReport {
+        image: "quay.io/a\u{1b}[8m:1".into(),
+        registry: crate::registry::Resolution::Failed {
+            reason: crate::registry::FailureReason::Auth,
+            message: "denied\u{1b}[2K".into(),
+        },
+        holding: 0,
+        stale: 0,
+    });
+    let text = report.to_text();
+    let unsafe_chars: Vec<char> = text
+        .chars()
+        .filter(|c| {
+            (c.is_control() && *c != '\n')
+                || ('\u{2066}'..='\u{2069}').contains(c)
+                || ('\u{202a}'..='\u{202e}').contains(c)
+        })
+        .collect();
+    assert!(unsafe_chars.is_empty(), "{unsafe_chars:?} reach the terminal: {text:?}");
+    for shown in [
+        "node]0;title-1",
+        "ErrImagePull ",
+        "pull access denied ",
+        "evilgnp.exe",
+        "linux/[5marm",
+        "ds[2J",
+        "denied[2K",
+    ] {
+        assert!(text.contains(shown), "{shown:?} not in {text}");
+    }
+    // the JSON keeps every text as it came (serde escapes it)
+    let json = serde_json::to_value(&report).expect("a report encodes");
+    assert_eq!(json["daemonset"], "ds\u{1b}[2J");
+    assert_eq!(json["images"][0]["messages"]["ErrImagePull\r"], "pull\0 access denied\n");
+    assert_eq!(json["initFailures"][format!("CrashLoopBackOff: {bidi}")], 1);
+    let encoded = serde_json::to_string(&report).expect("a report encodes");
+    assert!(!encoded.contains('\u{1b}') && encoded.contains("\\u001b"), "{encoded}");
 }
 
 fn config(pairs: &[(&str, &str)]) -> Config {

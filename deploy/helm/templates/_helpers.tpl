@@ -67,11 +67,12 @@ app.kubernetes.io/component: manager
 {{- end -}}
 
 {{/* A scalar as text; nil is empty (toString would print "<nil>"). */}}
-{{/* A boolean value as the manager reads it: "true" for true/1/yes, "false" for false/0/no (any
-case), else the value as given (empty: unset; anything else the manager refuses at start). The
-chart's RBAC and checks use it, so "True" or 0 mean to them what they mean to the manager. */}}
+{{/* A boolean value as the manager reads it (src/config.rs parse_bool, after trimming): "true"
+for true/1/yes, "false" for false/0/no (any case, blanks around it ignored), else the value as
+given (empty: unset; anything else the manager refuses at start). The chart's RBAC and checks use
+it, so "True", " yes " or 0 mean to them what they mean to the manager. */}}
 {{- define "kwarm.bool" -}}
-{{- $v := lower (include "kwarm.str" .) -}}
+{{- $v := lower (trim (include "kwarm.str" .)) -}}
 {{- if has $v (list "true" "1" "yes") }}true{{ else if has $v (list "false" "0" "no") }}false{{ else }}{{ $v }}{{ end -}}
 {{- end -}}
 
