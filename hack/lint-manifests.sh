@@ -57,7 +57,8 @@ for a in "${API_VERSIONS[@]}"; do api+=(--api-versions "$a"); done
 render chart-monitoring helm_template "${api[@]}" --set metrics.service.enabled=true \
   --set metrics.serviceMonitor.enabled=true,metrics.prometheusRule.enabled=true,metrics.dashboard.enabled=true
 render chart-gates helm_template "${api[@]}" --set rolloutGate.enabled=true,rbac.nodeGate=true \
-  --set-string configMap.nodeGateTaint=kwarm.io/warming,configMap.inheritPullSecrets=true
+  --set-string configMap.nodeGateTaint=kwarm.io/warming,configMap.inheritPullSecrets=true \
+  --set-string configMap.namespaceSelector=kwarm.io/warm=true,configMap.maxImagesPerNamespace=10
 render chart-cert-manager helm_template "${api[@]}" --set rolloutGate.enabled=true,rolloutGate.certManager.enabled=true
 render chart-namespaced helm_template --set rbac.clusterWide=false,configMap.create=false,serviceAccount.create=false
 # WATCH_NAMESPACES listing namespaces: a Role and RoleBinding in each; the NetworkPolicy with peers

@@ -253,6 +253,16 @@ test_chart_rbac_reads_booleans_as_the_manager_does() {
   has_rule "ClusterRole - apps/deployments list,watch"
 }
 
+# NAMESPACE_SELECTOR: list/watch on namespaces, only when set (and only cluster-wide).
+test_chart_rbac_watches_namespaces_only_with_a_namespace_selector() {
+  rbac || return
+  no_rule "namespaces " || return
+  rbac --set-string configMap.namespaceSelector=kwarm.io/warm=true || return
+  has_rule "ClusterRole - core/namespaces list,watch" || return
+  helm_template --set-string configMap.namespaceSelector=kwarm.io/warm=true --set rbac.clusterWide=false
+  expect_status 1 && expect_output "configMap.namespaceSelector needs rbac.clusterWide=true"
+}
+
 # networkPolicy.enabled: ingress to the manager's ports only, from the peers given for each.
 test_chart_network_policy_admits_the_given_peers_on_the_managers_ports() {
   helm_template || return
