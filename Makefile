@@ -86,6 +86,10 @@ demo: ## Local cluster, kwarm installed with its Helm chart, sample images warme
 bench: ## Benchmarks against the peers; writes bench/RESULTS.md
 	hack/bench.sh
 
+.PHONY: chaos
+chaos: ## Chaos suite on the local cluster (~10 min; not part of make test): faults injected under kwarm, results in bench/CHAOS.md
+	hack/chaos.sh
+
 .PHONY: clean
 clean: ## Remove build output (not the binary cache)
 	cargo clean

@@ -594,4 +594,5 @@ main() {
 EOF
 }
 
-main "$@"
+# hack/cluster-restart.sh sources this file for its start_* functions
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then main "$@"; fi

@@ -277,9 +277,21 @@ pub struct QuarantinePolicy {
 }
 
 impl Quarantine {
-    /// Restores quarantined images remembered on the DaemonSet.
-    pub fn restore(entries: BTreeMap<String, QuarantineEntry>) -> Quarantine {
-        Quarantine { entries, ..Default::default() }
+    /// Restores quarantined images remembered on the DaemonSet. An entry for an image the
+    /// DaemonSet still holds (`held`) is back in for a retry since `now`, never left out: the
+    /// nodes hold that image, and an entry alone (a restart during a retry, a hand-edited or
+    /// future-dated annotation) must not take it off every node.
+    pub fn restore(
+        entries: BTreeMap<String, QuarantineEntry>,
+        held: &BTreeSet<String>,
+        now: SystemTime,
+    ) -> Quarantine {
+        let retrying = entries
+            .iter()
+            .filter(|(image, _)| held.contains(*image))
+            .map(|(image, entry)| (image.clone(), (now, entry.attempt)))
+            .collect();
+        Quarantine { entries, retrying, ..Default::default() }
     }
 
     /// Images to leave out of the DaemonSet now.

@@ -273,6 +273,26 @@ test_lines_splits_output() {
   [ "$out" = "2 a b|c 0" ] || fail "got: $out"
 }
 
+test_cluster_restart_names_its_components() {
+  STATUS=0
+  OUT="$(KWARM_CLUSTER_DIR="$WORK/no-cluster" "$HACK_DIR/cluster-restart.sh" 2>&1)" || STATUS=$?
+  expect_status 1 && expect_output "usage: hack/cluster-restart.sh COMPONENT (one of: etcd kube-apiserver" || return
+  STATUS=0
+  OUT="$(KWARM_CLUSTER_DIR="$WORK/no-cluster" "$HACK_DIR/cluster-restart.sh" kube-proxy 2>&1)" || STATUS=$?
+  expect_status 1 && expect_output "unknown component: kube-proxy"
+}
+
+test_cluster_up_runs_nothing_when_sourced() {
+  local out
+  # $0 in hack/, as for hack/cluster-restart.sh, which sources it
+  # shellcheck disable=SC2016 # expanded by the inner bash
+  out="$(KWARM_CLUSTER_DIR="$WORK/no-cluster" bash -c '. "$1/cluster-up.sh"
+    declare -F start_etcd start_apiserver start_containerd start_kubelet | tr "\n" " "' \
+    "$HACK_DIR/cluster-restart.sh" "$HACK_DIR" 2>&1)"
+  [ "$out" = "start_etcd start_apiserver start_containerd start_kubelet " ] || fail "got: $out" || return
+  [ ! -e "$WORK/no-cluster" ] || fail "sourcing cluster-up.sh created $WORK/no-cluster"
+}
+
 # shellcheck source=hack/tests/chart.sh
 . "$HACK_DIR/tests/chart.sh"
 

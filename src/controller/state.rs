@@ -737,7 +737,7 @@ impl State {
             match serde_json::from_str::<PersistedState>(state) {
                 Ok(state) => {
                     self.tracker.restore_released(state.retained_times(now));
-                    self.quarantine = Quarantine::restore(state.quarantined);
+                    self.quarantine = Quarantine::restore(state.quarantined, &held_images(live), now);
                 }
                 Err(e) => {
                     // Dropping it would drop the retained images and roll every holder pod; keep

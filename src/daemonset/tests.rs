@@ -126,13 +126,17 @@ fn everything_set() -> (Config, RenderInput) {
     ]
     .map(String::from)
     .into();
-    let quarantine = Quarantine::restore(BTreeMap::from([(
-        "ghcr.io/shop/broken:1".to_string(),
-        QuarantineEntry {
-            attempt: 1,
-            retry_at: Some(humantime::parse_rfc3339("2024-05-01T10:05:00Z").expect("time")),
-        },
-    )]));
+    let quarantine = Quarantine::restore(
+        BTreeMap::from([(
+            "ghcr.io/shop/broken:1".to_string(),
+            QuarantineEntry {
+                attempt: 1,
+                retry_at: Some(humantime::parse_rfc3339("2024-05-01T10:05:00Z").expect("time")),
+            },
+        )]),
+        &BTreeSet::new(),
+        std::time::SystemTime::UNIX_EPOCH,
+    );
     let images: BTreeMap<String, usize> = watched.iter().map(|i| (i.clone(), 1)).collect();
     let in_use = BTreeMap::from([("shop".to_string(), images)]);
     let limits = Limits { max_images: c.max_images, per_namespace: None };

@@ -525,7 +525,7 @@ fn restored_quarantine_continues() {
         ("a:1".to_string(), QuarantineEntry { attempt: 2, retry_at: Some(at(100)) }),
         ("b:1".to_string(), QuarantineEntry { attempt: 4, retry_at: None }),
     ]);
-    let mut q = Quarantine::restore(entries.clone());
+    let mut q = Quarantine::restore(entries.clone(), &BTreeSet::new(), at(0));
     assert_eq!(q.entries(), &entries);
     assert_eq!(q.excluded(), BTreeSet::from(["a:1".to_string(), "b:1".to_string()]));
     assert_eq!(q.next_deadline(POLICY), Some(at(100)));
@@ -534,6 +534,31 @@ fn restored_quarantine_continues() {
     q.step(&[failing_everywhere("a:1")], POLICY, at(110));
     q.step(&[failing_everywhere("a:1")], POLICY, at(710));
     assert_eq!(q.entries()["a:1"], QuarantineEntry { attempt: 3, retry_at: Some(at(710 + 120)) });
+}
+
+#[test]
+fn a_stored_entry_never_takes_a_held_image_off_the_nodes() {
+    // Found by the chaos suite (bench/chaos.py, state_future): the annotation written by hand
+    // while the leader was down, with entries for two images every node held. The new leader
+    // left both out of the DaemonSet (one "for good", one until 9999) and every holder of them
+    // went. An image the DaemonSet holds is back in for a retry instead, like one whose retry
+    // time has come: warm, it leaves the quarantine; failing, it is quarantined again.
+    let held = BTreeSet::from(["a:1".to_string(), "b:1".to_string()]);
+    let far = humantime::parse_rfc3339("9999-12-31T23:59:59Z").expect("time");
+    let stored = BTreeMap::from([
+        ("a:1".to_string(), QuarantineEntry { attempt: u32::MAX, retry_at: Some(far) }),
+        ("b:1".to_string(), QuarantineEntry { attempt: 1, retry_at: None }),
+        ("c:1".to_string(), QuarantineEntry { attempt: 1, retry_at: Some(far) }),
+    ]);
+    let mut q = Quarantine::restore(stored, &held, at(0));
+    assert_eq!(q.excluded(), BTreeSet::from(["c:1".to_string()]), "only the image not held stays out");
+    assert_eq!(q.next_deadline(POLICY), Some(far), "no deadline for the images back in");
+    let changes = q.step(&[status("a:1", 3, 3, 0), failing_everywhere("b:1")], POLICY, at(1));
+    assert_eq!(changes, recovered(&["a:1"]));
+    assert!(!q.entries().contains_key("a:1"));
+    q.step(&[failing_everywhere("b:1")], POLICY, at(1) + POLICY.timeout);
+    assert_eq!(q.entries()["b:1"].attempt, 2, "failing again counts as the next attempt");
+    assert_eq!(q.excluded(), BTreeSet::from(["b:1".to_string(), "c:1".to_string()]));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -555,7 +580,7 @@ fn persisted_state_round_trips() {
     let back: PersistedState = serde_json::from_str(&text).expect("parses");
     assert_eq!(back, state);
     assert_eq!(back.retained_times(at(100)), retained);
-    assert_eq!(Quarantine::restore(back.quarantined).entries(), q.entries());
+    assert_eq!(Quarantine::restore(back.quarantined, &BTreeSet::new(), at(0)).entries(), q.entries());
 }
 
 #[test]
@@ -596,7 +621,7 @@ fn persisted_state_stays_within_its_budget_dropping_the_oldest_first() {
 fn a_stored_attempt_counter_saturates() {
     let stored =
         BTreeMap::from([(MISSING.to_string(), QuarantineEntry { attempt: u32::MAX, retry_at: Some(at(0)) })]);
-    let mut q = Quarantine::restore(stored);
+    let mut q = Quarantine::restore(stored, &BTreeSet::new(), at(0));
     // back in the DaemonSet for its retry, failing again: quarantined again without overflow
     q.step(&[failing_everywhere(MISSING)], POLICY, at(1));
     q.step(&[failing_everywhere(MISSING)], POLICY, at(10_000));
@@ -614,7 +639,7 @@ fn persisted_state_is_stable_across_restarts_with_subsecond_clocks() {
     let retained = BTreeMap::from([(NGINX_CANONICAL.to_string(), at(1) + Duration::from_nanos(999_999_999))]);
     let first = serde_json::to_string(&PersistedState::new(&retained, &q)).expect("serializes");
     let back: PersistedState = serde_json::from_str(&first).expect("parses");
-    let restored_q = Quarantine::restore(back.quarantined.clone());
+    let restored_q = Quarantine::restore(back.quarantined.clone(), &BTreeSet::new(), now);
     let second = serde_json::to_string(&PersistedState::new(&back.retained_times(now), &restored_q))
         .expect("serializes");
     assert_eq!(first, second);
