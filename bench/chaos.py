@@ -38,7 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from chaos_proxy import ApiProxy, serving_certificate, summarize  # noqa: E402
-from common import ROOT, ApiError, ctr, kube, table  # noqa: E402
+from common import ROOT, ApiError, ctr, kube, kwok_node, table  # noqa: E402
 
 CLUSTER_DIR = os.environ.get("KWARM_CLUSTER_DIR", "/var/lib/kwarm-cluster")
 PKI = os.path.join(CLUSTER_DIR, "pki")
@@ -260,20 +260,10 @@ def metric_sum(port, name):
 
 # ---------------------------------------------------------------- the installation
 
-def kwok_node(name):
-    labels = {"kubernetes.io/arch": "amd64", "kubernetes.io/os": "linux", "kubernetes.io/hostname": name,
-              "type": "kwok", "kwarm-chaos": "nodes"}
-    cap = {"cpu": "32", "memory": "256Gi", "pods": "250"}
-    return {"apiVersion": "v1", "kind": "Node", "metadata": {
-        "name": name, "labels": labels,
-        "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"}},
-        "spec": {}, "status": {"allocatable": cap, "capacity": cap}}
-
-
 def ensure_nodes():
     names = [f"{NODE_PREFIX}{i}" for i in range(N_KWOK)]
     with ThreadPoolExecutor(8) as ex:
-        list(ex.map(lambda n: kube.post("/api/v1/nodes", kwok_node(n), allow=(409,)), names))
+        list(ex.map(lambda n: kube.post("/api/v1/nodes", kwok_node(n, ("kwarm-chaos", "nodes")), allow=(409,)), names))
     deadline = now() + 120
     while now() < deadline:
         nodes = kube.get("/api/v1/nodes?labelSelector=kwarm-chaos%3Dnodes")["items"]

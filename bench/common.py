@@ -478,10 +478,11 @@ def delete_ns(name, wait=300):
     return False
 
 
-def kwok_node(name):
+def kwok_node(name, label=NODE_LABEL):
+    """A KWOK node object named `name`, carrying `label` (key, value) to find it by."""
     labels = {
         "kubernetes.io/arch": "amd64", "kubernetes.io/os": "linux", "kubernetes.io/hostname": name,
-        "kubernetes.io/role": "agent", "type": "kwok", NODE_LABEL[0]: NODE_LABEL[1],
+        "kubernetes.io/role": "agent", "type": "kwok", label[0]: label[1],
     }
     cap = {"cpu": "32", "memory": "256Gi", "pods": "250"}
     return {"apiVersion": "v1", "kind": "Node", "metadata": {
