@@ -219,10 +219,31 @@ start_etcd() {
   wait_for etcd 30 etcd_healthy
 }
 
+# The audit log: every request of a ServiceAccount outside kube-system (the manager installed by
+# the chart, kustomize or the OpenShift templates, at Metadata level: who, verb, resource, response
+# code), so that e2e/tests/rbac.rs can compare the rights kwarm is granted with those it uses. The
+# cluster's controllers (kube-system ServiceAccounts) and every other user are not logged.
+AUDIT_POLICY="$CONF_DIR/audit-policy.yaml"
+write_audit_policy() {
+  mkdir -p "$AUDIT_DIR"
+  cat >"$AUDIT_POLICY" <<'EOF'
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: None
+    userGroups: ["system:serviceaccounts:kube-system"]
+  - level: Metadata
+    userGroups: ["system:serviceaccounts"]
+  - level: None
+EOF
+}
+
 start_apiserver() {
   is_running kube-apiserver && return
   check_port_free kube-apiserver "$APISERVER_PORT"
   log "kube-apiserver: starting on $APISERVER_URL"
+  write_audit_policy
   # --advertise-address: there may be no default route to pick one from. --endpoint-reconciler-type
   # none: nothing needs the kubernetes service's endpoints and 127.0.0.1 is not a valid endpoint.
   # Unlimited in-flight requests and no priority-and-fairness: thousands of fake nodes hammer it.
@@ -247,7 +268,9 @@ start_apiserver() {
     --authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction \
     --endpoint-reconciler-type=none --allow-privileged=true \
     --max-requests-inflight=0 --max-mutating-requests-inflight=0 --enable-priority-and-fairness=false \
-    --cert-dir="$PKI_DIR/apiserver-generated" --profiling=false
+    --cert-dir="$PKI_DIR/apiserver-generated" --profiling=false \
+    --audit-policy-file="$AUDIT_POLICY" --audit-log-path="$AUDIT_DIR/audit.log" \
+    --audit-log-maxsize=200 --audit-log-maxbackup=2
 }
 
 start_controller_manager() {

@@ -8,6 +8,8 @@
 PKI_DIR="$CLUSTER_DIR/pki"
 PID_DIR="$CLUSTER_DIR/pids"
 CONF_DIR="$CLUSTER_DIR/conf"
+# the API server's audit log of ServiceAccount requests (hack/cluster-up.sh; e2e/tests/rbac.rs)
+AUDIT_DIR="$CLUSTER_DIR/audit"
 ETCD_DATA="$CLUSTER_DIR/etcd"
 REGISTRY_DATA="$CLUSTER_DIR/registry"
 # A second registry that requires a login (htpasswd), for pull-secret tests. Test-only

@@ -206,7 +206,7 @@ YAML
 }
 
 # rbac ARGS... : OUT is the rendered RBAC, one line per rule and resource:
-#   KIND NAMESPACE GROUP/RESOURCE VERB,VERB...
+#   KIND NAMESPACE GROUP/RESOURCE VERB,VERB... [names=NAME,NAME...]
 rbac() {
   helm_template "$@" || return
   OUT="$("$HELM" template kwarm "$CHART_DIR" -n kwarm "$@" | python3 -c '
@@ -216,7 +216,9 @@ for o in yaml.safe_load_all(sys.stdin):
         for r in o.get("rules", []):
             for g in r["apiGroups"]:
                 for res in r["resources"]:
-                    print(o["kind"], o["metadata"].get("namespace", "-"), (g or "core") + "/" + res, ",".join(r["verbs"]))
+                    names = r.get("resourceNames")
+                    print(o["kind"], o["metadata"].get("namespace", "-"), (g or "core") + "/" + res, ",".join(r["verbs"]),
+                          *(["names=" + ",".join(names)] if names else []))
 ')" || fail "render failed: $*"
 }
 has_rule() { grep -qxF -- "$1" <<<"$OUT" || fail "no rule: $1" "rules:" "$OUT"; }
@@ -261,6 +263,28 @@ test_chart_rbac_watches_namespaces_only_with_a_namespace_selector() {
   has_rule "ClusterRole - core/namespaces list,watch" || return
   helm_template --set-string configMap.namespaceSelector=kwarm.io/warm=true --set rbac.clusterWide=false
   expect_status 1 && expect_output "configMap.namespaceSelector needs rbac.clusterWide=true"
+}
+
+# The manager's own objects by name where the chart knows the names: its DaemonSet (list and watch
+# select it by name; the apply that creates it is authorized with it), its Lease and Deployment.
+test_chart_rbac_names_the_managers_own_objects() {
+  rbac || return
+  has_rule "Role kwarm apps/daemonsets get,list,watch,create,patch names=kwarm" &&
+    has_rule "Role kwarm apps/daemonsets/status patch names=kwarm" &&
+    has_rule "Role kwarm coordination.k8s.io/leases create" &&
+    has_rule "Role kwarm coordination.k8s.io/leases get,update names=kwarm-kwarm" &&
+    has_rule "Role kwarm apps/deployments get names=kwarm" || return
+  # extraEnv wins over the ConfigMap, as in the pod
+  rbac --set 'extraEnv[0].name=DAEMONSET_NAME,extraEnv[0].value=holders' || return
+  has_rule "Role kwarm apps/daemonsets get,list,watch,create,patch names=holders" &&
+    has_rule "Role kwarm coordination.k8s.io/leases get,update names=holders-kwarm" || return
+  # an existing ConfigMap names a DaemonSet the chart cannot see: not restricted
+  rbac --set configMap.create=false || return
+  has_rule "Role kwarm apps/daemonsets get,list,watch,create,patch" &&
+    has_rule "Role kwarm coordination.k8s.io/leases get,create,update" || return
+  # no leader election, no Lease
+  rbac --set leaderElection.enabled=false || return
+  no_rule "leases"
 }
 
 # networkPolicy.enabled: ingress to the manager's ports only, from the peers given for each.

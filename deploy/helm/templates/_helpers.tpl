@@ -13,6 +13,23 @@
 {{- .Values.configMap.daemonsetName | default .Values.deploymentName -}}
 {{- end -}}
 
+{{/*
+The DAEMONSET_NAME the manager runs with, when the chart knows it: extraEnv's (the pod's env wins
+over the ConfigMap), else the ConfigMap's when the chart renders it; empty with an existing
+ConfigMap (configMap.create=false), whose content the chart cannot see.
+*/}}
+{{- define "kwarm.knownDaemonsetName" -}}
+{{- $fromEnv := "" -}}
+{{- range .Values.extraEnv -}}
+{{- if and (eq (toString .name) "DAEMONSET_NAME") .value }}{{ $fromEnv = trim (toString .value) }}{{ end -}}
+{{- end -}}
+{{- if $fromEnv -}}
+{{- $fromEnv -}}
+{{- else if .Values.configMap.create -}}
+{{- include "kwarm.daemonsetName" . -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Names of cluster-scoped objects: unique per release namespace and release. */}}
 {{- define "kwarm.clusterName" -}}
 {{- printf "kwarm-%s-%s" .Release.Namespace .Release.Name -}}
