@@ -507,6 +507,77 @@ async fn only_namespaces_that_opt_in_get_their_images_warmed() -> Result<()> {
     result
 }
 
+/// MAX_IMAGES_PER_NAMESPACE and the fair cut: a namespace labelling more images than its limit gets
+/// its limit (the first ones in its sorted order) and a Warning on its Deployment for the rest;
+/// MAX_IMAGES then cuts one namespace at a time in turn, so the greedy namespace does not push
+/// the other one's image out, though the other's image sorts last.
+#[tokio::test]
+async fn a_namespace_gets_its_share_and_no_more() -> Result<()> {
+    let client = client().await?;
+    let ns = create_namespace(&client, "kwarm-e2e-share-").await?;
+    let greedy = create_namespace(&client, "kwarm-e2e-share-greedy-").await?;
+    let team = create_namespace(&client, "kwarm-e2e-share-team-").await?;
+    let greedy_images =
+        ["127.0.0.1:5000/test/layers:v1", "127.0.0.1:5000/test/medium:v1", "127.0.0.1:5000/test/other:v1"];
+    let team_image = "127.0.0.1:5000/test/small:v3";
+    Api::<Deployment>::namespaced(client.clone(), &greedy)
+        .create(&PostParams::default(), &deployment("many", &greedy_images, true)?)
+        .await?;
+    Api::<Deployment>::namespaced(client.clone(), &team)
+        .create(&PostParams::default(), &deployment("one", &[team_image], true)?)
+        .await?;
+
+    let mut env = base_env(&ns);
+    env.insert("WATCH_DEPLOYMENTS".into(), "true".into());
+    env.insert("WATCH_NAMESPACES".into(), format!("{greedy},{team}"));
+    env.insert("MAX_IMAGES_PER_NAMESPACE".into(), "2".into());
+    let mut manager = Manager::start("manager-share", &env).await?;
+    let result = async {
+        manager.wait_ready(Duration::from_secs(60)).await?;
+        // greedy's first two (sorted), and team's one
+        let share = [greedy_images[0], greedy_images[1], team_image];
+        wait_daemonset_images(&client, &ns, &share, Duration::from_secs(60)).await?;
+        let events: Api<Event> = Api::namespaced(client.clone(), &greedy);
+        let warning =
+            wait_until("the limit's Event on greedy's Deployment", Duration::from_secs(60), || async {
+                let list = events.list(&ListParams::default()).await?;
+                Ok(
+                    match list
+                        .items
+                        .into_iter()
+                        .find(|e| e.reason.as_deref() == Some("NamespaceImageLimitReached"))
+                    {
+                        Some(e) => Check::Done(e),
+                        None => Check::Pending("no NamespaceImageLimitReached Event yet".into()),
+                    },
+                )
+            })
+            .await?;
+        assert!(warning.message.unwrap_or_default().contains(greedy_images[2]));
+        let metrics = manager.metrics_text().await?;
+        assert!(metrics.contains(r#"kwarm_images{state="over_namespace_limit"} 1"#), "{metrics}");
+        manager.stop().await?;
+
+        // MAX_IMAGES=2 without a namespace limit: one of each namespace, in turn; cut by name,
+        // greedy would have taken both places
+        env.remove("MAX_IMAGES_PER_NAMESPACE");
+        env.insert("MAX_IMAGES".into(), "2".into());
+        manager = Manager::start("manager-share-fair", &env).await?;
+        manager.wait_ready(Duration::from_secs(60)).await?;
+        wait_daemonset_images(&client, &ns, &[greedy_images[0], team_image], Duration::from_secs(60)).await?;
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    if result.is_err() {
+        eprintln!("manager log:\n{}", manager.log_text());
+    }
+    manager.stop().await?;
+    for n in [&ns, &greedy, &team] {
+        delete_namespace(&client, n, Duration::from_secs(120)).await?;
+    }
+    result
+}
+
 /// Inheriting pull secrets is optional: when the manager may not write secrets at all, the
 /// DaemonSet still follows the Deployments (it used to stop being updated for good).
 #[tokio::test]
