@@ -63,6 +63,19 @@ async fn wait_daemonset_images(
     Ok(started.elapsed())
 }
 
+/// The first Event with `reason` in `namespace`, waiting up to a minute for it.
+async fn wait_event(client: &Client, namespace: &str, reason: &str) -> Result<Event> {
+    let events: Api<Event> = Api::namespaced(client.clone(), namespace);
+    wait_until(&format!("a {reason} Event in {namespace}"), Duration::from_secs(60), || async {
+        let list = events.list(&ListParams::default()).await?;
+        Ok(match list.items.into_iter().find(|e| e.reason.as_deref() == Some(reason)) {
+            Some(e) => Check::Done(e),
+            None => Check::Pending(format!("no {reason} Event yet")),
+        })
+    })
+    .await
+}
+
 async fn wait_in_containerd(image: &str, timeout: Duration) -> Result<()> {
     wait_until(&format!("{image} in containerd on the real node"), timeout, || async {
         Ok(if containerd_has_image(image).await? { Check::Done(()) } else { Check::Pending("absent".into()) })
@@ -400,21 +413,7 @@ async fn a_tenant_cannot_get_another_tenants_private_image_warmed() -> Result<()
         // Deployment
         wait_daemonset_images(&client, &ns, &[a_image], Duration::from_secs(60)).await?;
         wait_in_containerd(a_image, Duration::from_secs(120)).await?;
-        let b_events: Api<Event> = Api::namespaced(client.clone(), &tenant_b);
-        let refusal = wait_until("the refusal Event on B's Deployment", Duration::from_secs(60), || async {
-            let events = b_events.list(&ListParams::default()).await?;
-            Ok(
-                match events
-                    .items
-                    .into_iter()
-                    .find(|e| e.reason.as_deref() == Some("ImageCredentialsMissing"))
-                {
-                    Some(e) => Check::Done(e),
-                    None => Check::Pending("no ImageCredentialsMissing Event yet".into()),
-                },
-            )
-        })
-        .await?;
+        let refusal = wait_event(&client, &tenant_b, "ImageCredentialsMissing").await?;
         let note = refusal.message.unwrap_or_default();
         assert!(note.contains(b_image), "{note}");
         assert_eq!(refusal.involved_object.name.as_deref(), Some("thief"));
@@ -537,22 +536,7 @@ async fn a_namespace_gets_its_share_and_no_more() -> Result<()> {
         // greedy's first two (sorted), and team's one
         let share = [greedy_images[0], greedy_images[1], team_image];
         wait_daemonset_images(&client, &ns, &share, Duration::from_secs(60)).await?;
-        let events: Api<Event> = Api::namespaced(client.clone(), &greedy);
-        let warning =
-            wait_until("the limit's Event on greedy's Deployment", Duration::from_secs(60), || async {
-                let list = events.list(&ListParams::default()).await?;
-                Ok(
-                    match list
-                        .items
-                        .into_iter()
-                        .find(|e| e.reason.as_deref() == Some("NamespaceImageLimitReached"))
-                    {
-                        Some(e) => Check::Done(e),
-                        None => Check::Pending("no NamespaceImageLimitReached Event yet".into()),
-                    },
-                )
-            })
-            .await?;
+        let warning = wait_event(&client, &greedy, "NamespaceImageLimitReached").await?;
         assert!(warning.message.unwrap_or_default().contains(greedy_images[2]));
         let metrics = manager.metrics_text().await?;
         assert!(metrics.contains(r#"kwarm_images{state="over_namespace_limit"} 1"#), "{metrics}");

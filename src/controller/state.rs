@@ -1192,8 +1192,9 @@ impl State {
                 self.notices.push(notice);
             }
         }
+        let left_out = verdicts.left_out();
         for image in &self.denied_reported {
-            let allowed = self.access_needed.contains_key(image) && !verdicts.left_out().contains(image);
+            let allowed = self.access_needed.contains_key(image) && !left_out.contains(image);
             if allowed {
                 self.notices.push(Notice::AccessGranted { image: image.clone() });
             }
