@@ -26,7 +26,7 @@ def section_image():
     go = registry_image_size(PULLER_SLEEP_IMAGE)
     floor = registry_image_size(PULLER_FLOOR_IMAGE)
     puller = registry_image_size(PULLER_IMAGE)
-    mgr = registry_image_size(os.environ.get("KWARM_IMAGE", f"{REG}/kwarm/kwarm:dev"))
+    mgr = registry_image_size(os.environ["KWARM_IMAGE"])
     data = {"kwarm_sleep": kw, "puller_sleep_scratch": go, "puller_floor": floor, "puller_image": puller,
             "kwarm_manager": mgr}
     for label, d, note in [

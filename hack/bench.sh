@@ -9,7 +9,7 @@
 #   warmup     time until M images are held on N KWOK nodes, objects, API requests: kwarm and the
 #              real peers side by side (kubernetes-image-puller, the kwarm seed, kube-fledged)
 #   reaction   Deployment change -> DaemonSet updated (p50/p99), -> image in containerd vs ctr pull
-#   footprint  manager RSS/CPU with 1,000 and 10,000 watched Deployments, idle API writes, profile
+#   footprint  manager RSS/CPU with 1,000 and 10,000 watched Deployments, kwarm vs the seed, idle writes, profile
 #   gate       N KWOK nodes joining with the node gate taint: join -> released p50/p99, writes, CPU
 #   refresh    20 mutable tags refreshed: the puller's delete-and-recreate vs kwarm's digest-aware
 #              roll: seconds some node held no holder, registry requests and bytes (no change, 1 changed)
@@ -107,7 +107,12 @@ bench_images() {
     fi
   fi
   rm -rf "$tmp"
-  export KIP_IMAGE PULLER_SLEEP_IMAGE PULLER_FLOOR_IMAGE
+  # kwarm's manager image (the image section's reference size), tagged by the binary measured
+  KWARM_IMAGE="$REGISTRY/kwarm-bench/kwarm:$(sha256sum "$ROOT_DIR/_output/bin/kwarm" | cut -c1-12)"
+  if ! registry_has "$KWARM_IMAGE"; then
+    "$HACK_DIR/image.sh" "$ROOT_DIR/docker/kwarm.Dockerfile" "$KWARM_IMAGE" 2>&1 | sed 's/^/  /' >&2
+  fi
+  export KIP_IMAGE PULLER_SLEEP_IMAGE PULLER_FLOOR_IMAGE KWARM_IMAGE
 }
 
 # Images the real node has never held: distinct random content per sample (no shared layers).
@@ -217,12 +222,11 @@ main() {
     export KWARM_PROFILE_BIN="$BENCH_CACHE/target-profile/release/kwarm"
   fi
   [[ " ${sections[*]} " == *" reaction "* ]] && pull_images
-  if [[ " ${sections[*]} " =~ \ (warmup|refresh|image)\  ]]; then
+  if [[ " ${sections[*]} " =~ \ (warmup|refresh|image|footprint|reaction)\  ]]; then
     # a peer that does not build is reported by the sections, with the end of its build log
     "$HACK_DIR/peers.sh" || log "bench: not every peer built; the sections say which and why"
   fi
   export KWARM_PEERS_DIR="$PEERS_DIR" KWARM_PEERS_CACHE="$CACHE_DIR/peers"
-  export KWARM_IMAGE="$REGISTRY/kwarm/kwarm:dev"
   for s in "${sections[@]}"; do
     t0=$SECONDS
     log "bench: section $s"
