@@ -82,39 +82,45 @@ impl Checker {
         let mut forbidden_said = false;
         loop {
             let current = wanted.borrow_and_update().clone();
-            if let Some(current) = current {
-                let due = tokio::time::Instant::now() >= next_round;
-                // New images are resolved at once; all of them every interval. Grouped by the
-                // secrets they are checked with.
-                let mut groups: BTreeMap<&Vec<String>, BTreeSet<String>> = BTreeMap::new();
-                for (image, secrets) in &current {
-                    if due || checked.get(image) != Some(secrets) {
-                        groups.entry(secrets).or_default().insert(image.clone());
-                    }
+            let Some(current) = current else {
+                // Nothing to check before the leader's first word: wait for it (the round timer
+                // is due already, and waiting on it would spin through the whole start-up).
+                if wanted.changed().await.is_err() {
+                    return;
                 }
-                let mut results = BTreeMap::new();
-                for (secrets, images) in groups {
-                    let credentials = self.credentials(secrets, &mut forbidden_said).await;
-                    let (insecure, purpose) = (&self.insecure, self.purpose);
-                    let resolver = self.resolvers.entry(secrets.clone()).or_insert_with(|| match purpose {
-                        Purpose::Digests => Resolver::new(insecure),
-                        Purpose::Access => Resolver::for_access(insecure),
-                    });
-                    results.extend(resolver.resolve(&images, &credentials, SystemTime::now()).await);
+                continue;
+            };
+            let due = tokio::time::Instant::now() >= next_round;
+            // New images are resolved at once; all of them every interval. Grouped by the
+            // secrets they are checked with.
+            let mut groups: BTreeMap<&Vec<String>, BTreeSet<String>> = BTreeMap::new();
+            for (image, secrets) in &current {
+                if due || checked.get(image) != Some(secrets) {
+                    groups.entry(secrets).or_default().insert(image.clone());
                 }
-                let in_use: BTreeSet<&Vec<String>> = current.values().collect();
-                self.resolvers.retain(|secrets, _| in_use.contains(secrets));
-                if !results.is_empty() {
-                    self.record(&results, &answers.borrow());
-                    checked = current.clone();
-                    answers.send_modify(|all| {
-                        all.retain(|image, _| current.contains_key(image));
-                        all.extend(results);
-                    });
-                }
-                if due {
-                    next_round = tokio::time::Instant::now() + self.interval;
-                }
+            }
+            let mut results = BTreeMap::new();
+            for (secrets, images) in groups {
+                let credentials = self.credentials(secrets, &mut forbidden_said).await;
+                let (insecure, purpose) = (&self.insecure, self.purpose);
+                let resolver = self.resolvers.entry(secrets.clone()).or_insert_with(|| match purpose {
+                    Purpose::Digests => Resolver::new(insecure),
+                    Purpose::Access => Resolver::for_access(insecure),
+                });
+                results.extend(resolver.resolve(&images, &credentials, SystemTime::now()).await);
+            }
+            let in_use: BTreeSet<&Vec<String>> = current.values().collect();
+            self.resolvers.retain(|secrets, _| in_use.contains(secrets));
+            if !results.is_empty() {
+                self.record(&results, &answers.borrow());
+                checked = current.clone();
+                answers.send_modify(|all| {
+                    all.retain(|image, _| current.contains_key(image));
+                    all.extend(results);
+                });
+            }
+            if due {
+                next_round = tokio::time::Instant::now() + self.interval;
             }
             tokio::select! {
                 changed = wanted.changed() => if changed.is_err() { return },
