@@ -163,14 +163,17 @@ def proc_status(pid):
             v = v.strip()
             if v.endswith(" kB"):
                 out[k] = int(v[:-3]) * 1024
+            elif k == "Threads":
+                out[k] = int(v)
     return out
 
 
 class PeerProcess:
     """A manager (kwarm's or a peer's) as a child process, its output in a log file."""
 
-    def __init__(self, name, cmd, env):
+    def __init__(self, name, cmd, env, metrics_port=None):
         self.name = name
+        self.metrics_port = metrics_port  # where it serves Prometheus text, if it does
         os.makedirs(WORK, exist_ok=True)
         self.log_path = os.path.join(WORK, f"{name}.log")
         full = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/root")}
@@ -202,33 +205,8 @@ class PeerProcess:
         except OSError:
             return ""
 
-
-class Kwarm(PeerProcess):
-    """The manager as a child process with its own metrics/health ports and log file."""
-
-    def __init__(self, name, env, binary=None, kubeconfig=KUBECONFIG, wrap=None):
-        self.metrics_port = free_port()
-        self.health_port = free_port()
-        full = {
-            "KUBECONFIG": kubeconfig,
-            "KIP_IMAGE": KIP_IMAGE,
-            "LEADER_ELECT": "false",
-            "METRICS_BIND_ADDRESS": f"127.0.0.1:{self.metrics_port}",
-            "HEALTH_PROBE_BIND_ADDRESS": f"127.0.0.1:{self.health_port}",
-            "RUST_LOG": "info",
-        }
-        full.update(env)
-        super().__init__(f"kwarm-{name}", (wrap or []) + [binary or KWARM], full)
-        self.name = name
-        if wrap:  # the manager is a child of the wrapper (perf): find it
-            for _ in range(100):
-                kids = subprocess.run(["pgrep", "-P", str(self.p.pid)], capture_output=True, text=True).stdout.split()
-                if kids:
-                    self.pid = int(kids[0])
-                    break
-                time.sleep(0.05)
-
     def metrics(self):
+        """Its Prometheus metrics, {series: value} ({} when it cannot be read)."""
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
                 text = r.read().decode()
@@ -247,6 +225,32 @@ class Kwarm(PeerProcess):
 
     def metric(self, prefix):
         return sum(v for k, v in self.metrics().items() if k == prefix or k.startswith(prefix + "{"))
+
+
+class Kwarm(PeerProcess):
+    """The manager as a child process with its own metrics/health ports and log file."""
+
+    def __init__(self, name, env, binary=None, kubeconfig=KUBECONFIG, wrap=None):
+        metrics_port = free_port()
+        self.health_port = free_port()
+        full = {
+            "KUBECONFIG": kubeconfig,
+            "KIP_IMAGE": KIP_IMAGE,
+            "LEADER_ELECT": "false",
+            "METRICS_BIND_ADDRESS": f"127.0.0.1:{metrics_port}",
+            "HEALTH_PROBE_BIND_ADDRESS": f"127.0.0.1:{self.health_port}",
+            "RUST_LOG": "info",
+        }
+        full.update(env)
+        super().__init__(f"kwarm-{name}", (wrap or []) + [binary or KWARM], full, metrics_port)
+        self.name = name
+        if wrap:  # the manager is a child of the wrapper (perf): find it
+            for _ in range(100):
+                kids = subprocess.run(["pgrep", "-P", str(self.p.pid)], capture_output=True, text=True).stdout.split()
+                if kids:
+                    self.pid = int(kids[0])
+                    break
+                time.sleep(0.05)
 
 
 class CountingProxy:
@@ -351,6 +355,60 @@ class Peer:
             self.reason = f"its build failed (`hack/peers.sh build`, {build_log}): " + " / ".join(tail)
         else:
             self.reason = f"not built: no {path} (`hack/peers.sh build`)"
+
+
+SEED_NS = "kwarm-system"  # the seed creates its Jobs there, whatever the PrePullImage's namespace
+FLEDGED_NS = "kube-fledged"
+SEED_API = "/apis/kwarm.io/v1alpha1"
+FLEDGED_API = "/apis/kubefledged.io/v1alpha2"
+BENCH_SELECTOR = {NODE_LABEL[0]: NODE_LABEL[1]}
+
+
+def peers():
+    return {
+        "puller": Peer("kubernetes-image-puller", "che-kubernetes-image-puller", "kubernetes-image-puller"),
+        "seed": Peer("kwarm-seed", "kwarm-seed", "manager"),
+        "fledged": Peer("kube-fledged", "kube-fledged", "kubefledged-controller"),
+    }
+
+
+def kubectl(*args):
+    r = subprocess.run([KUBECTL, "--kubeconfig", KUBECONFIG, *args], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"kubectl {' '.join(args)}: {r.stderr.strip()}")
+
+
+def apply_crd(path):
+    import yaml
+    with open(path) as f:
+        name = yaml.safe_load(f)["metadata"]["name"]
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:  # an earlier run's, still terminating
+        crd = kube.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}", allow=(404,))
+        if not crd or not crd["metadata"].get("deletionTimestamp"):
+            break
+        time.sleep(1)
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", path)
+    kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", path)
+
+
+def delete_crd(path):
+    kubectl("delete", "--ignore-not-found", "--wait=false", "-f", path)
+
+
+def seed_crds(peer):
+    return sorted(glob.glob(os.path.join(peer.src, "config", "crd", "bases", "*.yaml")))
+
+
+def fledged_crd(peer):
+    return os.path.join(peer.src, "deploy", "kubefledged-crd.yaml")
+
+
+def drop_finalizers(collection):
+    """After the peer stopped: its finalizers would keep its objects (and their namespace) forever."""
+    for obj in (kube.get(collection, allow=(404,)) or {}).get("items", []):
+        if obj["metadata"].get("finalizers"):
+            kube.merge_patch(f"{collection}/{obj['metadata']['name']}", {"metadata": {"finalizers": None}})
 
 
 def puller_deployment(ns):

@@ -13,7 +13,7 @@ def create_deployments(ns, start, end, pool):
     return dt
 
 
-def footprint_run(ns, count, pool, idle, binary=None, wrap=None, name=None):
+def footprint_run(ns, count, pool, idle, binary=None, wrap=None, name=None, env=None):
     # each run starts from no DaemonSet, so that it lists, computes and applies
     kube.delete(f"/apis/apps/v1/namespaces/{ns}/daemonsets/bench-fp")
     for _ in range(60):
@@ -22,7 +22,9 @@ def footprint_run(ns, count, pool, idle, binary=None, wrap=None, name=None):
         time.sleep(0.5)
     proxy = CountingProxy(name or f"fp-{count}")
     km = Kwarm(name or f"fp-{count}", {"NAMESPACE": ns, "DAEMONSET_NAME": "bench-fp", "WATCH_DEPLOYMENTS": "true",
-                                       "WATCH_NAMESPACES": ns, "NODE_SELECTOR": json.dumps({"kwarm-bench": "no-such-node"})},
+                                       "WATCH_NAMESPACES": ns, "NODE_SELECTOR": json.dumps({"kwarm-bench": "no-such-node"}),
+                                       # the pool's tags are not in a registry: this section is the Deployment watch
+                                       "DIGEST_CHECK_INTERVAL": "0", **(env or {})},
                binary=binary, kubeconfig=proxy.kubeconfig, wrap=wrap)
     res = {"count": count}
     try:
@@ -58,21 +60,11 @@ def footprint_run(ns, count, pool, idle, binary=None, wrap=None, name=None):
                 break
             time.sleep(0.05)
         res["change_after_sync_ms"] = change_ms
-        # after the sync the manager may still be writing (Events): wait until the proxy has seen
-        # no request for 3 s (at most 10 min) and count everything up to then
-        n_req, last_change, quiet = -1, time.monotonic(), None
-        while time.monotonic() - km.t_start < synced + 600:
-            n = len(proxy.requests())
-            if n != n_req:
-                n_req, last_change = n, time.monotonic()
-            elif time.monotonic() - last_change >= 3:
-                quiet = last_change - km.t_start
-                break
-            time.sleep(0.5)
+        quiet = wait_quiet(proxy, km.t_start, synced)
         st = proc_status(km.pid)
         reqs = proxy.requests()
         res.update({"seconds_to_sync": synced, "cpu_s_to_sync": cpu_sync, "rss": st.get("VmRSS"),
-                    "peak_rss": st.get("VmHWM"), "rss_anon": st.get("RssAnon"),
+                    "peak_rss": st.get("VmHWM"), "rss_anon": st.get("RssAnon"), "threads": st.get("Threads"),
                     "seconds_to_quiet": quiet, "cpu_s_to_quiet": proc_cpu_seconds(km.pid),
                     "requests_to_quiet": count_verbs(reqs),
                     "event_posts": sum(1 for r in reqs if r[0] == "POST" and "/events" in r[1])})
@@ -95,6 +87,67 @@ def footprint_run(ns, count, pool, idle, binary=None, wrap=None, name=None):
     return res
 
 
+def seed_footprint_run(ns, count, peer):
+    """The kwarm seed's manager watching the same Deployments: one PrePullPolicy selecting them
+    (`kwarm.io/enabled=true` in ns) and nodes that do not exist, so it reads and decides on every
+    Deployment but creates nothing. Synced: its Deployment controller has reconciled each one
+    (controller-runtime's own metrics) and its queue is empty."""
+    policies = f"{SEED_API}/prepullpolicies"
+    kube.post(policies, {"apiVersion": "kwarm.io/v1alpha1", "kind": "PrePullPolicy", "metadata": {"name": "bench-fp"},
+                         "spec": {"selector": {"matchLabels": dict([ENABLED]), "namespaces": [ns]},
+                                  "nodeSelector": {"matchLabels": {"kwarm-bench": "no-such-node"}}}}, allow=(409,))
+    proxy = CountingProxy(f"fp-seed-{count}")
+    port = free_port()
+    proc = PeerProcess(f"seed-fp-{count}", [
+        peer.binary, f"--kubeconfig={proxy.kubeconfig}", f"--metrics-bind-address=127.0.0.1:{port}",
+        "--metrics-secure=false", f"--health-probe-bind-address=127.0.0.1:{free_port()}"], {}, port)
+    res = {"count": count}
+    try:
+        deadline = time.monotonic() + 600
+        synced = None
+        while time.monotonic() < deadline:
+            if not proc.alive():
+                raise RuntimeError(f"the seed exited; log:\n{proc.tail()}")
+            m = proc.metrics()
+            done = sum(v for k, v in m.items()
+                       if k.startswith("controller_runtime_reconcile_total{") and 'controller="deployment"' in k)
+            depth = sum(v for k, v in m.items() if k.startswith("workqueue_depth{") and 'name="deployment"' in k)
+            if done >= count and depth == 0:
+                synced = time.monotonic() - proc.t_start
+                break
+            time.sleep(0.25)
+        if synced is None:
+            raise RuntimeError(f"the seed did not reconcile {count} Deployments; log:\n{proc.tail()}")
+        cpu_sync = proc_cpu_seconds(proc.pid)
+        quiet = wait_quiet(proxy, proc.t_start, synced)
+        st = proc_status(proc.pid)
+        reqs = proxy.requests()
+        res.update({"seconds_to_sync": synced, "cpu_s_to_sync": cpu_sync, "rss": st.get("VmRSS"),
+                    "peak_rss": st.get("VmHWM"), "rss_anon": st.get("RssAnon"), "threads": st.get("Threads"),
+                    "seconds_to_quiet": quiet, "cpu_s_to_quiet": proc_cpu_seconds(proc.pid),
+                    "requests_to_quiet": count_verbs(reqs),
+                    "event_posts": sum(1 for r in reqs if r[0] == "POST" and "/events" in r[1])})
+    finally:
+        proc.stop()
+        proxy.stop()
+        kube.delete(f"{policies}/bench-fp")
+    return res
+
+
+def wait_quiet(proxy, t_start, synced):
+    """After the sync a manager may still be writing (Events): wait until the proxy has seen no
+    request for 3 s (at most 10 min) -> seconds from start to its last request, or None."""
+    n_req, last_change = -1, time.monotonic()
+    while time.monotonic() - t_start < synced + 600:
+        n = len(proxy.requests())
+        if n != n_req:
+            n_req, last_change = n, time.monotonic()
+        elif time.monotonic() - last_change >= 3:
+            return last_change - t_start
+        time.sleep(0.5)
+    return None
+
+
 
 def section_footprint():
     check_cluster()
@@ -103,8 +156,12 @@ def section_footprint():
     pool = 50
     ns = "kwarm-bench-fp"
     ensure_ns(ns)
-    runs, created, prof = [], 0, None
+    runs, seed_runs, created, prof = [], [], 0, None
+    seed = peers()["seed"]
+    crds = seed_crds(seed) if seed.binary else []
     try:
+        for path in crds:
+            apply_crd(path)
         for i, count in enumerate(counts):
             log(f"footprint: {count} Deployments")
             create_deployments(ns, created, count, pool)
@@ -112,6 +169,11 @@ def section_footprint():
             runs.append(footprint_run(ns, count, pool, idle if i == 0 else 0))
             log(f"  -> sync {runs[-1]['seconds_to_sync']:.1f}s, CPU {runs[-1]['cpu_s_to_sync']:.2f}s, "
                 f"quiet {runs[-1]['seconds_to_quiet']}s, RSS {runs[-1]['rss'] / 1e6:.1f} MB")
+            if seed.binary:
+                log(f"footprint: the seed's manager, {count} Deployments")
+                seed_runs.append(seed_footprint_run(ns, count, seed))
+                log(f"  -> sync {seed_runs[-1]['seconds_to_sync']:.1f}s, CPU {seed_runs[-1]['cpu_s_to_sync']:.2f}s, "
+                    f"RSS {seed_runs[-1]['rss'] / 1e6:.1f} MB")
         if KWARM_PROFILE and os.path.exists(KWARM_PROFILE) and perf_available() and os.environ.get("BENCH_PROFILE", "1") == "1":
             data = os.path.join(WORK, "perf-footprint.data")
             log(f"profile: perf record of the initial sync of {created} Deployments")
@@ -120,16 +182,29 @@ def section_footprint():
             prof.update(perf_reports(data))
     finally:
         delete_ns(ns, wait=900)
-    rows = []
-    for r in runs:
+        for path in crds:
+            delete_crd(path)
+
+    def row(tool, r):
         reqs = r["requests_to_quiet"]
         q = r["seconds_to_quiet"]
-        rows.append([f"{r['count']:,}", f"{r['seconds_to_sync']:.1f} s", f"{r['cpu_s_to_sync']:.2f} s",
-                     f"{q:.1f} s" if q is not None else "> 10 min", f"{r['cpu_s_to_quiet']:.2f} s",
-                     fmt_bytes(r["rss"]), fmt_bytes(r["peak_rss"]),
-                     ", ".join(f"{k} {v}" for k, v in sorted(reqs.items())), r["event_posts"],
-                     f"{fmt_ms(r['change_after_sync_ms'])} ms" if r.get("change_after_sync_ms") else "> 10 min"])
-        rows.append([f"{r['count']:,}", "seed's Go manager: not built", "", "", "", "", "", "", "", ""])
+        change = r.get("change_after_sync_ms")
+        return [f"{r['count']:,}", tool, f"{r['seconds_to_sync']:.1f} s", f"{r['cpu_s_to_sync']:.2f} s",
+                f"{q:.1f} s" if q is not None else "> 10 min", f"{r['cpu_s_to_quiet']:.2f} s",
+                fmt_bytes(r["rss"]), fmt_bytes(r["peak_rss"]), r.get("threads", ""),
+                ", ".join(f"{k} {v}" for k, v in sorted(reqs.items())), r["event_posts"],
+                "–" if "change_after_sync_ms" not in r else f"{fmt_ms(change)} ms" if change else "> 10 min"]
+    rows = []
+    for i, r in enumerate(runs):
+        rows.append(row("kwarm", r))
+        if i < len(seed_runs):
+            rows.append(row("kwarm seed", seed_runs[i]))
+        else:
+            rows.append([f"{r['count']:,}", "kwarm seed", f"not run: {seed.reason}"] + [""] * 9)
+    ratios = [f"{r['count']:,} Deployments: RSS {ratio(s['rss'], r['rss'])}, CPU to quiet"
+              f" {ratio(s['cpu_s_to_quiet'], r['cpu_s_to_quiet'])}, manager requests"
+              f" {ratio(sum(s['requests_to_quiet'].values()), sum(r['requests_to_quiet'].values()))}"
+              for r, s in zip(runs, seed_runs)]
     md = [
         "## 5. Manager footprint",
         "",
@@ -140,8 +215,17 @@ def section_footprint():
         f" and the DaemonSet holding all {pool} images. CPU is user+system time of the manager process"
         " from start to synced (and to quiet); RSS read at quiet.",
         "",
-        table(["Deployments", "start → synced", "CPU to sync", "start → quiet", "CPU to quiet", "RSS at quiet",
-               "peak RSS", "manager requests to quiet", "of which Event POSTs", "a change right after sync → DaemonSet"], rows),
+        table(["Deployments", "manager", "start → synced", "CPU to sync", "start → quiet", "CPU to quiet", "RSS at quiet",
+               "peak RSS", "threads", "manager requests to quiet", "of which Event POSTs",
+               "a change right after sync → DaemonSet"], rows),
+        "",
+        *([f"Ratios (seed ÷ kwarm): {'; '.join(ratios)}.", ""] if ratios else []),
+        "The kwarm seed (its source archive, built by `hack/peers.sh`; its controller-runtime manager"
+        " out of cluster through a counting proxy) watches the same Deployments through one"
+        " PrePullPolicy selecting them, with a node selector that matches no node, so it reads and"
+        " decides on every Deployment and creates nothing; \"synced\" is its Deployment controller having"
+        " reconciled each one (`controller_runtime_reconcile_total`) with an empty queue. It keeps no"
+        " DaemonSet, so the last column is kwarm's only.",
         "",
         "\"Quiet\" is when the manager's last request of the start-up went through the counting proxy"
         " (no request for 3 s after it). The last column: one Deployment's image is changed as soon as"
@@ -160,12 +244,9 @@ def section_footprint():
             f" {d['cpu_s']:.2f} s CPU.",
             "",
         ]
-    md += ["The seed's Go manager (`github.com/bcfmtolgahan/kwarm`) is not built: the Go module proxy"
-           " refuses the module (403) and its go.mod declares another module path"
-           " (`github.com/kwarm/kwarm`)."]
-    data = {"runs": runs, "profile": prof}
+    data = {"runs": runs, "seed": seed_runs, "seed_commit": seed.commit, "profile": prof}
     if prof:
-        md += ["", "### Profile of the initial sync",
+        md += ["### Profile of the initial sync",
                "", f"`perf record -g` (DWARF unwinding) of a symbolized build of the same source during the sync"
                f" of {prof['count']:,} Deployments ({prof['seconds_to_sync']:.1f} s, {prof['cpu_s_to_sync']:.2f} s CPU"
                " under perf). Self time by symbol (top):", "", "```",

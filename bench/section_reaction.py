@@ -294,17 +294,93 @@ def reaction_pull():
             sample["stages_ms"] = {k: (v - t0) * 1000 for k, v in tl.items()}
             if t_img:
                 sample["stages_ms"]["image present"] = sample["present_ms"]
+            sample["running_after"] = running_with_image(ref)
             out.append(sample)
             log(f"  {size}: floor {floor_ms:.0f} ms, kwarm present {sample['present_ms']} ms, held {sample['held_ms']} ms")
             if not ev_held:
                 log(f"holder for {ref} not ready; log:\n{km.tail()}")
-        return out
     finally:
         if km:
             km.stop()
-        events.stop()
         delete_ns(ns, wait=120)
         time.sleep(2)
+        for _, ref in pulls:
+            remove_image(ref, digests[ref])
+    seed = peers()["seed"]
+    try:
+        seed_out = reaction_seed(seed, pulls, digests, events) if seed.binary else seed.reason
+    finally:
+        events.stop()
+    return out, seed_out
+
+
+def running_with_image(ref):
+    """How many containers of the image have a running task on the real node (what keeps the
+    kubelet's image GC from removing it)."""
+    running = {line.split()[0] for line in ctr("tasks", "ls").splitlines()[1:]
+               if len(line.split()) >= 3 and line.split()[2] == "RUNNING"}
+    return sum(1 for line in ctr("containers", "ls").splitlines()[1:]
+               if len(line.split()) >= 2 and line.split()[1] == ref and line.split()[0] in running)
+
+
+def reaction_seed(peer, pulls, digests, events):
+    """The kwarm seed on the same change: one PrePullPolicy selecting the labelled Deployment and
+    the real node. On a change it creates a PrePullImage, whose Job runs the new image on the node
+    (`sh -c echo`: these images have no shell, so the Job's container fails once the image is
+    pulled; the pull is what is measured)."""
+    ns = "kwarm-bench-seed-pull"
+    had_system = kube.get(f"/api/v1/namespaces/{SEED_NS}", allow=(404,)) is not None
+    crds = seed_crds(peer)
+    for path in crds:
+        apply_crd(path)
+    ensure_ns(ns)
+    ensure_ns(SEED_NS)
+    policies = f"{SEED_API}/prepullpolicies"
+    dep = f"/apis/apps/v1/namespaces/{ns}/deployments/pull"
+    proc = None
+    out = []
+    try:
+        kube.post(policies, {"apiVersion": "kwarm.io/v1alpha1", "kind": "PrePullPolicy", "metadata": {"name": "bench-pull"},
+                             "spec": {"selector": {"matchLabels": dict([ENABLED]), "namespaces": [ns]},
+                                      "nodeSelector": {"matchLabels": {"kubernetes.io/hostname": REAL_NODE}}}}, allow=(409,))
+        kube.post(f"/apis/apps/v1/namespaces/{ns}/deployments", deployment("pull", KIP_IMAGE), allow=(409,))
+        proc = PeerProcess("seed-pull", [
+            peer.binary, f"--kubeconfig={KUBECONFIG}", f"--metrics-bind-address=127.0.0.1:{free_port()}",
+            "--metrics-secure=false", f"--health-probe-bind-address=127.0.0.1:{free_port()}"], {})
+        # it has seen the Deployment once it wrote its last-images annotation
+        deadline = time.monotonic() + 120
+        while not ((kube.get(dep)["metadata"].get("annotations") or {}).get("kwarm.io/last-images")):
+            if time.monotonic() > deadline or not proc.alive():
+                raise RuntimeError(f"the seed never annotated the Deployment; log:\n{proc.tail()}")
+            time.sleep(0.2)
+        for size, ref in pulls:
+            remove_image(ref, digests[ref])
+            events.forget(ref)
+            time.sleep(0.3)
+            w0 = time.time()
+            kube.merge_patch(dep, {"spec": {"template": {"spec": {"containers": [{"name": "app", "image": ref}]}}}})
+            t_img = events.wait(ref, w0, 180)
+            # afterwards: its Job's pod has run (and failed: no shell); does anything keep the image?
+            time.sleep(15)
+            sample = {"size": size, "ref": ref, "present_ms": (t_img - w0) * 1000 if t_img else None,
+                      "running_after": running_with_image(ref)}
+            out.append(sample)
+            log(f"  seed {size}: present {sample['present_ms']} ms, running containers of it afterwards"
+                f" {sample['running_after']}")
+        return out
+    finally:
+        if proc:
+            proc.stop()
+        kube.delete(f"{policies}/bench-pull")
+        drop_finalizers(f"{SEED_API}/namespaces/{ns}/prepullimages")
+        delete_ns(ns, wait=120)
+        if had_system:
+            kube.req("DELETE", f"/apis/batch/v1/namespaces/{SEED_NS}/jobs?labelSelector=kwarm.io%2Fprepullimage"
+                     "&propagationPolicy=Background")
+        else:
+            delete_ns(SEED_NS, wait=300)
+        for path in crds:
+            delete_crd(path)
         for _, ref in pulls:
             remove_image(ref, digests[ref])
 
@@ -326,13 +402,39 @@ def stage_table(pull):
     return [(k, vals[k]) for k in STAGE_ORDER if k in vals]
 
 
+def seed_table(pull, seed_pull):
+    """kwarm and the seed on the same changes: image present on the node, and kept afterwards."""
+    md = ["**The same change with the kwarm seed.** The seed (built by `hack/peers.sh` from its source"
+          " archive, its manager out of cluster) watches the same kind of labelled Deployment through a"
+          " PrePullPolicy selecting it and the real node; each sample again uses an image the node does"
+          " not have. \"Running afterwards\" counts the containers of the image with a running task"
+          " on the node 15 s after it was present (kwarm: once its holder is Ready): a running"
+          " container is what keeps the kubelet's image garbage collection from removing it.", ""]
+    if isinstance(seed_pull, str):
+        return md + [f"The seed was not run: {seed_pull}.", ""]
+    rows = []
+    for size in dict.fromkeys(p["size"] for p in pull):
+        k = [p for p in pull if p["size"] == size]
+        sd = [p for p in seed_pull if p["size"] == size]
+        kp = summary([p["present_ms"] for p in k if p["present_ms"]])
+        sp = summary([p["present_ms"] for p in sd if p["present_ms"]])
+        rows.append([size, f"{len(k)} / {len(sd)}", fmt_ms(kp["p50"]), fmt_ms(sp["p50"]), ratio(sp["p50"], kp["p50"]),
+                     f"{sum(p['running_after'] > 0 for p in k)}/{len(k)}",
+                     f"{sum(p['running_after'] > 0 for p in sd)}/{len(sd)}"])
+    return md + [table(["image data", "samples (kwarm / seed)", "kwarm → present p50 (ms)", "seed → present p50 (ms)",
+                        "seed ÷ kwarm", "kwarm: running afterwards", "seed: running afterwards"], rows), "",
+                 "The seed's path is its Deployment reconcile, a PrePullImage, its reconcile, a Job, the Job"
+                 " controller's pod, the scheduler and the kubelet; once the Job's pod has ended nothing"
+                 " holds the image, so the node keeps it only until the kubelet's image GC needs the space.", ""]
+
+
 def section_reaction():
     check_cluster()
     samples = env_int("BENCH_REACTION_SAMPLES", 200)
     log(f"reaction: {samples} Deployment image changes")
     ds = reaction_ds(samples)
     log("reaction: image present in containerd")
-    pull = reaction_pull() if PULL_IMAGES else []
+    pull, seed_pull = reaction_pull() if PULL_IMAGES else ([], "no pull images (PULL_IMAGES)")
     s, f = summary(ds["latency_ms"]), summary(ds["floor_ms"])
     md = [
         "## 4. Reaction",
@@ -357,7 +459,7 @@ def section_reaction():
         f" {ds['applies']:.0f} for {samples} changes (plus the first).",
         "",
     ]
-    data = {"ds": ds, "pull": pull}
+    data = {"ds": ds, "pull": pull, "seed_pull": seed_pull}
     if pull:
         rows = []
         for size in dict.fromkeys(p["size"] for p in pull):
@@ -389,5 +491,7 @@ def section_reaction():
             "Between the DaemonSet update and the pull sit the DaemonSet controller (creates the surge"
             " pod), the scheduler, the kubelet's pod sync (sandbox, then the init container copying"
             " `/sleep`), and only then the image pull: kwarm's own share is the \"→ DaemonSet\" column.",
+            "",
         ]
+        md += seed_table(pull, seed_pull)
     write_section("reaction", "\n".join(md), data)

@@ -69,60 +69,6 @@ def warmup_kwarm(n, m, binary=None, wrap=None, tag=""):
         delete_ns(ns, wait=600)
 
 
-SEED_NS = "kwarm-system"  # the seed creates its Jobs there, whatever the PrePullImage's namespace
-FLEDGED_NS = "kube-fledged"
-SEED_API = "/apis/kwarm.io/v1alpha1"
-FLEDGED_API = "/apis/kubefledged.io/v1alpha2"
-BENCH_SELECTOR = {NODE_LABEL[0]: NODE_LABEL[1]}
-
-
-def peers():
-    return {
-        "puller": Peer("kubernetes-image-puller", "che-kubernetes-image-puller", "kubernetes-image-puller"),
-        "seed": Peer("kwarm-seed", "kwarm-seed", "manager"),
-        "fledged": Peer("kube-fledged", "kube-fledged", "kubefledged-controller"),
-    }
-
-
-def kubectl(*args):
-    r = subprocess.run([KUBECTL, "--kubeconfig", KUBECONFIG, *args], capture_output=True, text=True)
-    if r.returncode != 0:
-        raise RuntimeError(f"kubectl {' '.join(args)}: {r.stderr.strip()}")
-
-
-def apply_crd(path):
-    import yaml
-    with open(path) as f:
-        name = yaml.safe_load(f)["metadata"]["name"]
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:  # an earlier run's, still terminating
-        crd = kube.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}", allow=(404,))
-        if not crd or not crd["metadata"].get("deletionTimestamp"):
-            break
-        time.sleep(1)
-    kubectl("apply", "--server-side", "--force-conflicts", "-f", path)
-    kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", path)
-
-
-def delete_crd(path):
-    kubectl("delete", "--ignore-not-found", "--wait=false", "-f", path)
-
-
-def seed_crds(peer):
-    return sorted(glob.glob(os.path.join(peer.src, "config", "crd", "bases", "*.yaml")))
-
-
-def fledged_crd(peer):
-    return os.path.join(peer.src, "deploy", "kubefledged-crd.yaml")
-
-
-def drop_finalizers(collection):
-    """After the peer stopped: its finalizers would keep its objects (and their namespace) forever."""
-    for obj in (kube.get(collection, allow=(404,)) or {}).get("items", []):
-        if obj["metadata"].get("finalizers"):
-            kube.merge_patch(f"{collection}/{obj['metadata']['name']}", {"metadata": {"finalizers": None}})
-
-
 def run_peer(tag, start, done, watched, timeout, interval=0.5):
     """Start a peer (start(kubeconfig) -> PeerProcess) through a counting proxy, with the objects
     that trigger it already in place, and poll done() -> (None | "done" | "failed", progress)
