@@ -92,15 +92,18 @@ fn content_hash(ds: &DaemonSet) -> u64 {
 /// no drift in any field kwarm sets. Fields others add (defaults, status) are ignored; lists must
 /// match element for element; quantities compare by amount (`.05` = `50m`).
 pub fn daemonset_matches(desired: &DaemonSet, live: &DaemonSet) -> bool {
-    let hash =
-        |d: &DaemonSet| d.metadata.annotations.as_ref().and_then(|a| a.get(DESIRED_HASH_ANNOTATION)).cloned();
-    if hash(desired) != hash(live) || hash(desired).is_none() {
+    if desired_hash(desired) != desired_hash(live) || desired_hash(desired).is_none() {
         return false;
     }
     let (Ok(d), Ok(l)) = (serde_json::to_value(desired), serde_json::to_value(live)) else {
         return false;
     };
     json_contains(&d, &l, false)
+}
+
+/// The content hash [`render_daemonset`] stamped on a DaemonSet, if it carries one.
+pub fn desired_hash(ds: &DaemonSet) -> Option<&str> {
+    ds.metadata.annotations.as_ref()?.get(DESIRED_HASH_ANNOTATION).map(String::as_str)
 }
 
 /// Canonical image references of the holder containers of a DaemonSet (not the idle one).

@@ -15,7 +15,7 @@ use crate::access;
 use crate::config::Config;
 use crate::daemonset::{
     DIGESTS_ANNOTATION, REFRESHED_AT_ANNOTATION, RenderInput, STATE_ANNOTATION, daemonset_matches,
-    foreign_daemonset, held_images, refresh_would_repull, render_daemonset,
+    desired_hash, foreign_daemonset, held_images, refresh_would_repull, render_daemonset,
 };
 use crate::gate::{self, GatedNode, Release};
 use crate::holder::parse_image_reference;
@@ -249,6 +249,9 @@ pub struct State {
     owner: Option<OwnerReference>,
 
     live: Option<DaemonSet>,
+    /// The last (desired content hash, live resourceVersion) found to match: the same pair is the
+    /// same answer, so the full comparison runs only when either side changed.
+    live_matched: Option<(String, String)>,
     pods: HolderIndex,
     tracker: ImageTracker,
     deployment_scopes: Vec<Option<String>>,
@@ -341,6 +344,7 @@ impl State {
             openshift,
             owner,
             live: None,
+            live_matched: None,
             pods: HolderIndex::default(),
             tracker: ImageTracker::default(),
             deployments_synced: vec![false; scopes.len()],
@@ -954,9 +958,21 @@ impl State {
             self.notices.push(Notice::NameFree);
         }
         let conditions = self.conditions_to_write(&wanted, &statuses, &not_fitting, &denied, now);
-        let apply =
-            (!self.live.as_ref().is_some_and(|live| daemonset_matches(&desired, live))).then_some(desired);
+        let apply = (!self.live_matches(&desired)).then_some(desired);
         Decision { apply, releases, pod_releases, conditions, gauges }
+    }
+
+    /// Whether the live DaemonSet already is `desired` ([`daemonset_matches`], remembered for the
+    /// pair of versions it last held for: a reconcile per pod event then costs no comparison).
+    fn live_matches(&mut self, desired: &DaemonSet) -> bool {
+        let Some(live) = &self.live else { return false };
+        let key = desired_hash(desired).zip(live.metadata.resource_version.as_deref());
+        if key.is_some() && key == self.live_matched.as_ref().map(|(h, v)| (h.as_str(), v.as_str())) {
+            return true;
+        }
+        let matches = daemonset_matches(desired, live);
+        self.live_matched = key.filter(|_| matches).map(|(h, v)| (h.to_string(), v.to_string()));
+        matches
     }
 
     /// The DaemonSet's conditions, when they changed and the rate limit allows a write now.

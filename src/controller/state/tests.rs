@@ -160,6 +160,34 @@ fn drift_in_what_kwarm_owns_is_undone() {
 }
 
 #[test]
+fn a_remembered_match_never_hides_drift_or_a_new_plan() {
+    // with resource versions, as the API server gives them: the match is remembered per version
+    let c = config(&[("IMAGES", "nginx:1.25")]);
+    let mut s = synced(&c, true, None, at(0));
+    let mut live = decide_and_apply(&mut s, &c, at(0)).expect("created");
+    live.metadata.resource_version = Some("1".into());
+    s.observe(&c, Observation::DaemonSet(Seen::Applied(live.clone())), at(1));
+    assert_eq!(s.decide(&c, at(1)).apply, None);
+    assert_eq!(s.decide(&c, at(2)).apply, None, "the same versions: still no write");
+    // another writer changes a field kwarm owns: a new resource version, and the drift is undone
+    let mut drifted = live.clone();
+    drifted.metadata.resource_version = Some("2".into());
+    if let Some(spec) = drifted.spec.as_mut() {
+        spec.template.spec.as_mut().expect("pod").containers[0].image = Some("nginx:9".into());
+    }
+    s.observe(&c, Observation::DaemonSet(Seen::Applied(drifted)), at(3));
+    let fixed = s.decide(&c, at(3)).apply.expect("drift undone");
+    assert_eq!(images_of(&fixed), [NGINX]);
+    // the same live version, but the plan changed (a Deployment wants redis): applied
+    s.observe(&c, Observation::DaemonSet(Seen::Applied(live)), at(4));
+    assert_eq!(s.decide(&c, at(4)).apply, None);
+    let key = ("web".to_string(), "api".to_string());
+    s.observe(&c, Observation::Deployments(0, Seen::Applied((key, Some(deployment(&[REDIS]))))), at(5));
+    let grown = s.decide(&c, at(5)).apply.expect("the new image applied");
+    assert_eq!(images_of(&grown), [NGINX, REDIS]);
+}
+
+#[test]
 fn a_restart_with_the_state_annotation_writes_nothing() {
     // a Deployment image released at t=10 is retained (IMAGE_RETENTION) and kept in the state
     let c = config(&[("IMAGES", "nginx:1.25")]);
