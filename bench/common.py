@@ -100,7 +100,7 @@ def ratio(a, b):
     if not a or not b:
         return "–"
     r = a / b
-    return f"{r:,.0f}×" if r >= 10 else f"{r:,.1f}×"
+    return f"{r:,.0f}×" if r >= 10 else f"{r:,.1f}×" if r >= 0.1 else f"{r:.2g}×"
 
 
 def trunc(line, width=150):
