@@ -28,24 +28,13 @@ def footprint_run(ns, count, pool, idle, binary=None, wrap=None, name=None, env=
                binary=binary, kubeconfig=proxy.kubeconfig, wrap=wrap)
     res = {"count": count}
     try:
-        deadline = time.monotonic() + 600
-        synced = None
-        samples = []
-        while time.monotonic() < deadline:
-            if not km.alive():
-                raise RuntimeError(f"kwarm exited; log:\n{km.tail()}")
-            watched = km.metric("kwarm_watched_deployments")
-            applies = km.metric("kwarm_daemonset_applies_total")
-            samples.append((time.monotonic() - km.t_start, proc_status(km.pid).get("VmRSS"), proc_cpu_seconds(km.pid)))
-            if watched >= count and applies >= 1:
-                ds = kube.get(f"/apis/apps/v1/namespaces/{ns}/daemonsets/bench-fp", allow=(404,))
-                if ds and len(ds_images(ds)) == pool:
-                    synced = time.monotonic() - km.t_start
-                    break
-            time.sleep(0.25)
-        if synced is None:
-            raise RuntimeError(f"kwarm did not sync {count} Deployments; log:\n{km.tail()}")
-        cpu_sync = proc_cpu_seconds(km.pid)
+        def kwarm_synced():
+            if km.metric("kwarm_watched_deployments") < count or km.metric("kwarm_daemonset_applies_total") < 1:
+                return False
+            ds = kube.get(f"/apis/apps/v1/namespaces/{ns}/daemonsets/bench-fp", allow=(404,))
+            return bool(ds) and len(ds_images(ds)) == pool
+
+        synced, cpu_sync = wait_synced(km, kwarm_synced, f"kwarm did not sync {count} Deployments")
         # a user changes one Deployment right after the sync: how long until the DaemonSet has it
         # (the manager may still be busy with its start-up writes)
         probe_image = f"{REG}/kwarm-bench/fp-probe:{int(time.time())}"
@@ -60,14 +49,7 @@ def footprint_run(ns, count, pool, idle, binary=None, wrap=None, name=None, env=
                 break
             time.sleep(0.05)
         res["change_after_sync_ms"] = change_ms
-        quiet = wait_quiet(proxy, km.t_start, synced)
-        st = proc_status(km.pid)
-        reqs = proxy.requests()
-        res.update({"seconds_to_sync": synced, "cpu_s_to_sync": cpu_sync, "rss": st.get("VmRSS"),
-                    "peak_rss": st.get("VmHWM"), "rss_anon": st.get("RssAnon"), "threads": st.get("Threads"),
-                    "seconds_to_quiet": quiet, "cpu_s_to_quiet": proc_cpu_seconds(km.pid),
-                    "requests_to_quiet": count_verbs(reqs),
-                    "event_posts": sum(1 for r in reqs if r[0] == "POST" and "/events" in r[1])})
+        res.update(after_sync(km, proxy, synced, cpu_sync))
         if idle:
             log(f"  idle window: {idle}s")
             mark = proxy.mark()
@@ -103,35 +85,44 @@ def seed_footprint_run(ns, count, peer):
         "--metrics-secure=false", f"--health-probe-bind-address=127.0.0.1:{free_port()}"], {}, port)
     res = {"count": count}
     try:
-        deadline = time.monotonic() + 600
-        synced = None
-        while time.monotonic() < deadline:
-            if not proc.alive():
-                raise RuntimeError(f"the seed exited; log:\n{proc.tail()}")
+        def seed_synced():
             m = proc.metrics()
             done = sum(v for k, v in m.items()
                        if k.startswith("controller_runtime_reconcile_total{") and 'controller="deployment"' in k)
             depth = sum(v for k, v in m.items() if k.startswith("workqueue_depth{") and 'name="deployment"' in k)
-            if done >= count and depth == 0:
-                synced = time.monotonic() - proc.t_start
-                break
-            time.sleep(0.25)
-        if synced is None:
-            raise RuntimeError(f"the seed did not reconcile {count} Deployments; log:\n{proc.tail()}")
-        cpu_sync = proc_cpu_seconds(proc.pid)
-        quiet = wait_quiet(proxy, proc.t_start, synced)
-        st = proc_status(proc.pid)
-        reqs = proxy.requests()
-        res.update({"seconds_to_sync": synced, "cpu_s_to_sync": cpu_sync, "rss": st.get("VmRSS"),
-                    "peak_rss": st.get("VmHWM"), "rss_anon": st.get("RssAnon"), "threads": st.get("Threads"),
-                    "seconds_to_quiet": quiet, "cpu_s_to_quiet": proc_cpu_seconds(proc.pid),
-                    "requests_to_quiet": count_verbs(reqs),
-                    "event_posts": sum(1 for r in reqs if r[0] == "POST" and "/events" in r[1])})
+            return done >= count and depth == 0
+
+        synced, cpu_sync = wait_synced(proc, seed_synced, f"the seed did not reconcile {count} Deployments")
+        res.update(after_sync(proc, proxy, synced, cpu_sync))
     finally:
         proc.stop()
         proxy.stop()
         kube.delete(f"{policies}/bench-fp")
     return res
+
+
+def wait_synced(proc, is_synced, failure, timeout=600):
+    """Poll is_synced() every 0.25 s -> (seconds from the manager's start, its CPU seconds then)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not proc.alive():
+            raise RuntimeError(f"{proc.name} exited; log:\n{proc.tail()}")
+        if is_synced():
+            return time.monotonic() - proc.t_start, proc_cpu_seconds(proc.pid)
+        time.sleep(0.25)
+    raise RuntimeError(f"{failure}; log:\n{proc.tail()}")
+
+
+def after_sync(proc, proxy, synced, cpu_sync):
+    """A manager's figures once it has gone quiet after its sync: time, CPU, memory, requests."""
+    quiet = wait_quiet(proxy, proc.t_start, synced)
+    st = proc_status(proc.pid)
+    reqs = proxy.requests()
+    return {"seconds_to_sync": synced, "cpu_s_to_sync": cpu_sync, "rss": st.get("VmRSS"),
+            "peak_rss": st.get("VmHWM"), "rss_anon": st.get("RssAnon"), "threads": st.get("Threads"),
+            "seconds_to_quiet": quiet, "cpu_s_to_quiet": proc_cpu_seconds(proc.pid),
+            "requests_to_quiet": count_verbs(reqs),
+            "event_posts": sum(1 for r in reqs if r[0] == "POST" and "/events" in r[1])}
 
 
 def wait_quiet(proxy, t_start, synced):
