@@ -146,6 +146,9 @@ def section_footprint():
     idle = env_int("BENCH_IDLE", 600)
     pool = 50
     ns = "kwarm-bench-fp"
+    # a namespace an earlier (interrupted) run left holds Deployments that would count toward
+    # every row here: start from none
+    delete_ns(ns, wait=900)
     ensure_ns(ns)
     runs, seed_runs, created, prof = [], [], 0, None
     seed = peers()["seed"]
