@@ -411,6 +411,39 @@ def drop_finalizers(collection):
             kube.merge_patch(f"{collection}/{obj['metadata']['name']}", {"metadata": {"finalizers": None}})
 
 
+def seed_process(name, peer, kubeconfig):
+    """The seed's manager out of cluster (its metrics on a port of its own, no leader election)."""
+    port = free_port()
+    return PeerProcess(name, [
+        peer.binary, f"--kubeconfig={kubeconfig}", f"--metrics-bind-address=127.0.0.1:{port}",
+        "--metrics-secure=false", f"--health-probe-bind-address=127.0.0.1:{free_port()}"], {}, port)
+
+
+def seed_policy(name, ns, node_labels):
+    """A PrePullPolicy selecting the labelled Deployments of ns, pulling on nodes with node_labels."""
+    kube.post(f"{SEED_API}/prepullpolicies", {
+        "apiVersion": "kwarm.io/v1alpha1", "kind": "PrePullPolicy", "metadata": {"name": name},
+        "spec": {"selector": {"matchLabels": dict([ENABLED]), "namespaces": [ns]},
+                 "nodeSelector": {"matchLabels": node_labels}}}, allow=(409,))
+
+
+def seed_namespace_existed():
+    """Whether the seed's Job namespace is someone else's (then only its Jobs are removed)."""
+    return kube.get(f"/api/v1/namespaces/{SEED_NS}", allow=(404,)) is not None
+
+
+def seed_cleanup(ns, had_system):
+    """After the seed stopped: its PrePullImages in ns (their finalizers would keep them), ns, and
+    its Jobs (or their whole namespace, when the bench created it)."""
+    drop_finalizers(f"{SEED_API}/namespaces/{ns}/prepullimages")
+    delete_ns(ns, wait=600)
+    if had_system:
+        kube.req("DELETE", f"/apis/batch/v1/namespaces/{SEED_NS}/jobs?labelSelector=kwarm.io%2Fprepullimage"
+                 "&propagationPolicy=Background")
+    else:
+        delete_ns(SEED_NS, wait=900)
+
+
 def puller_deployment(ns):
     """The Deployment kubernetes-image-puller insists on (DEPLOYMENT_NAME; it exits without it),
     with 0 replicas: the puller runs out of cluster."""

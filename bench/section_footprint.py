@@ -74,15 +74,9 @@ def seed_footprint_run(ns, count, peer):
     (`kwarm.io/enabled=true` in ns) and nodes that do not exist, so it reads and decides on every
     Deployment but creates nothing. Synced: its Deployment controller has reconciled each one
     (controller-runtime's own metrics) and its queue is empty."""
-    policies = f"{SEED_API}/prepullpolicies"
-    kube.post(policies, {"apiVersion": "kwarm.io/v1alpha1", "kind": "PrePullPolicy", "metadata": {"name": "bench-fp"},
-                         "spec": {"selector": {"matchLabels": dict([ENABLED]), "namespaces": [ns]},
-                                  "nodeSelector": {"matchLabels": {"kwarm-bench": "no-such-node"}}}}, allow=(409,))
+    seed_policy("bench-fp", ns, {"kwarm-bench": "no-such-node"})
     proxy = CountingProxy(f"fp-seed-{count}")
-    port = free_port()
-    proc = PeerProcess(f"seed-fp-{count}", [
-        peer.binary, f"--kubeconfig={proxy.kubeconfig}", f"--metrics-bind-address=127.0.0.1:{port}",
-        "--metrics-secure=false", f"--health-probe-bind-address=127.0.0.1:{free_port()}"], {}, port)
+    proc = seed_process(f"seed-fp-{count}", peer, proxy.kubeconfig)
     res = {"count": count}
     try:
         def seed_synced():
@@ -97,7 +91,7 @@ def seed_footprint_run(ns, count, peer):
     finally:
         proc.stop()
         proxy.stop()
-        kube.delete(f"{policies}/bench-fp")
+        kube.delete(f"{SEED_API}/prepullpolicies/bench-fp")
     return res
 
 

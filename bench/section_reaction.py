@@ -329,24 +329,19 @@ def reaction_seed(peer, pulls, digests, events):
     (`sh -c echo`: these images have no shell, so the Job's container fails once the image is
     pulled; the pull is what is measured)."""
     ns = "kwarm-bench-seed-pull"
-    had_system = kube.get(f"/api/v1/namespaces/{SEED_NS}", allow=(404,)) is not None
+    had_system = seed_namespace_existed()
     crds = seed_crds(peer)
     for path in crds:
         apply_crd(path)
     ensure_ns(ns)
     ensure_ns(SEED_NS)
-    policies = f"{SEED_API}/prepullpolicies"
     dep = f"/apis/apps/v1/namespaces/{ns}/deployments/pull"
     proc = None
     out = []
     try:
-        kube.post(policies, {"apiVersion": "kwarm.io/v1alpha1", "kind": "PrePullPolicy", "metadata": {"name": "bench-pull"},
-                             "spec": {"selector": {"matchLabels": dict([ENABLED]), "namespaces": [ns]},
-                                      "nodeSelector": {"matchLabels": {"kubernetes.io/hostname": REAL_NODE}}}}, allow=(409,))
+        seed_policy("bench-pull", ns, {"kubernetes.io/hostname": REAL_NODE})
         kube.post(f"/apis/apps/v1/namespaces/{ns}/deployments", deployment("pull", KIP_IMAGE), allow=(409,))
-        proc = PeerProcess("seed-pull", [
-            peer.binary, f"--kubeconfig={KUBECONFIG}", f"--metrics-bind-address=127.0.0.1:{free_port()}",
-            "--metrics-secure=false", f"--health-probe-bind-address=127.0.0.1:{free_port()}"], {})
+        proc = seed_process("seed-pull", peer, KUBECONFIG)
         # it has seen the Deployment once it wrote its last-images annotation
         deadline = time.monotonic() + 120
         while not ((kube.get(dep)["metadata"].get("annotations") or {}).get("kwarm.io/last-images")):
@@ -371,14 +366,8 @@ def reaction_seed(peer, pulls, digests, events):
     finally:
         if proc:
             proc.stop()
-        kube.delete(f"{policies}/bench-pull")
-        drop_finalizers(f"{SEED_API}/namespaces/{ns}/prepullimages")
-        delete_ns(ns, wait=120)
-        if had_system:
-            kube.req("DELETE", f"/apis/batch/v1/namespaces/{SEED_NS}/jobs?labelSelector=kwarm.io%2Fprepullimage"
-                     "&propagationPolicy=Background")
-        else:
-            delete_ns(SEED_NS, wait=300)
+        kube.delete(f"{SEED_API}/prepullpolicies/bench-pull")
+        seed_cleanup(ns, had_system)
         for path in crds:
             delete_crd(path)
         for _, ref in pulls:

@@ -147,7 +147,7 @@ def warmup_seed(peer, n, m, timeout):
     """The kwarm seed: one PrePullImage per image, selecting the bench nodes; it runs one Job per
     node per image in kwarm-system (its defaults: 10 pulls at once, 2 per node)."""
     ns = f"kwarm-bench-seed-{n}"
-    had_system = kube.get(f"/api/v1/namespaces/{SEED_NS}", allow=(404,)) is not None
+    had_system = seed_namespace_existed()
     ensure_ns(ns)
     ensure_ns(SEED_NS)
     collection = f"{SEED_API}/namespaces/{ns}/prepullimages"
@@ -157,9 +157,7 @@ def warmup_seed(peer, n, m, timeout):
                                "spec": {"image": ref, "nodes": {"selector": {"matchLabels": BENCH_SELECTOR}}}})
 
     def start(kubeconfig):
-        return PeerProcess(f"seed-warmup-{n}", [
-            peer.binary, f"--kubeconfig={kubeconfig}", f"--metrics-bind-address=127.0.0.1:{free_port()}",
-            "--metrics-secure=false", f"--health-probe-bind-address=127.0.0.1:{free_port()}"], {})
+        return seed_process(f"seed-warmup-{n}", peer, kubeconfig)
 
     def done():
         items = kube.get(collection).get("items", [])
@@ -174,13 +172,7 @@ def warmup_seed(peer, n, m, timeout):
         return run_peer(f"seed-{n}", start, done, {
             "jobs": f"/apis/batch/v1/namespaces/{SEED_NS}/jobs", "pods": f"/api/v1/namespaces/{SEED_NS}/pods"}, timeout)
     finally:
-        drop_finalizers(collection)
-        delete_ns(ns, wait=600)
-        if had_system:  # not the bench's: only the seed's Jobs go
-            kube.req("DELETE", f"/apis/batch/v1/namespaces/{SEED_NS}/jobs?labelSelector=kwarm.io%2Fprepullimage"
-                     "&propagationPolicy=Background")
-        else:
-            delete_ns(SEED_NS, wait=900)
+        seed_cleanup(ns, had_system)
 
 
 def warmup_fledged(peer, n, m, timeout):
