@@ -38,7 +38,7 @@ use release::Releaser;
 pub use release::remove_gate_taint;
 use secrets::{Mirrorer, Wanted};
 pub use state::mirror_name;
-use state::{Gauges, NodeSeen, Notice, Observation, State};
+use state::{Gauges, NodeSeen, Notice, Observation, State, Urgency};
 use streams::{Input, Listing, deployment_scopes, watch_streams};
 
 mod admission;
@@ -58,6 +58,9 @@ const ACCESS_RECHECK: Duration = Duration::from_secs(600);
 /// already queued with it goes along); what arrives during the window after a reconcile waits for
 /// its end and is acted on together.
 const COALESCE: Duration = Duration::from_millis(50);
+/// At most one reconcile per window for changes of status alone ([`Urgency::Settle`]): a
+/// warm-up's pod events update the conditions and gauges this often, not per event.
+const SETTLE: Duration = Duration::from_secs(1);
 /// At most this many queued events go along with the first one (a flood must not hold the
 /// reconcile back; the rest is taken in the next round).
 const QUEUED_MAX: usize = 1024;
@@ -213,8 +216,11 @@ pub async fn run(
     let mut leader_open = true;
     let mut last_reconcile: Option<tokio::time::Instant> = None;
 
+    // When status alone moved: the reconcile it waits for (a window after the last one).
+    let mut settle_at: Option<tokio::time::Instant> = None;
+
     loop {
-        let wake = c.next_wakeup();
+        let wake = settle_at.map_or(c.next_wakeup(), |at| c.next_wakeup().min(at.into_std()));
         let mut dirty = false;
         tokio::select! {
             _ = shutdown.wait_for(|s| *s) => break,
@@ -229,7 +235,14 @@ pub async fn run(
                 dirty = c.observe(Observation::Leader(leader));
             }
             input = inputs.next() => match input {
-                Some(input) => dirty |= c.handle(input),
+                Some(input) => match c.handle(input) {
+                    Urgency::Now => dirty = true,
+                    Urgency::Settle => {
+                        let now = tokio::time::Instant::now();
+                        settle_at.get_or_insert(last_reconcile.map_or(now, |at| (at + SETTLE).max(now)));
+                    }
+                    Urgency::None => {}
+                },
                 None => break,
             },
             changed = async { mirrors.as_mut()?.changed().await.ok() }, if mirrors.is_some() => {
@@ -283,6 +296,7 @@ pub async fn run(
             }
             c.reconcile().await;
             last_reconcile = Some(tokio::time::Instant::now());
+            settle_at = None;
         }
     }
     tracing::info!("Stopped; the DaemonSet stays in place");
@@ -357,8 +371,8 @@ impl Controller {
         self.state.observe(&config, observation, SystemTime::now())
     }
 
-    /// Takes one watch event in. Returns whether a reconcile is needed.
-    fn handle(&mut self, input: Input) -> bool {
+    /// Takes one watch event in. Returns how soon a reconcile is needed.
+    fn handle(&mut self, input: Input) -> Urgency {
         let observation = match input {
             Input::DaemonSet(event) => self.ds_listing.fold(event, |ds| ds).map(Observation::DaemonSet),
             Input::Pod(event) => {
@@ -432,10 +446,16 @@ impl Controller {
                 }
             }
         };
-        let dirty = observation.is_some_and(|o| self.observe(o));
+        let urgency = match observation {
+            Some(o) => {
+                let urgency = self.state.urgency(&o);
+                if self.observe(o) { urgency } else { Urgency::None }
+            }
+            None => Urgency::None,
+        };
         self.ctx.shared.metrics.watched_deployments.set(self.state.deployments().len() as i64);
         self.announce();
-        dirty
+        urgency
     }
 
     fn record_pull(&self, event: &CoreEvent) {

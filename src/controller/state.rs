@@ -42,6 +42,20 @@ pub const CONDITIONS_FLIP_GAP: Duration = Duration::from_secs(1);
 /// ... and this often when only a message changed (a warm-up's node counts).
 pub const CONDITIONS_MESSAGE_GAP: Duration = Duration::from_secs(10);
 
+/// How soon an observation needs a decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub enum Urgency {
+    /// Nothing to decide.
+    #[default]
+    None,
+    /// Only status moved (holder pods, the DaemonSet's status) and no gate waits on it: the
+    /// conditions, gauges and quarantine may follow within a settle window, so that a warm-up's
+    /// thousands of pod events cost a decision per window, not one each.
+    Settle,
+    /// The plan, the live DaemonSet's shape or a gate may change: decide at once.
+    Now,
+}
+
 /// What a watch (or the shell's own call) saw.
 #[derive(Debug, Clone)]
 pub enum Observation {
@@ -445,6 +459,21 @@ impl State {
     }
 
     /// Takes one observation in. Returns whether a decision is due.
+    /// How soon `observation` needs a decision, asked before [`State::observe`] takes it in
+    /// (whose answer says whether one is needed at all).
+    pub fn urgency(&self, observation: &Observation) -> Urgency {
+        let gates_wait = !self.gated.is_empty() || !self.gated_pods.is_empty();
+        match observation {
+            Observation::Pods(Seen::Applied(_) | Seen::Deleted(_)) if !gates_wait => Urgency::Settle,
+            Observation::DaemonSet(Seen::Applied(seen))
+                if self.live.as_ref().is_some_and(|live| same_but_status(live, seen)) =>
+            {
+                Urgency::Settle
+            }
+            _ => Urgency::Now,
+        }
+    }
+
     pub fn observe(&mut self, config: &Config, observation: Observation, now: SystemTime) -> bool {
         match observation {
             Observation::DaemonSet(seen) => {
@@ -1297,6 +1326,20 @@ fn gauges(statuses: &[ImageStatus], quarantined: usize) -> Gauges {
 /// Overflowing images, canonical.
 fn overflow_set(overflow: &[String]) -> BTreeSet<String> {
     overflow.iter().map(|i| parse_image_reference(i).unwrap_or_else(|_| i.clone())).collect()
+}
+
+/// Whether two versions of the DaemonSet differ at most in their status: the same generation
+/// (the spec did not change) and the same labels, annotations and owners, which is all of the
+/// metadata kwarm renders.
+fn same_but_status(a: &DaemonSet, b: &DaemonSet) -> bool {
+    let (a, b) = (&a.metadata, &b.metadata);
+    a.uid == b.uid
+        && a.generation.is_some()
+        && a.generation == b.generation
+        && a.labels == b.labels
+        && a.annotations == b.annotations
+        && a.owner_references == b.owner_references
+        && a.deletion_timestamp == b.deletion_timestamp
 }
 
 pub use crate::access::mirror_name;

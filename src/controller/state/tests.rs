@@ -188,6 +188,47 @@ fn a_remembered_match_never_hides_drift_or_a_new_plan() {
 }
 
 #[test]
+fn status_alone_settles_and_what_changes_the_shape_or_a_gate_is_decided_at_once() {
+    let c = config(&[("IMAGES", "nginx:1.25"), ("NODE_GATE_TAINT", "kwarm.io/warming")]);
+    let mut s = synced(&c, true, None, at(0));
+    let live = decide_and_apply(&mut s, &c, at(0)).expect("created");
+    let seen = |ds: &DaemonSet| Observation::DaemonSet(Seen::Applied(ds.clone()));
+    let holder =
+        |state| Observation::Pods(Seen::Applied(("h1".into(), Some(pod("n1", 1, &[(NGINX, state)])))));
+
+    // the DaemonSet controller writes its status: it settles
+    let mut status = live.clone();
+    status.status = Some(Default::default());
+    assert_eq!(s.urgency(&seen(&status)), Urgency::Settle);
+    // a new generation (the spec changed), a label or an annotation changed, or a new object
+    let mut spec = live.clone();
+    spec.metadata.generation = Some(2);
+    let mut label = live.clone();
+    label.labels_mut().insert("team".into(), "other".into());
+    let mut annotation = live.clone();
+    annotation.annotations_mut().clear();
+    let mut recreated = live.clone();
+    recreated.metadata.uid = Some("another".into());
+    for (why, ds) in [("spec", spec), ("label", label), ("annotation", annotation), ("uid", recreated)] {
+        assert_eq!(s.urgency(&seen(&ds)), Urgency::Now, "{why}");
+    }
+    let deleted = Observation::DaemonSet(Seen::Deleted(live.clone()));
+    assert_eq!(s.urgency(&deleted), Urgency::Now);
+
+    // a holder pod's status settles while no gate waits, and is decided at once while one does
+    assert_eq!(s.urgency(&holder(HolderState::Pulling)), Urgency::Settle);
+    assert_eq!(s.urgency(&Observation::Pods(Seen::Listed(vec![]))), Urgency::Now, "a re-list");
+    assert!(join(&mut s, &c, "n1", gated_at(1, true), at(1)));
+    assert_eq!(s.urgency(&holder(HolderState::Warm)), Urgency::Now, "n1 waits for its holders");
+    assert!(join(&mut s, &c, "n1", None, at(2)));
+    assert_eq!(s.urgency(&holder(HolderState::Warm)), Urgency::Settle);
+    // a Deployment or a node is never only status
+    let key = ("web".to_string(), "api".to_string());
+    let deployment = Observation::Deployments(0, Seen::Applied((key, Some(deployment(&[REDIS])))));
+    assert_eq!(s.urgency(&deployment), Urgency::Now);
+}
+
+#[test]
 fn a_restart_with_the_state_annotation_writes_nothing() {
     // a Deployment image released at t=10 is retained (IMAGE_RETENTION) and kept in the state
     let c = config(&[("IMAGES", "nginx:1.25")]);
