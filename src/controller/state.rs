@@ -458,7 +458,6 @@ impl State {
         std::mem::take(&mut self.notices)
     }
 
-    /// Takes one observation in. Returns whether a decision is due.
     /// How soon `observation` needs a decision, asked before [`State::observe`] takes it in
     /// (whose answer says whether one is needed at all).
     pub fn urgency(&self, observation: &Observation) -> Urgency {
@@ -474,6 +473,7 @@ impl State {
         }
     }
 
+    /// Takes one observation in. Returns whether a decision is due.
     pub fn observe(&mut self, config: &Config, observation: Observation, now: SystemTime) -> bool {
         match observation {
             Observation::DaemonSet(seen) => {
