@@ -220,7 +220,10 @@ pub async fn run(
     let mut settle_at: Option<tokio::time::Instant> = None;
 
     loop {
-        let wake = settle_at.map_or(c.next_wakeup(), |at| c.next_wakeup().min(at.into_std()));
+        let mut wake = c.next_wakeup();
+        if let Some(at) = settle_at {
+            wake = wake.min(at.into_std());
+        }
         let mut dirty = false;
         tokio::select! {
             _ = shutdown.wait_for(|s| *s) => break,

@@ -43,10 +43,9 @@ pub const CONDITIONS_FLIP_GAP: Duration = Duration::from_secs(1);
 pub const CONDITIONS_MESSAGE_GAP: Duration = Duration::from_secs(10);
 
 /// How soon an observation needs a decision.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Urgency {
     /// Nothing to decide.
-    #[default]
     None,
     /// Only status moved (holder pods, the DaemonSet's status) and no gate waits on it: the
     /// conditions, gauges and quarantine may follow within a settle window, so that a warm-up's
