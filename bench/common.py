@@ -596,8 +596,9 @@ def ensure_nodes(count, timeout=600):
         with ThreadPoolExecutor(16) as ex:
             list(ex.map(lambda n: kube.post("/api/v1/nodes", kwok_node(n), allow=(409,)), missing))
     deadline = time.monotonic() + timeout
+    wanted = set(want)
     while True:
-        ready = sum(1 for n in bench_nodes() if n["metadata"]["name"] in set(want) and any(
+        ready = sum(1 for n in bench_nodes() if n["metadata"]["name"] in wanted and any(
             c["type"] == "Ready" and c["status"] == "True" for c in n.get("status", {}).get("conditions", [])))
         if ready >= count:
             break
